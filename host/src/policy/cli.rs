@@ -1,0 +1,149 @@
+//! `autodeploy policy ...`: run one decision of a policy from the shell, with
+//! JSON in and out, to try a policy before the daemon uses it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Lookup, Policy, PolicyConfig, PolicyRuntime, Project, ProjectKind};
+
+/// Which policy to run and its bounds; shared by every command that decides.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// A policy component to use instead of the bundled one.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTODEPLOY_POLICY",
+        value_name = "GUEST.wasm"
+    )]
+    pub policy: Option<PathBuf>,
+    /// Wall time one policy call may take, in milliseconds.
+    #[arg(long, global = true, env = "AUTODEPLOY_POLICY_DEADLINE_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub policy_deadline_ms: u64,
+    /// Memory one policy instance may use, in MiB.
+    #[arg(long, global = true, env = "AUTODEPLOY_POLICY_MEMORY_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub policy_memory_mib: u64,
+}
+
+impl PolicyArgs {
+    pub fn config(&self) -> PolicyConfig {
+        PolicyConfig {
+            deadline: Duration::from_millis(self.policy_deadline_ms),
+            memory_limit: (self.policy_memory_mib as usize) << 20,
+            ..PolicyConfig::default()
+        }
+    }
+
+    pub fn load(&self) -> Result<Policy> {
+        let runtime = PolicyRuntime::new(self.config())?;
+        Ok(match &self.policy {
+            Some(path) => runtime.load_file(path)?,
+            None => PolicyRuntime::load_bundled(&runtime)?,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the policy's name, version, sha256 and where it was loaded from.
+    Info,
+    /// List the images a compose file uses (FILE, or - for stdin).
+    ParseCompose { file: PathBuf },
+    /// Decide on a branch head. Stdin: {"last_tracked": "SHA or empty", "remote_head": "SHA or null"}.
+    DecideCommit,
+    /// Decide on image digests. Stdin: {"prior": {IMAGE: DIGEST}, "lookups": {IMAGE: {"digest": D} | {"error": E}}}.
+    DecideImages,
+}
+
+pub fn run(command: &PolicyCommand, args: &PolicyArgs) -> Result<()> {
+    let policy = args.load()?;
+    let output = match command {
+        PolicyCommand::Info => serde_json::to_value(policy.info())?,
+        PolicyCommand::ParseCompose { file } => {
+            let yaml = if file.as_os_str() == "-" {
+                read_stdin()?
+            } else {
+                std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
+            };
+            let images = policy
+                .parse_compose(&yaml)
+                .with_context(|| format!("{}", file.display()))?;
+            json!({ "images": images.images, "skipped": images.skipped })
+        }
+        PolicyCommand::DecideCommit => {
+            let input: CommitInput = parse_stdin()?;
+            let mut project = input.project.unwrap_or_default();
+            if let Some(last) = input.last_tracked {
+                project.last_tracked_commit = last;
+            }
+            let d = policy.decide_commit(&project, input.remote_head.as_deref())?;
+            json!({ "trigger": d.trigger, "record": d.record, "reason": d.reason })
+        }
+        PolicyCommand::DecideImages => {
+            let input: ImagesInput = parse_stdin()?;
+            let project = input.project.unwrap_or(Project {
+                kind: ProjectKind::Compose,
+                ..Project::default()
+            });
+            let d = policy.decide_images(&project, &input.prior, &input.lookups)?;
+            let moved: Vec<&str> = d.moved.iter().map(|m| m.image.as_str()).collect();
+            json!({
+                "trigger": d.trigger,
+                "record": d.record,
+                "moved": moved,
+                "added": d.added,
+                "reason": d.reason,
+                "changes": d.moved,
+            })
+        }
+    };
+    println!("{output}");
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitInput {
+    #[serde(default)]
+    last_tracked: Option<String>,
+    #[serde(default)]
+    remote_head: Option<String>,
+    #[serde(default)]
+    project: Option<Project>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagesInput {
+    #[serde(default)]
+    prior: BTreeMap<String, String>,
+    #[serde(default)]
+    lookups: BTreeMap<String, Lookup>,
+    #[serde(default)]
+    project: Option<Project>,
+}
+
+fn read_stdin() -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("read stdin")?;
+    Ok(s)
+}
+
+fn parse_stdin<T: for<'de> Deserialize<'de>>() -> Result<T> {
+    let text = read_stdin()?;
+    if text.trim().is_empty() {
+        bail!("expected a JSON object on stdin");
+    }
+    serde_json::from_str(&text).context("invalid JSON on stdin")
+}

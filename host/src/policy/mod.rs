@@ -1,0 +1,442 @@
+//! The policy runtime: loads a policy component, checks it implements the
+//! contract, and runs each decision in a fresh, bounded instance.
+//!
+//! A policy is compiled once; every decision instantiates it anew from an
+//! `InstancePre` (a few microseconds with the pooling allocator) under an
+//! epoch deadline and a memory cap. A guest that loops, runs out of memory or
+//! traps fails that one call with a `PolicyError`; nothing else is affected.
+
+mod bindings;
+pub mod cli;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use autodeploy_guest::model::{
+    CommitDecision, ComposeImages, DigestChange, GitSource, ImageDecision, Lookup, Project,
+    ProjectKind, Verdict,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+
+pub use bindings::{FUNCTIONS, INTERFACE};
+
+/// The default policy, built from `guest/` by `build.rs`.
+pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
+
+/// How often the epoch advances; deadlines are rounded up to whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Wall time one call may take.
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to, in bytes.
+    pub memory_limit: usize,
+    /// Instances that may be alive at once (the pooling allocator's slots).
+    pub max_instances: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            deadline: Duration::from_millis(100),
+            memory_limit: 64 << 20,
+            max_instances: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("read policy {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("policy is not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("policy imports {}, but a policy gets no host functions (no WASI, no clock, files or network)", .0.join(", "))]
+    Imports(Vec<String>),
+    #[error("policy does not implement {INTERFACE}: missing {}", .0.join(", "))]
+    Missing(Vec<String>),
+    #[error("policy does not match {INTERFACE}: {0}")]
+    Incompatible(String),
+    #[error("policy call {call} exceeded its deadline of {deadline:?}")]
+    Deadline {
+        call: &'static str,
+        deadline: Duration,
+    },
+    #[error("policy call {call} exceeded its memory limit of {limit} bytes")]
+    Memory { call: &'static str, limit: usize },
+    #[error("policy call {call} trapped: {message}")]
+    Trap { call: &'static str, message: String },
+    /// The policy answered, with an error value of its own (e.g. invalid YAML).
+    #[error("{message}")]
+    Rejected { call: &'static str, message: String },
+}
+
+/// The engine all policies share, with the thread that advances its epoch.
+pub struct PolicyRuntime {
+    engine: Engine,
+    config: PolicyConfig,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl PolicyRuntime {
+    pub fn new(config: PolicyConfig) -> Result<Arc<Self>, PolicyError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances * 2)
+            .max_memory_size(config.memory_limit);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("policy-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .expect("spawn the policy epoch thread")
+        };
+        Ok(Arc::new(PolicyRuntime {
+            engine,
+            config,
+            stop,
+            ticker: Some(ticker),
+        }))
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn load_bundled(self: &Arc<Self>) -> Result<Policy, PolicyError> {
+        self.load(BUNDLED_POLICY, "bundled")
+    }
+
+    pub fn load_file(self: &Arc<Self>, path: &Path) -> Result<Policy, PolicyError> {
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load(&bytes, &path.display().to_string())
+    }
+
+    /// Compiles a component and checks it against the contract. `source` says
+    /// where it came from, for `PolicyInfo`.
+    pub fn load(self: &Arc<Self>, bytes: &[u8], source: &str) -> Result<Policy, PolicyError> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
+        check_shape(&self.engine, &component)?;
+        let pre = Linker::new(&self.engine)
+            .instantiate_pre(&component)
+            .map_err(|e| PolicyError::Incompatible(format!("{e:#}")))?;
+        let pre =
+            bindings::Pre::new(pre).map_err(|e| PolicyError::Incompatible(format!("{e:#}")))?;
+        let mut policy = Policy {
+            runtime: self.clone(),
+            pre,
+            info: PolicyInfo {
+                name: String::new(),
+                version: String::new(),
+                sha256,
+                source: source.into(),
+            },
+        };
+        let (name, version) = policy.session()?.policy_info()?;
+        policy.info.name = name;
+        policy.info.version = version;
+        Ok(policy)
+    }
+}
+
+impl Drop for PolicyRuntime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+    }
+}
+
+/// Names every import, and every part of the contract that is missing, at
+/// once: more use to a policy author than the first type error.
+fn check_shape(engine: &Engine, component: &Component) -> Result<(), PolicyError> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if !imports.is_empty() {
+        return Err(PolicyError::Imports(imports));
+    }
+    let exported = ty.exports(engine).find_map(|(name, item)| match item.ty {
+        ComponentItem::ComponentInstance(i) if name == INTERFACE => Some(i),
+        _ => None,
+    });
+    let Some(instance) = exported else {
+        return Err(PolicyError::Missing(vec![format!(
+            "the exported interface {INTERFACE}"
+        )]));
+    };
+    let present: Vec<String> = instance
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let missing: Vec<String> = FUNCTIONS
+        .iter()
+        .filter(|f| !present.iter().any(|p| p == *f))
+        .map(|f| f.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::Missing(missing))
+    }
+}
+
+/// What is known about a loaded policy; every decision is stored with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub source: String,
+}
+
+/// A compiled, checked policy. Each method runs one decision in a fresh
+/// instance; use [`Policy::session`] to make several calls on one instance.
+pub struct Policy {
+    runtime: Arc<PolicyRuntime>,
+    pre: bindings::Pre<CallState>,
+    info: PolicyInfo,
+}
+
+impl Policy {
+    pub fn info(&self) -> &PolicyInfo {
+        &self.info
+    }
+
+    /// One instance for several calls. After any failed call it refuses
+    /// further calls: a trapped instance cannot be entered again.
+    pub fn session(&self) -> Result<PolicySession, PolicyError> {
+        let config = &self.runtime.config;
+        let mut store = Store::new(
+            &self.runtime.engine,
+            CallState {
+                limit: config.memory_limit,
+                hit_limit: false,
+            },
+        );
+        store.limiter(|state| state);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(config.deadline));
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify("instantiate", e, &store, config))?;
+        Ok(PolicySession {
+            store,
+            instance,
+            config: config.clone(),
+            broken: false,
+        })
+    }
+
+    pub fn parse_compose(&self, yaml: &str) -> Result<ComposeImages, PolicyError> {
+        self.session()?.parse_compose(yaml)
+    }
+
+    pub fn decide_commit(
+        &self,
+        project: &Project,
+        remote_head: Option<&str>,
+    ) -> Result<CommitDecision, PolicyError> {
+        self.session()?.decide_commit(project, remote_head)
+    }
+
+    pub fn decide_images(
+        &self,
+        project: &Project,
+        prior: &BTreeMap<String, String>,
+        lookups: &BTreeMap<String, Lookup>,
+    ) -> Result<ImageDecision, PolicyError> {
+        self.session()?.decide_images(project, prior, lookups)
+    }
+
+    pub fn check_auto_deploy(
+        &self,
+        project: &Project,
+        enable: bool,
+    ) -> Result<Verdict, PolicyError> {
+        self.session()?.check_auto_deploy(project, enable)
+    }
+
+    pub fn check_deployable(&self, project: &Project) -> Result<Verdict, PolicyError> {
+        self.session()?.check_deployable(project)
+    }
+}
+
+pub struct PolicySession {
+    store: Store<CallState>,
+    instance: bindings::Instance,
+    config: PolicyConfig,
+    broken: bool,
+}
+
+impl PolicySession {
+    fn call<T>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&bindings::Instance, &mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PolicyError> {
+        if self.broken {
+            return Err(PolicyError::Trap {
+                call,
+                message: "this instance failed an earlier call and cannot be entered again".into(),
+            });
+        }
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.config.deadline));
+        f(&self.instance, &mut self.store).map_err(|e| {
+            self.broken = true;
+            classify(call, e, &self.store, &self.config)
+        })
+    }
+
+    pub fn policy_info(&mut self) -> Result<(String, String), PolicyError> {
+        self.call("policy-info", |i, s| i.policy_info(s))
+    }
+
+    pub fn parse_compose(&mut self, yaml: &str) -> Result<ComposeImages, PolicyError> {
+        let call = "parse-compose";
+        self.call(call, |i, s| i.parse_compose(s, yaml))?
+            .map_err(|message| PolicyError::Rejected { call, message })
+    }
+
+    pub fn decide_commit(
+        &mut self,
+        project: &Project,
+        remote_head: Option<&str>,
+    ) -> Result<CommitDecision, PolicyError> {
+        let call = "decide-commit";
+        self.call(call, |i, s| i.decide_commit(s, project, remote_head))?
+            .map_err(|message| PolicyError::Rejected { call, message })
+    }
+
+    pub fn decide_images(
+        &mut self,
+        project: &Project,
+        prior: &BTreeMap<String, String>,
+        lookups: &BTreeMap<String, Lookup>,
+    ) -> Result<ImageDecision, PolicyError> {
+        self.call("decide-images", |i, s| {
+            i.decide_images(s, project, prior, lookups)
+        })
+    }
+
+    pub fn check_auto_deploy(
+        &mut self,
+        project: &Project,
+        enable: bool,
+    ) -> Result<Verdict, PolicyError> {
+        self.call("check-auto-deploy", |i, s| {
+            i.check_auto_deploy(s, project, enable)
+        })
+    }
+
+    pub fn check_deployable(&mut self, project: &Project) -> Result<Verdict, PolicyError> {
+        self.call("check-deployable", |i, s| i.check_deployable(s, project))
+    }
+}
+
+/// Per-instance state: enforces the memory cap and remembers that it did, so
+/// the resulting trap can be reported as what it is.
+struct CallState {
+    limit: usize,
+    hit_limit: bool,
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit_limit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes reached",
+                self.limit
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; no sane policy needs more.
+        Ok(desired <= 100_000)
+    }
+}
+
+fn classify(
+    call: &'static str,
+    err: wasmtime::Error,
+    store: &Store<CallState>,
+    config: &PolicyConfig,
+) -> PolicyError {
+    if store.data().hit_limit {
+        PolicyError::Memory {
+            call,
+            limit: config.memory_limit,
+        }
+    } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        PolicyError::Deadline {
+            call,
+            deadline: config.deadline,
+        }
+    } else {
+        PolicyError::Trap {
+            call,
+            message: format!("{err:#}"),
+        }
+    }
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    // One extra tick: the current one may be about to end.
+    (deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1) + 1
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
