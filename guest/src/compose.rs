@@ -22,6 +22,7 @@ pub fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
             yaml.len()
         ));
     }
+    check_flow_nesting(yaml)?;
     let mut doc: Value = serde_yaml::from_str(yaml).map_err(|e| format!("invalid YAML: {e}"))?;
     resolve_merges(&mut doc)?;
 
@@ -124,6 +125,76 @@ pub fn unescape(s: &str) -> Result<Option<String>, String> {
         }
     }
     Ok((!interpolated).then_some(literal))
+}
+
+/// Deeper flow nesting than serde_yaml accepts anyway. Checked up front
+/// because libyaml's cost grows with the square of the depth: 10,000 nested
+/// `[` take ~0.4 s in the guest before serde_yaml's own limit is reached.
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+/// Refuses flow collections (`[...]`, `{...}`) nested deeper than
+/// [`MAX_FLOW_DEPTH`]. A bracket counts only where a collection can start
+/// (after `:`, `-`, `,`, `?`, another bracket, or at a line start), outside
+/// quotes and comments, so text like `command: echo [` is not miscounted.
+fn check_flow_nesting(yaml: &str) -> Result<(), String> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    // The last byte that was not a space or tab on this line, and whether a
+    // blank came right before the current byte.
+    let mut prev: Option<u8> = None;
+    let mut after_blank = true;
+    // Whether `prev` was a bracket that opened a counted collection.
+    let mut prev_opened = false;
+    let mut bytes = yaml.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'\n' {
+            (line, comment, prev, after_blank) = (line + 1, false, None, true);
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        if let Some(q) = quote {
+            if q == b'"' && b == b'\\' {
+                bytes.next();
+            } else if b == q {
+                quote = None;
+            }
+            prev = Some(b);
+            continue;
+        }
+        if b == b' ' || b == b'\t' {
+            after_blank = true;
+            continue;
+        }
+        match b {
+            b'#' if after_blank => comment = true,
+            b'\'' | b'"' if starts_value(prev, prev_opened) => quote = Some(b),
+            b'[' | b'{' if starts_value(prev, prev_opened) => {
+                depth += 1;
+                prev_opened = true;
+                prev = Some(b);
+                after_blank = false;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(format!(
+                        "invalid YAML: collections nest deeper than {MAX_FLOW_DEPTH} levels (line {line})"
+                    ));
+                }
+                continue;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = Some(b);
+        prev_opened = false;
+        after_blank = false;
+    }
+    Ok(())
+}
+
+fn starts_value(prev: Option<u8>, prev_opened: bool) -> bool {
+    prev_opened || matches!(prev, None | Some(b':' | b'-' | b',' | b'?'))
 }
 
 /// Applies `<<` merge keys the way docker compose (yaml.v3) does: a merge
@@ -265,6 +336,21 @@ mod tests {
     }
 
     #[test]
+    fn brackets_in_text_quotes_and_comments_are_not_nesting() {
+        let many = "[".repeat(200);
+        let yaml = format!(
+            "services:\n  a:\n    image: x:1\n    command: echo {many}\n    labels: ['{many}', \"{many}\"]\n    # {many}\n"
+        );
+        assert_eq!(parse(&yaml).0, ["x:1"]);
+        let nested = format!(
+            "services: {{a: {{image: x:1, labels: {}{}}}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert_eq!(parse(&nested).0, ["x:1"]);
+    }
+
+    #[test]
     fn empty_and_serviceless_documents_list_nothing() {
         assert_eq!(parse(""), (vec![], vec![]));
         assert_eq!(parse("version: '3'\n"), (vec![], vec![]));
@@ -294,7 +380,19 @@ mod tests {
         }
         assert!(parse_compose(&bomb).is_err());
         let deep = format!("services: {}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(parse_compose(&deep).unwrap_err().contains("recursion"));
+        assert!(
+            parse_compose(&deep)
+                .unwrap_err()
+                .contains("deeper than 128")
+        );
+        let block_deep: String = (0..1000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        assert!(
+            parse_compose(&block_deep)
+                .unwrap_err()
+                .contains("recursion limit")
+        );
         let big = "#".repeat(10 * 1024 * 1024);
         assert!(parse_compose(&big).unwrap_err().contains("limit"));
     }

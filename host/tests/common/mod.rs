@@ -1,0 +1,131 @@
+//! Builds small hostile policy components for the tests: a core module written
+//! in WAT, with one body per exported function, componentized against a WIT
+//! world with wit-component, exactly as a real guest would be.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy::policy::{Policy, PolicyConfig, PolicyRuntime};
+use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
+use wit_parser::abi::{AbiVariant, WasmType};
+use wit_parser::{Resolve, WorldItem};
+
+/// The contract itself.
+pub const CONTRACT: &str = include_str!("../../../wit/policy@0.1.0/policy.wit");
+
+/// `policy-info` answers {name: "hostile", version: "0"} from a static record
+/// at address 16; the name and version bytes sit at 64 and 80.
+pub const POLICY_INFO_BODY: &str = "(i32.const 16)";
+/// Spins until the epoch deadline interrupts it.
+pub const LOOP_BODY: &str = "(loop $spin (br $spin)) unreachable";
+/// Asks for 200 MiB more memory.
+pub const MEMORY_BOMB_BODY: &str = "(drop (memory.grow (i32.const 3200))) unreachable";
+pub const TRAP_BODY: &str = "unreachable";
+
+/// A component for `wit`'s `world`; `body(name)` gives each exported function's
+/// core body, `core_imports` the module's import declarations.
+pub fn component(
+    wit: &str,
+    world: &str,
+    core_imports: &str,
+    body: impl Fn(&str) -> String,
+) -> Vec<u8> {
+    let mut resolve = Resolve::new();
+    let pkg = resolve
+        .push_str("fixture.wit", wit)
+        .expect("fixture WIT parses");
+    let world = resolve
+        .select_world(&[pkg], Some(world))
+        .expect("fixture world");
+    let mut funcs = String::new();
+    for (key, item) in &resolve.worlds[world].exports {
+        let WorldItem::Interface { id, .. } = item else {
+            continue;
+        };
+        let interface = resolve.name_world_key(key);
+        for (name, func) in &resolve.interfaces[*id].functions {
+            let sig = resolve.wasm_signature(AbiVariant::GuestExport, func);
+            let types = |list: &[WasmType]| -> String {
+                list.iter()
+                    .map(|t| match t {
+                        WasmType::I64 | WasmType::PointerOrI64 => " i64",
+                        WasmType::F32 => " f32",
+                        WasmType::F64 => " f64",
+                        _ => " i32",
+                    })
+                    .collect()
+            };
+            let params = types(&sig.params);
+            let results = types(&sig.results);
+            let params = if params.is_empty() {
+                String::new()
+            } else {
+                format!("(param{params})")
+            };
+            let results = if results.is_empty() {
+                String::new()
+            } else {
+                format!("(result{results})")
+            };
+            funcs.push_str(&format!(
+                "(func (export \"{interface}#{name}\") {params} {results} {})\n",
+                body(name)
+            ));
+        }
+    }
+    let wat = format!(
+        r#"(module
+  {core_imports}
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\40\00\00\00\07\00\00\00\50\00\00\00\01\00\00\00")
+  (data (i32.const 64) "hostile")
+  (data (i32.const 80) "0")
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+      (then (drop (memory.grow (i32.add (i32.const 1)
+        (i32.shr_u (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536))) (i32.const 16)))))))
+    (local.get $p))
+  {funcs})"#
+    );
+    let mut module = wat::parse_str(&wat).expect("fixture WAT parses");
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
+        .expect("embed metadata");
+    ComponentEncoder::default()
+        .module(&module)
+        .and_then(|e| e.validate(true).encode())
+        .expect("componentize fixture")
+}
+
+/// A full implementation of the contract whose `policy-info` behaves and whose
+/// other functions all run `hostile_body`.
+pub fn hostile_policy(hostile_body: &str) -> Vec<u8> {
+    component(CONTRACT, "policy", "", |name| {
+        if name == "policy-info" {
+            POLICY_INFO_BODY.into()
+        } else {
+            hostile_body.into()
+        }
+    })
+}
+
+pub fn runtime(deadline_ms: u64, memory_mib: usize) -> Arc<PolicyRuntime> {
+    PolicyRuntime::new(PolicyConfig {
+        deadline: Duration::from_millis(deadline_ms),
+        memory_limit: memory_mib << 20,
+        ..PolicyConfig::default()
+    })
+    .expect("policy runtime")
+}
+
+pub fn bundled() -> Policy {
+    runtime(100, 64)
+        .load_bundled()
+        .expect("bundled policy loads")
+}
