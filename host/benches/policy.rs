@@ -1,1 +1,94 @@
-fn main() {}
+//! parse-compose + decide-images on a 20-service compose file:
+//! (a) the guest's functions as native Rust,
+//! (b) through the component with a fresh instance per decision (what the
+//!     daemon does),
+//! (c) through the component on one reused instance.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use autodeploy::policy::{Lookup, PolicyConfig, PolicyRuntime, Project, ProjectKind};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn compose_file() -> String {
+    let mut yaml = String::from(
+        "x-defaults: &defaults\n  restart: unless-stopped\n  logging: {driver: json-file}\nservices:\n",
+    );
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "  svc{i}:\n    <<: *defaults\n    image: registry.example.com/acme/svc{i}:1.{i}\n    \
+             environment:\n      PORT: \"80{i:02}\"\n    ports: [\"80{i:02}:80\"]\n"
+        ));
+    }
+    yaml
+}
+
+fn digest(seed: usize) -> String {
+    format!("sha256:{seed:064x}")
+}
+
+fn inputs(images: &[String]) -> (BTreeMap<String, String>, BTreeMap<String, Lookup>) {
+    let prior = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| (im.clone(), digest(i)))
+        .collect();
+    // One image moved upstream: the decision deploys.
+    let lookups = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| {
+            (
+                im.clone(),
+                Lookup::Digest(digest(if i == 7 { 1000 } else { i })),
+            )
+        })
+        .collect();
+    (prior, lookups)
+}
+
+fn bench(c: &mut Criterion) {
+    let yaml = compose_file();
+    let project = Project {
+        kind: ProjectKind::Compose,
+        ..Project::default()
+    };
+    let images = autodeploy_guest::parse_compose(&yaml).unwrap().images;
+    assert_eq!(images.len(), 20);
+    let (prior, lookups) = inputs(&images);
+
+    let runtime = PolicyRuntime::new(PolicyConfig::default()).unwrap();
+    let policy = runtime.load_bundled().unwrap();
+
+    let mut group = c.benchmark_group("parse-compose+decide-images/20 services");
+    group.bench_function("a native", |b| {
+        b.iter(|| {
+            let found = autodeploy_guest::parse_compose(black_box(&yaml)).unwrap();
+            assert_eq!(found.images.len(), 20);
+            let d = autodeploy_guest::decide_images(&project, &prior, &lookups);
+            assert!(d.trigger);
+        })
+    });
+    group.bench_function("b component, fresh instance per decision", |b| {
+        b.iter(|| {
+            let found = policy.parse_compose(black_box(&yaml)).unwrap();
+            assert_eq!(found.images.len(), 20);
+            let d = policy.decide_images(&project, &prior, &lookups).unwrap();
+            assert!(d.trigger);
+        })
+    });
+    let mut session = policy.session().unwrap();
+    group.bench_function("c component, reused instance", |b| {
+        b.iter(|| {
+            let found = session.parse_compose(black_box(&yaml)).unwrap();
+            assert_eq!(found.images.len(), 20);
+            let d = session.decide_images(&project, &prior, &lookups).unwrap();
+            assert!(d.trigger);
+        })
+    });
+    group.bench_function("instantiate only", |b| b.iter(|| policy.session().unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: installs what the checks need on a fresh Debian machine,
+# then runs formatting, lints and every test. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the build and tests use.
+packages=(gcc libc6-dev)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "==> apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# The policy guest is built for this target by host/build.rs.
+rustup target add wasm32-unknown-unknown
+rustup component add rustfmt clippy
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy (host and guest, native)"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo clippy (guest, wasm32: the wit-bindgen layer only builds there)"
+cargo clippy -p autodeploy-guest --target wasm32-unknown-unknown -- -D warnings
+echo "==> cargo test"
+cargo test --workspace
