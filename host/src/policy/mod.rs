@@ -34,6 +34,9 @@ pub use bindings::{FUNCTIONS, INTERFACE};
 /// The default policy, built from `guest/` by `build.rs`.
 pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
 
+/// Bytes of each pooled linear memory kept mapped between instances.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -101,7 +104,12 @@ impl PolicyRuntime {
             .total_core_instances(config.max_instances * 4)
             .total_memories(config.max_instances)
             .total_tables(config.max_instances * 2)
-            .max_memory_size(config.memory_limit);
+            .max_memory_size(config.memory_limit)
+            // A fresh instance per decision would otherwise page-fault its
+            // stack and heap back in every time; zeroing the first MiBs with
+            // memset on release is cheaper than the faults.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
