@@ -1,1 +1,3 @@
 pub mod policy;
+pub mod secrets;
+pub mod store;

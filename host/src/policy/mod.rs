@@ -155,7 +155,7 @@ impl PolicyRuntime {
     /// Compiles a component and checks it against the contract. `source` says
     /// where it came from, for `PolicyInfo`.
     pub fn load(self: &Arc<Self>, bytes: &[u8], source: &str) -> Result<Policy, PolicyError> {
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = crate::secrets::hex(&Sha256::digest(bytes));
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
         check_shape(&self.engine, &component)?;
@@ -443,8 +443,4 @@ fn classify(
 fn deadline_ticks(deadline: Duration) -> u64 {
     // One extra tick: the current one may be about to end.
     (deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1) + 1
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
