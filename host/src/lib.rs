@@ -1,3 +1,9 @@
+pub mod agent;
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod pipeline;
 pub mod policy;
 pub mod secrets;
+pub mod serve;
 pub mod store;

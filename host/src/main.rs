@@ -3,7 +3,10 @@
 
 use std::process::ExitCode;
 
+use anyhow::Result;
+use autodeploy::client::{self, ClientArgs, NodeCommand, ProjectCommand, SettingsCommand};
 use autodeploy::policy::cli::{PolicyArgs, PolicyCommand};
+use autodeploy::serve::{self, ServeArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -21,21 +24,81 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one decision of the policy: JSON in, JSON out.
+    /// Run the daemon: API, hosted git, triggers (SQLite and the bundled policy by default).
+    Serve(ServeArgs),
+    /// Run one policy decision locally (JSON in, JSON out), or load/roll back the daemon's policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage projects on a running daemon.
+    Project {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// Read or change a running daemon's settings.
+    Settings {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SettingsCommand,
+    },
+    /// Manage deploy nodes on a running daemon.
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Policy(command) => autodeploy::policy::cli::run(command, &cli.policy),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match &cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            runtime()?.block_on(serve::run(args, &cli.policy))
+        }
+        Command::Policy(PolicyCommand::Load { file }) => {
+            runtime()?.block_on(client::load_policy(&ClientArgs::from_env(), file))
+        }
+        Command::Policy(PolicyCommand::Rollback) => {
+            runtime()?.block_on(client::rollback_policy(&ClientArgs::from_env()))
+        }
+        Command::Policy(command) => autodeploy::policy::cli::run(command, &cli.policy),
+        Command::Project { client, command } => {
+            runtime()?.block_on(client::project(client, command))
+        }
+        Command::Settings { client, command } => {
+            runtime()?.block_on(client::settings(client, command))
+        }
+        Command::Node { client, command } => runtime()?.block_on(client::node(client, command)),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -17,10 +17,15 @@ pub enum SecretError {
     #[error("AUTODEPLOY_SECRET_KEY must be 64 hex characters (32 bytes)")]
     BadKey,
     #[error("secret key file {path}: {source}")]
-    KeyFile { path: String, source: std::io::Error },
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("secret key file {0} does not hold 64 hex characters")]
     BadKeyFile(String),
-    #[error("a stored credential could not be unsealed: wrong AUTODEPLOY_SECRET_KEY, or the database was altered")]
+    #[error(
+        "a stored credential could not be unsealed: wrong AUTODEPLOY_SECRET_KEY, or the database was altered"
+    )]
     Unseal,
 }
 
@@ -80,9 +85,13 @@ impl SecretKey {
             return parse_key(v.trim()).ok_or(SecretError::BadKey);
         }
         let path = data_dir.join("secret.key");
-        let io = |source| SecretError::KeyFile { path: path.display().to_string(), source };
+        let io = |source| SecretError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(&path) {
-            Ok(text) => parse_key(text.trim()).ok_or_else(|| SecretError::BadKeyFile(path.display().to_string())),
+            Ok(text) => parse_key(text.trim())
+                .ok_or_else(|| SecretError::BadKeyFile(path.display().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 rand::rng().fill_bytes(&mut bytes);
@@ -109,8 +118,13 @@ impl SecretKey {
             return Err(SecretError::Unseal);
         }
         let (nonce, body) = bytes.split_at(24);
-        let plain = self.0.decrypt(XNonce::from_slice(nonce), body).map_err(|_| SecretError::Unseal)?;
-        String::from_utf8(plain).map(Secret).map_err(|_| SecretError::Unseal)
+        let plain = self
+            .0
+            .decrypt(XNonce::from_slice(nonce), body)
+            .map_err(|_| SecretError::Unseal)?;
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| SecretError::Unseal)
     }
 }
 
@@ -124,7 +138,11 @@ fn parse_key(s: &str) -> Option<SecretKey> {
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents)
 }
 
@@ -136,7 +154,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -148,7 +169,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("autodeploy-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = SecretKey::load(None, &dir).unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("secret.key")).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join("secret.key"))
+                .unwrap()
+                .permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
         let sealed = key.seal(&Secret::new("planted-token"));
         assert!(!sealed.contains("planted"));
@@ -158,8 +183,14 @@ mod tests {
         assert_eq!(again.unseal(&sealed).unwrap().expose(), "planted-token");
         let other = SecretKey::load(Some(&"ab".repeat(32)), &dir).unwrap();
         assert!(matches!(other.unseal(&sealed), Err(SecretError::Unseal)));
-        assert!(matches!(SecretKey::load(Some("short"), &dir), Err(SecretError::BadKey)));
-        assert_eq!(format!("{:?} {}", Secret::new("x"), Secret::new("x")), "Secret(***) ***");
+        assert!(matches!(
+            SecretKey::load(Some("short"), &dir),
+            Err(SecretError::BadKey)
+        ));
+        assert_eq!(
+            format!("{:?} {}", Secret::new("x"), Secret::new("x")),
+            "Secret(***) ***"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -62,8 +62,15 @@ pub enum PolicyCommand {
     DecideCommit,
     /// Decide on image digests. Stdin: {"prior": {IMAGE: DIGEST}, "lookups": {IMAGE: {"digest": D} | {"error": E}}}.
     DecideImages,
+    /// Send a policy component to the running daemon, which validates it and
+    /// switches to it.
+    Load { file: PathBuf },
+    /// Switch the running daemon back to its previous policy.
+    Rollback,
 }
 
+/// Runs one decision locally. `Load` and `Rollback` talk to the daemon and
+/// are dispatched by main.
 pub fn run(command: &PolicyCommand, args: &PolicyArgs) -> Result<()> {
     let policy = args.load()?;
     let output = match command {
@@ -104,6 +111,9 @@ pub fn run(command: &PolicyCommand, args: &PolicyArgs) -> Result<()> {
                 "reason": d.reason,
                 "changes": d.moved,
             })
+        }
+        PolicyCommand::Load { .. } | PolicyCommand::Rollback => {
+            bail!("policy load and rollback talk to the daemon")
         }
     };
     println!("{output}");

@@ -8,6 +8,8 @@
 
 mod bindings;
 pub mod cli;
+mod handle;
+pub mod selftest;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +32,7 @@ use wasmtime::{
 };
 
 pub use bindings::{FUNCTIONS, INTERFACE};
+pub use handle::{PolicyHandle, SwapError};
 
 /// The default policy, built from `guest/` by `build.rs`.
 pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));

@@ -19,14 +19,18 @@ pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {
     pool.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .await?;
     for m in migrations {
-        let applied: Option<(String,)> = sqlx::query_as("SELECT name FROM schema_migrations WHERE name = $1")
-            .bind(m.name)
-            .fetch_optional(pool)
-            .await?;
+        let applied: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM schema_migrations WHERE name = $1")
+                .bind(m.name)
+                .fetch_optional(pool)
+                .await?;
         if applied.is_some() {
             continue;
         }
-        let fail = |source| StoreError::Migration { name: m.name.into(), source };
+        let fail = |source| StoreError::Migration {
+            name: m.name.into(),
+            source,
+        };
         let mut tx = pool.begin().await?;
         // The file holds several statements: run it as one script.
         tx.execute(m.sql).await.map_err(fail)?;

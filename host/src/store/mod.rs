@@ -43,6 +43,13 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Why a pinned compose project's deployment cannot run while its node is offline.
+pub fn refuse_to_migrate(node: &str) -> String {
+    format!(
+        "node {node} is offline; this compose project is pinned to it (its named volumes live there), refusing to migrate"
+    )
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectRecord {
     pub id: i64,
@@ -64,6 +71,59 @@ pub struct ProjectRecord {
 }
 
 impl ProjectRecord {
+    /// A not-yet-stored project, for asking the policy about it.
+    pub fn preview(f: &ProjectFields) -> ProjectRecord {
+        ProjectRecord {
+            id: 0,
+            name: String::new(),
+            project_type: f.project_type,
+            git_source: f.git_source,
+            git_url: None,
+            git_branch: String::new(),
+            compose_file_path: String::new(),
+            expose_service: None,
+            expose_port: None,
+            auto_deploy_enabled: false,
+            last_tracked_commit_sha: String::new(),
+            last_tracked_image_digests: BTreeMap::new(),
+            pinned_node_id: None,
+            credentials: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+        .with_fields(f)
+    }
+
+    /// This project with its user-set fields replaced.
+    pub fn with_fields(&self, f: &ProjectFields) -> ProjectRecord {
+        ProjectRecord {
+            name: f.name.clone(),
+            project_type: f.project_type,
+            git_source: f.git_source,
+            git_url: f.git_url.clone(),
+            git_branch: f.git_branch.clone(),
+            compose_file_path: f.compose_file_path.clone(),
+            expose_service: f.expose_service.clone(),
+            expose_port: f.expose_port,
+            auto_deploy_enabled: f.auto_deploy_enabled,
+            ..self.clone()
+        }
+    }
+
+    pub fn fields(&self) -> ProjectFields {
+        ProjectFields {
+            name: self.name.clone(),
+            project_type: self.project_type,
+            git_source: self.git_source,
+            git_url: self.git_url.clone(),
+            git_branch: self.git_branch.clone(),
+            compose_file_path: self.compose_file_path.clone(),
+            expose_service: self.expose_service.clone(),
+            expose_port: self.expose_port,
+            auto_deploy_enabled: self.auto_deploy_enabled,
+        }
+    }
+
     /// What the policy may know about the project.
     pub fn policy_view(&self) -> crate::policy::Project {
         crate::policy::Project {
@@ -186,7 +246,8 @@ pub struct Node {
 
 impl Node {
     pub fn online(&self, now: i64, offline_after: i64) -> bool {
-        self.last_seen_at.is_some_and(|seen| now - seen <= offline_after)
+        self.last_seen_at
+            .is_some_and(|seen| now - seen <= offline_after)
     }
 }
 
@@ -219,7 +280,11 @@ pub trait Store: Send + Sync {
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;
     async fn delete_project(&self, id: i64) -> Result<()>;
     /// `None` removes the credential.
-    async fn set_credential(&self, project_id: i64, credential: Option<&SealedCredential>) -> Result<()>;
+    async fn set_credential(
+        &self,
+        project_id: i64,
+        credential: Option<&SealedCredential>,
+    ) -> Result<()>;
     async fn credential(&self, project_id: i64) -> Result<Option<SealedCredential>>;
     async fn set_push_token_hash(&self, project_id: i64, hash: &str) -> Result<()>;
     async fn project_by_push_token_hash(&self, project_id: i64, hash: &str) -> Result<bool>;

@@ -53,23 +53,39 @@ const MASTER: &str = "auto_deploy_master_enabled";
 impl Settings {
     /// Validates a JSON update from the API into stored string values.
     /// Nothing is applied unless every key is valid.
-    pub fn validate_update(update: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, String>, SettingError> {
+    pub fn validate_update(
+        update: &serde_json::Map<String, Value>,
+    ) -> Result<BTreeMap<String, String>, SettingError> {
         let mut out = BTreeMap::new();
         for (key, value) in update {
             if key == MASTER {
-                let b = value.as_bool().ok_or_else(|| SettingError::Type { key: key.clone(), expected: "true or false" })?;
+                let b = value.as_bool().ok_or_else(|| SettingError::Type {
+                    key: key.clone(),
+                    expected: "true or false",
+                })?;
                 out.insert(key.clone(), b.to_string());
                 continue;
             }
             let Some(&(_, min, max)) = NUMBERS.iter().find(|(name, ..)| name == key) else {
                 return Err(SettingError::Unknown(key.clone()));
             };
-            let n = value.as_u64().ok_or_else(|| SettingError::Type { key: key.clone(), expected: "a whole number of seconds or count" })?;
+            let n = value.as_u64().ok_or_else(|| SettingError::Type {
+                key: key.clone(),
+                expected: "a whole number of seconds or count",
+            })?;
             if n < min {
-                return Err(SettingError::BelowMinimum { key: key.clone(), min, value: n });
+                return Err(SettingError::BelowMinimum {
+                    key: key.clone(),
+                    min,
+                    value: n,
+                });
             }
             if n > max {
-                return Err(SettingError::AboveMaximum { key: key.clone(), max, value: n });
+                return Err(SettingError::AboveMaximum {
+                    key: key.clone(),
+                    max,
+                    value: n,
+                });
             }
             out.insert(key.clone(), n.to_string());
         }
@@ -82,11 +98,22 @@ impl Settings {
         let mut s = Settings::default();
         for (key, value) in rows {
             match key.as_str() {
-                MASTER => s.auto_deploy_master_enabled = value.parse().unwrap_or(s.auto_deploy_master_enabled),
-                "auto_deploy_poll_interval_seconds" => parse_into(&mut s.auto_deploy_poll_interval_seconds, &value),
-                "auto_deploy_image_watch_interval_seconds" => parse_into(&mut s.auto_deploy_image_watch_interval_seconds, &value),
-                "auto_deploy_poll_concurrency" => parse_into(&mut s.auto_deploy_poll_concurrency, &value),
-                "node_offline_after_seconds" => parse_into(&mut s.node_offline_after_seconds, &value),
+                MASTER => {
+                    s.auto_deploy_master_enabled =
+                        value.parse().unwrap_or(s.auto_deploy_master_enabled)
+                }
+                "auto_deploy_poll_interval_seconds" => {
+                    parse_into(&mut s.auto_deploy_poll_interval_seconds, &value)
+                }
+                "auto_deploy_image_watch_interval_seconds" => {
+                    parse_into(&mut s.auto_deploy_image_watch_interval_seconds, &value)
+                }
+                "auto_deploy_poll_concurrency" => {
+                    parse_into(&mut s.auto_deploy_poll_concurrency, &value)
+                }
+                "node_offline_after_seconds" => {
+                    parse_into(&mut s.node_offline_after_seconds, &value)
+                }
                 _ => {}
             }
         }
@@ -112,15 +139,40 @@ mod tests {
     #[test]
     fn minimums_types_and_unknown_keys_are_refused() {
         assert_eq!(
-            update(json!({"auto_deploy_poll_interval_seconds": 9})).unwrap_err().to_string(),
+            update(json!({"auto_deploy_poll_interval_seconds": 9}))
+                .unwrap_err()
+                .to_string(),
             "auto_deploy_poll_interval_seconds must be at least 10, got 9"
         );
-        assert!(update(json!({"auto_deploy_image_watch_interval_seconds": 59})).unwrap_err().to_string().contains("at least 60"));
-        assert!(matches!(update(json!({"auto_deploy_master_enabled": "yes"})), Err(SettingError::Type { .. })));
-        assert!(matches!(update(json!({"auto_deploy_poll_interval_seconds": -5})), Err(SettingError::Type { .. })));
-        assert!(matches!(update(json!({"poll": 10})), Err(SettingError::Unknown(_))));
-        let ok = update(json!({"auto_deploy_poll_interval_seconds": 10, "auto_deploy_master_enabled": false})).unwrap();
+        assert!(
+            update(json!({"auto_deploy_image_watch_interval_seconds": 59}))
+                .unwrap_err()
+                .to_string()
+                .contains("at least 60")
+        );
+        assert!(matches!(
+            update(json!({"auto_deploy_master_enabled": "yes"})),
+            Err(SettingError::Type { .. })
+        ));
+        assert!(matches!(
+            update(json!({"auto_deploy_poll_interval_seconds": -5})),
+            Err(SettingError::Type { .. })
+        ));
+        assert!(matches!(
+            update(json!({"poll": 10})),
+            Err(SettingError::Unknown(_))
+        ));
+        let ok = update(
+            json!({"auto_deploy_poll_interval_seconds": 10, "auto_deploy_master_enabled": false}),
+        )
+        .unwrap();
         let s = Settings::from_rows(ok);
-        assert_eq!((s.auto_deploy_poll_interval_seconds, s.auto_deploy_master_enabled), (10, false));
+        assert_eq!(
+            (
+                s.auto_deploy_poll_interval_seconds,
+                s.auto_deploy_master_enabled
+            ),
+            (10, false)
+        );
     }
 }

@@ -32,7 +32,11 @@ impl SqlStore {
         if !sqlite {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         }
-        let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+        let url = if url.contains('?') {
+            url.to_string()
+        } else {
+            format!("{url}?mode=rwc")
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .after_connect(|conn, _| {
@@ -54,7 +58,11 @@ impl SqlStore {
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(if self.sqlite { self.pool.begin_with("BEGIN IMMEDIATE").await? } else { self.pool.begin().await? })
+        Ok(if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -65,7 +73,9 @@ impl SqlStore {
 /// A database URL without its password, for error messages.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_string(),
     }
 }
@@ -104,7 +114,9 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
         expose_port: row.try_get("expose_port")?,
         auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
         last_tracked_commit_sha: row.try_get("last_tracked_commit_sha")?,
-        last_tracked_image_digests: digests_from(&row.try_get::<String, _>("last_tracked_image_digests")?)?,
+        last_tracked_image_digests: digests_from(
+            &row.try_get::<String, _>("last_tracked_image_digests")?,
+        )?,
         pinned_node_id: row.try_get("pinned_node_id")?,
         credentials: match kind {
             Some(k) => Some(CredentialInfo {
@@ -153,7 +165,9 @@ fn node_from(row: &AnyRow) -> Result<Node> {
 /// Unique-constraint violations become a conflict naming what clashed.
 fn unique(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(format!("{what} already exists")),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("{what} already exists"))
+        }
         _ => StoreError::Db(e),
     }
 }
@@ -214,27 +228,37 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_event(&mut *tx, Some(id), "project.created", &format!("project {:?} created", f.name)).await?;
+        insert_event(
+            &mut *tx,
+            Some(id),
+            "project.created",
+            &format!("project {:?} created", f.name),
+        )
+        .await?;
         tx.commit().await?;
         self.project(id).await
     }
 
     async fn project(&self, id: i64) -> Result<ProjectRecord> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {PROJECT_COLUMNS} {PROJECT_FROM} WHERE p.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project {id}")))?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} {PROJECT_FROM} WHERE p.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("project {id}")))?;
         project_from(&row)
     }
 
     async fn projects(&self) -> Result<Vec<ProjectRecord>> {
-        sqlx::query(AssertSqlSafe(format!("SELECT {PROJECT_COLUMNS} {PROJECT_FROM} ORDER BY p.id")))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(project_from)
-            .collect()
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} {PROJECT_FROM} ORDER BY p.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(project_from)
+        .collect()
     }
 
     async fn update_project(&self, id: i64, f: &ProjectFields) -> Result<ProjectRecord> {
@@ -264,11 +288,20 @@ impl Store for SqlStore {
     }
 
     async fn delete_project(&self, id: i64) -> Result<()> {
-        let done = sqlx::query("DELETE FROM projects WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("project {id}")));
         }
-        insert_event(&self.pool, Some(id), "project.deleted", &format!("project {id} deleted")).await
+        insert_event(
+            &self.pool,
+            Some(id),
+            "project.deleted",
+            &format!("project {id} deleted"),
+        )
+        .await
     }
 
     async fn set_credential(&self, project_id: i64, c: Option<&SealedCredential>) -> Result<()> {
@@ -291,10 +324,12 @@ impl Store for SqlStore {
     }
 
     async fn credential(&self, project_id: i64) -> Result<Option<SealedCredential>> {
-        let row = sqlx::query("SELECT kind, username, sealed FROM project_credentials WHERE project_id = $1")
-            .bind(project_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT kind, username, sealed FROM project_credentials WHERE project_id = $1",
+        )
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(SealedCredential {
                 kind: enum_from("credential kind", &r.try_get::<String, _>("kind")?)?,
@@ -327,10 +362,17 @@ impl Store for SqlStore {
     }
 
     async fn settings(&self) -> Result<Settings> {
-        let rows = sqlx::query("SELECT key, value FROM settings").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT key, value FROM settings")
+            .fetch_all(&self.pool)
+            .await?;
         let pairs = rows
             .iter()
-            .map(|r| Ok((r.try_get::<String, _>("key")?, r.try_get::<String, _>("value")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("key")?,
+                    r.try_get::<String, _>("value")?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Settings::from_rows(pairs))
     }
@@ -338,20 +380,31 @@ impl Store for SqlStore {
     async fn put_settings(&self, values: &BTreeMap<String, String>) -> Result<Settings> {
         let mut tx = self.begin_write().await?;
         for (key, value) in values {
-            sqlx::query("DELETE FROM settings WHERE key = $1").bind(key).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM settings WHERE key = $1")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
                 .bind(key)
                 .bind(value)
                 .execute(&mut *tx)
                 .await?;
-            insert_event(&mut *tx, None, "settings.changed", &format!("{key} = {value}")).await?;
+            insert_event(
+                &mut *tx,
+                None,
+                "settings.changed",
+                &format!("{key} = {value}"),
+            )
+            .await?;
         }
         tx.commit().await?;
         self.settings().await
     }
 
     async fn admin_token_count(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("n")?)
     }
 
@@ -466,22 +519,26 @@ impl Store for SqlStore {
     }
 
     async fn deployment(&self, id: i64) -> Result<Deployment> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
         deployment_from(&row)
     }
 
     async fn add_node(&self, name: &str, token_hash: &str) -> Result<Node> {
-        let row = sqlx::query("INSERT INTO nodes (name, token_hash, created_at) VALUES ($1, $2, $3) RETURNING id")
-            .bind(name)
-            .bind(token_hash)
-            .bind(now())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unique(&format!("a node named {name:?}")))?;
+        let row = sqlx::query(
+            "INSERT INTO nodes (name, token_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unique(&format!("a node named {name:?}")))?;
         self.node(row.try_get("id")?).await
     }
 
@@ -514,7 +571,10 @@ impl Store for SqlStore {
     }
 
     async fn delete_node(&self, id: i64) -> Result<()> {
-        let done = sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("node {id}")));
         }
@@ -569,9 +629,18 @@ impl Store for SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        insert_event(&mut *tx, Some(project_id), "deploy.claimed", &format!("deployment {id} claimed by node {node_id}")).await?;
+        insert_event(
+            &mut *tx,
+            Some(project_id),
+            "deploy.claimed",
+            &format!("deployment {id} claimed by node {node_id}"),
+        )
+        .await?;
         tx.commit().await?;
-        Ok(Some(Claim { deployment: self.deployment(id).await?, project: self.project(project_id).await? }))
+        Ok(Some(Claim {
+            deployment: self.deployment(id).await?,
+            project: self.project(project_id).await?,
+        }))
     }
 
     async fn report(
@@ -583,7 +652,8 @@ impl Store for SqlStore {
         error: Option<&str>,
     ) -> Result<Deployment> {
         let t = now();
-        let finished = matches!(status, DeployStatus::Succeeded | DeployStatus::Failed).then_some(t);
+        let finished =
+            matches!(status, DeployStatus::Succeeded | DeployStatus::Failed).then_some(t);
         let done = sqlx::query(
             "UPDATE deployments SET status = $1, log_tail = COALESCE($2, log_tail), error = COALESCE($3, error), \
              updated_at = $4, finished_at = $5 WHERE id = $6 AND node_id = $7 AND status = 'running'",
@@ -605,7 +675,13 @@ impl Store for SqlStore {
             )));
         }
         self.heartbeat(node_id, t).await?;
-        insert_event(&self.pool, Some(d.project_id), "deploy.reported", &format!("deployment {deployment_id}: {}", enum_str(&status))).await?;
+        insert_event(
+            &self.pool,
+            Some(d.project_id),
+            "deploy.reported",
+            &format!("deployment {deployment_id}: {}", enum_str(&status)),
+        )
+        .await?;
         Ok(d)
     }
 
@@ -621,11 +697,14 @@ impl Store for SqlStore {
         let t = now();
         let mut failed = Vec::new();
         for r in &rows {
-            let (id, status, node): (i64, String, String) = (r.try_get("id")?, r.try_get("status")?, r.try_get("name")?);
+            let (id, status, node): (i64, String, String) =
+                (r.try_get("id")?, r.try_get("status")?, r.try_get("name")?);
             let error = if status == "running" {
-                format!("node {node} went offline while running this deployment; it was not finished")
+                format!(
+                    "node {node} went offline while running this deployment; it was not finished"
+                )
             } else {
-                format!("node {node} is offline; this project is pinned to it (its data lives there), refusing to migrate")
+                refuse_to_migrate(&node)
             };
             sqlx::query("UPDATE deployments SET status = 'failed', error = $1, updated_at = $2, finished_at = $3 WHERE id = $4")
                 .bind(&error)
@@ -640,7 +719,13 @@ impl Store for SqlStore {
         let mut out = Vec::new();
         for id in failed {
             let d = self.deployment(id).await?;
-            insert_event(&self.pool, Some(d.project_id), "deploy.failed", d.error.as_deref().unwrap_or_default()).await?;
+            insert_event(
+                &self.pool,
+                Some(d.project_id),
+                "deploy.failed",
+                d.error.as_deref().unwrap_or_default(),
+            )
+            .await?;
             out.push(d);
         }
         Ok(out)

@@ -1,0 +1,54 @@
+//! Deploy nodes, seen from the control plane: a node that stops heartbeating
+//! goes offline, and what it held is failed with a reason rather than lost.
+//! (The agent program that runs deploys on a node builds on the same API.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::store::now;
+
+pub const NODE_WATCH: &str = "node-watch";
+
+/// Every few seconds, fails the queued and running deployments of nodes not
+/// seen for `node_offline_after_seconds` (re-read each tick).
+pub async fn watch_nodes(app: Arc<App>, cancel: CancellationToken) {
+    loop {
+        let wait = match tick(&app).await {
+            Ok(offline_after) => {
+                app.loops.set(NODE_WATCH, "running", None);
+                // Check a few times per timeout so a dead node is noticed soon after it.
+                Duration::from_secs((offline_after / 4).clamp(1, 15))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "node watch tick failed");
+                app.loops.set(NODE_WATCH, "running", Some(e.to_string()));
+                Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    app.loops.set(NODE_WATCH, "stopped", None);
+}
+
+async fn tick(app: &App) -> Result<u64, crate::store::StoreError> {
+    let offline_after = app.store.settings().await?.node_offline_after_seconds;
+    for d in app
+        .store
+        .fail_deployments_of_offline_nodes(now() - offline_after as i64)
+        .await?
+    {
+        tracing::warn!(
+            project = d.project_id,
+            deployment = d.id,
+            error = d.error.as_deref().unwrap_or(""),
+            "deployment failed: node offline"
+        );
+    }
+    Ok(offline_after)
+}

@@ -1,0 +1,181 @@
+//! Status, settings, the policy, deploy nodes and the event log.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, Body, Id};
+use crate::app::App;
+use crate::policy::{PolicyInfo, SwapError};
+use crate::secrets::{new_token, token_hash};
+use crate::store::{Event, Node, Settings, now};
+
+pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+    let settings = app.store.settings().await?;
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "policy": app.policy.current().info(),
+        "auto_deploy_master_enabled": settings.auto_deploy_master_enabled,
+        "loops": app.loops.snapshot(),
+    })))
+}
+
+pub async fn get_settings(State(app): State<Arc<App>>) -> ApiResult<Json<Settings>> {
+    Ok(Json(app.store.settings().await?))
+}
+
+pub async fn put_settings(
+    State(app): State<Arc<App>>,
+    Body(update): Body<serde_json::Map<String, Value>>,
+) -> ApiResult<Json<Settings>> {
+    let values =
+        Settings::validate_update(&update).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let settings = app.store.put_settings(&values).await?;
+    tracing::info!(?values, "settings changed");
+    Ok(Json(settings))
+}
+
+pub async fn get_policy(State(app): State<Arc<App>>) -> Json<PolicyInfo> {
+    Json(app.policy.current().info().clone())
+}
+
+/// The body is the component's bytes. Validation (compile, contract check,
+/// self-test) runs off the async threads; the running policy stays unless
+/// the new one passes.
+pub async fn put_policy(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<PolicyInfo>> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body must be a WebAssembly component",
+        ));
+    }
+    let swap = app.clone();
+    let info = tokio::task::spawn_blocking(move || swap.policy.install(&body, "api"))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("policy load failed: {e}"),
+            )
+        })?
+        .map_err(swap_error)?;
+    app.store
+        .log_event(
+            None,
+            "policy.switched",
+            &format!("{} {} ({})", info.name, info.version, info.sha256),
+        )
+        .await?;
+    Ok(Json(info))
+}
+
+pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<PolicyInfo>> {
+    let info = app.policy.rollback().map_err(swap_error)?;
+    app.store
+        .log_event(
+            None,
+            "policy.rolled-back",
+            &format!("{} {} ({})", info.name, info.version, info.sha256),
+        )
+        .await?;
+    Ok(Json(info))
+}
+
+fn swap_error(e: SwapError) -> ApiError {
+    match e {
+        SwapError::Io { .. } => {
+            tracing::error!(error = %e, "storing a policy failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        SwapError::NoPrevious => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    name: String,
+}
+
+#[derive(Serialize)]
+pub struct NodeAnswer {
+    #[serde(flatten)]
+    node: Node,
+    online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+pub async fn list_nodes(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<NodeAnswer>>> {
+    let offline_after = app.store.settings().await?.node_offline_after_seconds as i64;
+    let t = now();
+    let nodes = app.store.nodes().await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|node| NodeAnswer {
+                online: node.online(t, offline_after),
+                node,
+                token: None,
+            })
+            .collect(),
+    ))
+}
+
+/// The node's token is in this answer only; the store keeps its hash.
+pub async fn add_node(
+    State(app): State<Arc<App>>,
+    Body(req): Body<NewNode>,
+) -> ApiResult<(StatusCode, Json<NodeAnswer>)> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if req.name.is_empty() || req.name.len() > 100 || !req.name.chars().all(ok) {
+        return Err(ApiError::bad_request(format!(
+            "node name {:?} must be 1-100 letters, digits, '-', '_' or '.'",
+            req.name
+        )));
+    }
+    let token = new_token("adn");
+    let node = app
+        .store
+        .add_node(&req.name, &token_hash(token.expose()))
+        .await?;
+    app.store
+        .log_event(None, "node.added", &format!("node {} added", node.name))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NodeAnswer {
+            node,
+            online: false,
+            token: Some(token.expose().to_string()),
+        }),
+    ))
+}
+
+pub async fn delete_node(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
+    app.store.delete_node(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    project_id: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<Vec<Event>>> {
+    Ok(Json(
+        app.store
+            .events(q.project_id, q.limit.unwrap_or(100).clamp(1, 1000))
+            .await?,
+    ))
+}

@@ -1,0 +1,94 @@
+//! The deploy agents' side of the API: a node authenticates with its own
+//! token, heartbeats, claims deployments and reports how they went.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use super::{ApiError, ApiResult, Body, Id, bearer};
+use crate::app::App;
+use crate::secrets::token_hash;
+use crate::store::{Claim, DeployStatus, Deployment, Node, now};
+
+/// Log tails are cut to their last 64 KiB.
+const MAX_LOG_TAIL: usize = 64 * 1024;
+
+pub async fn require_node(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = bearer(req.headers()) else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
+    };
+    match app.store.node_by_token_hash(&token_hash(token)).await {
+        Ok(Some(node)) => {
+            req.extensions_mut().insert(node);
+            next.run(req).await
+        }
+        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid node token").into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pub async fn heartbeat(
+    State(app): State<Arc<App>>,
+    Extension(node): Extension<Node>,
+) -> ApiResult<StatusCode> {
+    app.store.heartbeat(node.id, now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// 200 with the deployment to run, or 204 when there is none.
+pub async fn claim(
+    State(app): State<Arc<App>>,
+    Extension(node): Extension<Node>,
+) -> ApiResult<Response> {
+    Ok(match app.store.claim(node.id).await? {
+        Some(claim) => {
+            tracing::info!(node = %node.name, deployment = claim.deployment.id, project = claim.project.id, "deployment claimed");
+            Json::<Claim>(claim).into_response()
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    status: DeployStatus,
+    log_tail: Option<String>,
+    error: Option<String>,
+}
+
+pub async fn report(
+    State(app): State<Arc<App>>,
+    Extension(node): Extension<Node>,
+    Id(id): Id,
+    Body(r): Body<Report>,
+) -> ApiResult<Json<Deployment>> {
+    if r.status == DeployStatus::Queued {
+        return Err(ApiError::bad_request(
+            "status must be running, succeeded or failed",
+        ));
+    }
+    let tail = r.log_tail.as_deref().map(last_bytes);
+    let d = app
+        .store
+        .report(node.id, id, r.status, tail, r.error.as_deref())
+        .await?;
+    tracing::info!(node = %node.name, deployment = id, status = ?r.status, "deployment reported");
+    Ok(Json(d))
+}
+
+fn last_bytes(s: &str) -> &str {
+    if s.len() <= MAX_LOG_TAIL {
+        return s;
+    }
+    let mut start = s.len() - MAX_LOG_TAIL;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}

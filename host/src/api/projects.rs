@@ -1,0 +1,355 @@
+//! `/api/projects`: CRUD, the auto-deploy toggle (decided by the policy),
+//! write-only credentials, push tokens and deployments.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{ApiError, ApiResult, Body, Id};
+use crate::app::App;
+use crate::pipeline::{self, Trigger};
+use crate::policy::{GitSource, ProjectKind, Verdict};
+use crate::secrets::{Secret, new_token, token_hash};
+use crate::store::{CredentialKind, Deployment, ProjectFields, ProjectRecord, SealedCredential};
+
+/// A credential as the API accepts it. The secret is never returned.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialInput {
+    Https { username: String, token: Secret },
+    Ssh { private_key: Secret },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    name: String,
+    project_type: ProjectKind,
+    #[serde(default)]
+    git_source: GitSource,
+    git_url: Option<String>,
+    git_branch: Option<String>,
+    compose_file_path: Option<String>,
+    expose_service: Option<String>,
+    expose_port: Option<i64>,
+    #[serde(default)]
+    auto_deploy_enabled: bool,
+    credentials: Option<CredentialInput>,
+}
+
+/// Absent fields stay as they are; `null` clears a clearable one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProject {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    git_url: Option<Option<String>>,
+    git_branch: Option<String>,
+    compose_file_path: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    expose_service: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    expose_port: Option<Option<i64>>,
+    auto_deploy_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    credentials: Option<Option<CredentialInput>>,
+}
+
+/// Tells an explicit `null` (Some(None)) from an absent field (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A project as answered, with the push token when one was just made.
+#[derive(Serialize)]
+pub struct ProjectAnswer {
+    #[serde(flatten)]
+    project: ProjectRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push_token: Option<String>,
+}
+
+pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<ProjectRecord>>> {
+    Ok(Json(app.store.projects().await?))
+}
+
+pub async fn show(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<Json<ProjectRecord>> {
+    Ok(Json(app.store.project(id).await?))
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Body(req): Body<CreateProject>,
+) -> ApiResult<(StatusCode, Json<ProjectAnswer>)> {
+    let fields = ProjectFields {
+        name: req.name,
+        project_type: req.project_type,
+        git_source: req.git_source,
+        git_url: req.git_url,
+        git_branch: req.git_branch.unwrap_or_else(|| "main".into()),
+        compose_file_path: req
+            .compose_file_path
+            .unwrap_or_else(|| "docker-compose.yml".into()),
+        expose_service: req.expose_service,
+        expose_port: req.expose_port,
+        auto_deploy_enabled: false,
+    };
+    validate(&fields, req.credentials.as_ref())?;
+    let mut fields = fields;
+    if req.auto_deploy_enabled {
+        let view = ProjectRecord::preview(&fields).policy_view();
+        check_toggle(&app, view, true).await?;
+        fields.auto_deploy_enabled = true;
+    }
+    let push_token = (fields.git_source == GitSource::Hosted).then(|| new_token("adp"));
+    let sealed = req.credentials.map(|c| seal(&app, c));
+    let project = app
+        .store
+        .create_project(
+            &fields,
+            push_token
+                .as_ref()
+                .map(|t| token_hash(t.expose()))
+                .as_deref(),
+            sealed.as_ref(),
+        )
+        .await?;
+    tracing::info!(project = project.id, name = %project.name, "project created");
+    let push_token = push_token.map(|t| t.expose().to_string());
+    Ok((
+        StatusCode::CREATED,
+        Json(ProjectAnswer {
+            project,
+            push_token,
+        }),
+    ))
+}
+
+pub async fn update(
+    State(app): State<Arc<App>>,
+    Id(id): Id,
+    Body(req): Body<UpdateProject>,
+) -> ApiResult<Json<ProjectRecord>> {
+    let current = app.store.project(id).await?;
+    let mut f = current.fields();
+    if let Some(v) = req.name {
+        f.name = v;
+    }
+    if let Some(v) = req.git_url {
+        f.git_url = v;
+    }
+    if let Some(v) = req.git_branch {
+        f.git_branch = v;
+    }
+    if let Some(v) = req.compose_file_path {
+        f.compose_file_path = v;
+    }
+    if let Some(v) = req.expose_service {
+        f.expose_service = v;
+    }
+    if let Some(v) = req.expose_port {
+        f.expose_port = v;
+    }
+    let credentials = req.credentials;
+    validate(&f, credentials.as_ref().and_then(Option::as_ref))?;
+    if let Some(enable) = req.auto_deploy_enabled
+        && enable != current.auto_deploy_enabled
+    {
+        // The policy judges the project as it will be after this change.
+        let view = current.with_fields(&f).policy_view();
+        check_toggle(&app, view, enable).await?;
+        f.auto_deploy_enabled = enable;
+        let word = if enable { "enabled" } else { "disabled" };
+        app.store
+            .log_event(
+                Some(id),
+                "auto-deploy.toggled",
+                &format!("auto-deploy {word}"),
+            )
+            .await?;
+    }
+    if let Some(c) = credentials {
+        let sealed = c.map(|c| seal(&app, c));
+        app.store.set_credential(id, sealed.as_ref()).await?;
+    }
+    Ok(Json(app.store.update_project(id, &f).await?))
+}
+
+pub async fn delete(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
+    app.store.delete_project(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct PushToken {
+    push_token: String,
+}
+
+pub async fn rotate_push_token(
+    State(app): State<Arc<App>>,
+    Id(id): Id,
+) -> ApiResult<Json<PushToken>> {
+    let project = app.store.project(id).await?;
+    if project.git_source != GitSource::Hosted {
+        return Err(ApiError::bad_request(
+            "only hosted projects have a push token",
+        ));
+    }
+    let token = new_token("adp");
+    app.store
+        .set_push_token_hash(id, &token_hash(token.expose()))
+        .await?;
+    app.store
+        .log_event(Some(id), "push-token.rotated", "push token rotated")
+        .await?;
+    Ok(Json(PushToken {
+        push_token: token.expose().to_string(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+}
+
+pub async fn deployments(
+    State(app): State<Arc<App>>,
+    Id(id): Id,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    app.store.project(id).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(app.store.deployments(id, limit).await?))
+}
+
+pub async fn deploy(
+    State(app): State<Arc<App>>,
+    Id(id): Id,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    let project = app.store.project(id).await?;
+    let d = pipeline::trigger(&app, &project, Trigger::manual()).await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {
+    match app
+        .decide(move |p| p.check_auto_deploy(&view, enable))
+        .await
+        .0
+    {
+        Ok(Verdict::Allowed(_)) => Ok(()),
+        Ok(Verdict::Refused(reason)) => Err(ApiError::bad_request(reason)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the policy could not decide: {e}"),
+        )),
+    }
+}
+
+fn seal(app: &App, c: CredentialInput) -> SealedCredential {
+    match c {
+        CredentialInput::Https { username, token } => SealedCredential {
+            kind: CredentialKind::Https,
+            username: Some(username),
+            sealed: app.key.seal(&token),
+        },
+        CredentialInput::Ssh { private_key } => SealedCredential {
+            kind: CredentialKind::Ssh,
+            username: None,
+            sealed: app.key.seal(&private_key),
+        },
+    }
+}
+
+/// Checks what a person typed; each error names the field and the problem.
+fn validate(f: &ProjectFields, credential: Option<&CredentialInput>) -> ApiResult<()> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if f.name.is_empty() || f.name.len() > 100 || !f.name.chars().all(name_ok) {
+        return bad(format!(
+            "name {:?} must be 1-100 letters, digits, '-', '_' or '.'",
+            f.name
+        ));
+    }
+    match (f.git_source, f.git_url.as_deref()) {
+        (GitSource::External, None) => return bad("external projects need git_url".into()),
+        (GitSource::Hosted, Some(_)) => {
+            return bad(
+                "hosted projects are served by autodeploy at /git/{id}.git: leave git_url out"
+                    .into(),
+            );
+        }
+        (GitSource::External, Some(url)) => check_git_url(url, credential)?,
+        (GitSource::Hosted, None) => {
+            if credential.is_some() {
+                return bad(
+                    "hosted projects need no credentials: pushes authenticate with the push token"
+                        .into(),
+                );
+            }
+        }
+    }
+    let b = &f.git_branch;
+    if b.is_empty()
+        || b.starts_with('-')
+        || b.contains("..")
+        || b.chars()
+            .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        return bad(format!("git_branch {b:?} is not a valid branch name"));
+    }
+    let p = &f.compose_file_path;
+    if p.is_empty() || p.starts_with('/') || p.split('/').any(|part| part == "..") {
+        return bad(format!(
+            "compose_file_path {p:?} must be a relative path inside the repository"
+        ));
+    }
+    if let Some(port) = f.expose_port
+        && !(1..=65535).contains(&port)
+    {
+        return bad(format!("expose_port {port} is not a TCP port (1-65535)"));
+    }
+    if f.expose_service
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
+        return bad("expose_service must not be blank".into());
+    }
+    Ok(())
+}
+
+fn check_git_url(url: &str, credential: Option<&CredentialInput>) -> ApiResult<()> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    let scp_like = scheme.is_none() && url.contains('@') && url.contains(':');
+    let https = matches!(scheme, Some("https" | "http"));
+    let ssh = matches!(scheme, Some("ssh")) || scp_like;
+    if !(https || ssh || matches!(scheme, Some("git" | "file"))) {
+        return bad(format!(
+            "git_url {url:?} must be https://, http://, ssh://, git://, file:// or user@host:path"
+        ));
+    }
+    // A password in the URL would be stored and shown in clear.
+    if let Some((_, rest)) = url.split_once("://")
+        && rest.split('/').next().is_some_and(|authority| {
+            authority.contains('@') && authority.split('@').next().is_some_and(|u| u.contains(':'))
+        })
+    {
+        return bad("git_url must not contain a password: give it as credentials {\"kind\": \"https\", ...}".into());
+    }
+    match credential {
+        Some(CredentialInput::Https { .. }) if !https => {
+            bad("https credentials need an https:// or http:// git_url".into())
+        }
+        Some(CredentialInput::Ssh { .. }) if !ssh => {
+            bad("an ssh key needs an ssh:// or user@host:path git_url".into())
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,74 @@
+//! What every part of the daemon shares: the store, the active policy, the
+//! secret key and the state of the background loops.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::policy::{Policy, PolicyError, PolicyHandle, PolicyInfo};
+use crate::secrets::{SecretKey, token_hash};
+use crate::store::{Store, StoreError};
+
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub policy: PolicyHandle,
+    pub key: SecretKey,
+    /// Hash of `AUTODEPLOY_ADMIN_TOKEN`, when it is set.
+    pub admin_env_hash: Option<String>,
+    pub loops: LoopStates,
+}
+
+impl App {
+    /// Runs one policy decision off the async threads; returns it with the
+    /// policy that made it.
+    pub async fn decide<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Policy) -> Result<T, PolicyError> + Send + 'static,
+    ) -> (Result<T, PolicyError>, PolicyInfo) {
+        let policy = self.policy.current();
+        let info = policy.info().clone();
+        let result = tokio::task::spawn_blocking(move || f(&policy))
+            .await
+            .unwrap_or_else(|e| {
+                Err(PolicyError::Trap {
+                    call: "host",
+                    message: format!("decision task failed: {e}"),
+                })
+            });
+        (result, info)
+    }
+
+    pub async fn is_admin(&self, token: &str) -> Result<bool, StoreError> {
+        let hash = token_hash(token);
+        if self.admin_env_hash.as_deref() == Some(hash.as_str()) {
+            return Ok(true);
+        }
+        self.store.admin_token_exists(&hash).await
+    }
+}
+
+/// Each background loop's last tick, for `GET /api/status`.
+#[derive(Default)]
+pub struct LoopStates(Mutex<BTreeMap<&'static str, LoopState>>);
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoopState {
+    pub state: String,
+    pub last_tick_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl LoopStates {
+    pub fn set(&self, name: &'static str, state: &str, error: Option<String>) {
+        let mut all = self.0.lock().expect("loop state lock");
+        let entry = all.entry(name).or_default();
+        entry.state = state.to_string();
+        entry.last_tick_at = Some(crate::store::now());
+        entry.last_error = error;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, LoopState> {
+        self.0.lock().expect("loop state lock").clone()
+    }
+}

@@ -1,0 +1,114 @@
+//! The active policy, swappable at runtime. Decisions take an `Arc` of the
+//! current policy, so a swap never interrupts one: the next decision simply
+//! gets the new policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::{Policy, PolicyError, PolicyInfo, PolicyRuntime, selftest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    #[error("policy failed its self-test ({} of the conformance vectors): {}", .0.len(), .0.iter().take(3).cloned().collect::<Vec<_>>().join("; "))]
+    SelfTest(Vec<String>),
+    #[error("no previous policy to roll back to")]
+    NoPrevious,
+    #[error("store policy {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct PolicyHandle {
+    runtime: Arc<PolicyRuntime>,
+    /// Accepted policies are kept here as `<sha256>.wasm`, and `active` names
+    /// the one to start with.
+    dir: Option<PathBuf>,
+    state: RwLock<Slots>,
+}
+
+struct Slots {
+    current: Arc<Policy>,
+    previous: Option<Arc<Policy>>,
+}
+
+impl PolicyHandle {
+    pub fn new(runtime: Arc<PolicyRuntime>, initial: Policy, dir: Option<PathBuf>) -> Self {
+        PolicyHandle {
+            runtime,
+            dir,
+            state: RwLock::new(Slots {
+                current: Arc::new(initial),
+                previous: None,
+            }),
+        }
+    }
+
+    /// The policy stored as active in `dir` by an earlier run, if any.
+    pub fn load_active(
+        runtime: &Arc<PolicyRuntime>,
+        dir: &Path,
+    ) -> Option<Result<Policy, PolicyError>> {
+        let sha = std::fs::read_to_string(dir.join("active")).ok()?;
+        let path = dir.join(format!("{}.wasm", sha.trim()));
+        Some(runtime.load_file(&path))
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.state.read().expect("policy lock").current.clone()
+    }
+
+    pub fn runtime(&self) -> &Arc<PolicyRuntime> {
+        &self.runtime
+    }
+
+    /// Validates `bytes` (loads, implements the contract, passes the
+    /// vectors within the limits), keeps them by sha256 and switches to them.
+    /// On any failure the running policy stays.
+    pub fn install(&self, bytes: &[u8], source: &str) -> Result<PolicyInfo, SwapError> {
+        let policy = self.runtime.load(bytes, source)?;
+        let failures = selftest::self_test(&policy);
+        if !failures.is_empty() {
+            return Err(SwapError::SelfTest(failures));
+        }
+        if let Some(dir) = &self.dir {
+            let io = |source| SwapError::Io {
+                path: dir.display().to_string(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::write(dir.join(format!("{}.wasm", policy.info().sha256)), bytes)
+                .map_err(io)?;
+            std::fs::write(dir.join("active"), &policy.info().sha256).map_err(io)?;
+        }
+        let info = policy.info().clone();
+        let mut slots = self.state.write().expect("policy lock");
+        let old = std::mem::replace(&mut slots.current, Arc::new(policy));
+        slots.previous = Some(old);
+        tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, "policy switched");
+        Ok(info)
+    }
+
+    /// Switches back to the policy that was active before the last swap.
+    pub fn rollback(&self) -> Result<PolicyInfo, SwapError> {
+        let mut slots = self.state.write().expect("policy lock");
+        let previous = slots.previous.take().ok_or(SwapError::NoPrevious)?;
+        let replaced = std::mem::replace(&mut slots.current, previous);
+        slots.previous = Some(replaced);
+        let info = slots.current.info().clone();
+        if let Some(dir) = &self.dir {
+            // The bundled policy has no file: starting from it needs no marker.
+            let marker = dir.join("active");
+            let _ = if dir.join(format!("{}.wasm", info.sha256)).exists() {
+                std::fs::write(&marker, &info.sha256)
+            } else {
+                std::fs::remove_file(&marker)
+            };
+        }
+        tracing::info!(policy = %info.name, sha256 = %info.sha256, "policy rolled back");
+        Ok(info)
+    }
+}

@@ -1,0 +1,171 @@
+//! `autodeploy serve`: opens the store, loads the policy, starts the API and
+//! the background loops, and stops them all cleanly on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, LoopStates};
+use crate::policy::cli::PolicyArgs;
+use crate::policy::{PolicyHandle, PolicyRuntime};
+use crate::secrets::{Secret, SecretKey, new_token, token_hash};
+use crate::store::{SqlStore, Store};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address the API and git endpoints listen on.
+    #[arg(long, env = "AUTODEPLOY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the database, secret key and policies live.
+    #[arg(long, env = "AUTODEPLOY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Another database than DATA_DIR/autodeploy.db (sqlite://PATH).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
+    create_private_dir(&args.data_dir)?;
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", args.data_dir.join("autodeploy.db").display()),
+    };
+    let store = SqlStore::connect(&url).await.context("open the database")?;
+    let key = SecretKey::load(
+        std::env::var("AUTODEPLOY_SECRET_KEY").ok().as_deref(),
+        &args.data_dir,
+    )?;
+    let admin_env_hash = admin_token(&store).await?;
+
+    let policy_dir = args.data_dir.join("policies");
+    let runtime = PolicyRuntime::new(policy_args.config())?;
+    let initial = match (
+        &policy_args.policy,
+        PolicyHandle::load_active(&runtime, &policy_dir),
+    ) {
+        (Some(path), _) => runtime.load_file(path)?,
+        (None, Some(active)) => active.context("load the policy stored as active")?,
+        (None, None) => runtime.load_bundled()?,
+    };
+    // A policy given on the command line must pass the same self-test as one
+    // swapped in through the API.
+    let failures = crate::policy::selftest::self_test(&initial);
+    anyhow::ensure!(
+        failures.is_empty(),
+        "policy {} fails its self-test: {}",
+        initial.info().source,
+        failures.join("; ")
+    );
+    let info = initial.info().clone();
+    tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, source = %info.source, "policy loaded");
+
+    let app = Arc::new(App {
+        store: Arc::new(store),
+        policy: PolicyHandle::new(runtime, initial, Some(policy_dir)),
+        key,
+        admin_env_hash,
+        loops: LoopStates::default(),
+    });
+
+    let cancel = CancellationToken::new();
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(crate::agent::watch_nodes(app.clone(), cancel.clone()));
+    loops.spawn(handle_signals(
+        app.clone(),
+        policy_args.policy.clone(),
+        cancel.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("autodeploy listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, crate::api::router(app.clone()))
+        .with_graceful_shutdown(cancel.clone().cancelled_owned())
+        .await
+        .context("serve the API")?;
+    cancel.cancel();
+    while loops.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Uses `AUTODEPLOY_ADMIN_TOKEN` when set (returning its hash); otherwise
+/// makes a token on the first start, prints it once and keeps its hash.
+async fn admin_token(store: &SqlStore) -> Result<Option<String>> {
+    if let Ok(token) = std::env::var("AUTODEPLOY_ADMIN_TOKEN") {
+        anyhow::ensure!(
+            token.trim().len() >= 16,
+            "AUTODEPLOY_ADMIN_TOKEN must be at least 16 characters"
+        );
+        return Ok(Some(token_hash(token.trim())));
+    }
+    if store.admin_token_count().await? == 0 {
+        let token: Secret = new_token("ada");
+        store.add_admin_token(&token_hash(token.expose())).await?;
+        println!("admin token (shown once, keep it): {}", token.expose());
+    }
+    Ok(None)
+}
+
+async fn handle_signals(app: Arc<App>, policy_file: Option<PathBuf>, cancel: CancellationToken) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload_policy(&app, policy_file.as_deref()).await,
+        }
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}
+
+/// SIGHUP: reload the `--policy` file; a policy that fails validation is
+/// refused and the running one stays.
+async fn reload_policy(app: &Arc<App>, file: Option<&Path>) {
+    let Some(path) = file.map(Path::to_path_buf) else {
+        tracing::warn!("SIGHUP: no --policy file to reload");
+        return;
+    };
+    let swap = app.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        swap.policy
+            .install(&bytes, &path.display().to_string())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match result {
+        Ok(Ok(info)) => tracing::info!(sha256 = %info.sha256, "SIGHUP: policy reloaded"),
+        Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: policy refused, the running one stays"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create data dir {}", dir.display()))?;
+    }
+    Ok(())
+}
