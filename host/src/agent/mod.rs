@@ -19,8 +19,9 @@ pub async fn watch_nodes(app: Arc<App>, cancel: CancellationToken) {
         let wait = match tick(&app).await {
             Ok(offline_after) => {
                 app.loops.set(NODE_WATCH, "running", None);
-                // Check a few times per timeout so a dead node is noticed soon after it.
-                Duration::from_secs((offline_after / 4).clamp(1, 15))
+                // Check a few times per timeout so a dead node is noticed soon
+                // after it; at most 5 s apart so a lowered timeout applies soon.
+                Duration::from_secs((offline_after / 4).clamp(1, 5))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "node watch tick failed");

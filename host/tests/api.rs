@@ -1,0 +1,465 @@
+//! The control plane through its real HTTP API, on a real SQLite file.
+
+mod common;
+
+use common::daemon::{ADMIN, Daemon, temp_dir};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn compose(name: &str) -> Value {
+    json!({"name": name, "project_type": "compose", "expose_service": "web", "expose_port": 8080})
+}
+
+#[tokio::test]
+async fn every_error_path_answers_with_a_clear_4xx() {
+    let dir = temp_dir("api-errors");
+    let d = Daemon::start(&dir);
+    let cases: Vec<(Method, &str, Option<&str>, Option<Value>, StatusCode, &str)> = vec![
+        (
+            Method::GET,
+            "/api/projects",
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        ),
+        (
+            Method::GET,
+            "/api/projects",
+            Some("wrong-token"),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "invalid admin token",
+        ),
+        (
+            Method::GET,
+            "/api/projects/abc",
+            Some(ADMIN),
+            None,
+            StatusCode::BAD_REQUEST,
+            "not a valid id",
+        ),
+        (
+            Method::GET,
+            "/api/projects/-1",
+            Some(ADMIN),
+            None,
+            StatusCode::BAD_REQUEST,
+            "not a valid id",
+        ),
+        (
+            Method::GET,
+            "/api/projects/999",
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "project 999 not found",
+        ),
+        (
+            Method::DELETE,
+            "/api/projects/999",
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            Method::GET,
+            "/api/nope",
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "no such route",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "colour": "red"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `colour`",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "spaceship"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown variant `spaceship`",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "expose_port": "80"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "bad name!", "project_type": "compose"})),
+            StatusCode::BAD_REQUEST,
+            "name \"bad name!\"",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "git_source": "external"})),
+            StatusCode::BAD_REQUEST,
+            "external projects need git_url",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "git_url": "https://x/y.git"})),
+            StatusCode::BAD_REQUEST,
+            "hosted projects are served by autodeploy",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(
+                json!({"name": "a", "project_type": "compose", "git_source": "external", "git_url": "ftp://x/y"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "git_url \"ftp://x/y\" must be",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(
+                json!({"name": "a", "project_type": "compose", "git_source": "external", "git_url": "https://u:pw@x/y.git"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "must not contain a password",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "expose_port": 70000})),
+            StatusCode::BAD_REQUEST,
+            "expose_port 70000",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "git_branch": "a b"})),
+            StatusCode::BAD_REQUEST,
+            "git_branch \"a b\"",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "compose_file_path": "../x.yml"})),
+            StatusCode::BAD_REQUEST,
+            "compose_file_path",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "tunnel", "auto_deploy_enabled": true})),
+            StatusCode::BAD_REQUEST,
+            "tunnel projects have no auto-deploy",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(
+                json!({"name": "a", "project_type": "compose", "git_source": "external", "git_url": "git@host:r.git", "credentials": {"kind": "https", "username": "u", "token": "t"}}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "https credentials need",
+        ),
+        (
+            Method::PUT,
+            "/api/settings",
+            Some(ADMIN),
+            Some(json!({"auto_deploy_poll_interval_seconds": 9})),
+            StatusCode::BAD_REQUEST,
+            "must be at least 10, got 9",
+        ),
+        (
+            Method::PUT,
+            "/api/settings",
+            Some(ADMIN),
+            Some(json!({"auto_deploy_image_watch_interval_seconds": 30})),
+            StatusCode::BAD_REQUEST,
+            "must be at least 60, got 30",
+        ),
+        (
+            Method::PUT,
+            "/api/settings",
+            Some(ADMIN),
+            Some(json!({"auto_deploy_master_enabled": "no"})),
+            StatusCode::BAD_REQUEST,
+            "true or false",
+        ),
+        (
+            Method::PUT,
+            "/api/settings",
+            Some(ADMIN),
+            Some(json!({"speed": 1})),
+            StatusCode::BAD_REQUEST,
+            "unknown setting \"speed\"",
+        ),
+        (
+            Method::POST,
+            "/api/nodes",
+            Some(ADMIN),
+            Some(json!({"name": ""})),
+            StatusCode::BAD_REQUEST,
+            "node name",
+        ),
+        (
+            Method::POST,
+            "/api/policy/rollback",
+            Some(ADMIN),
+            None,
+            StatusCode::CONFLICT,
+            "no previous policy",
+        ),
+        (
+            Method::POST,
+            "/api/agent/claim",
+            Some(ADMIN),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "invalid node token",
+        ),
+    ];
+    for (method, path, token, body, want_status, want_msg) in cases {
+        let (status, v) = d.call(method.clone(), path, token, body.clone()).await;
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} {body:?}: no error field in {v}"));
+        assert_eq!(status, want_status, "{method} {path} {body:?}: {msg}");
+        assert!(
+            msg.contains(want_msg),
+            "{method} {path} {body:?}: {msg:?} should contain {want_msg:?}"
+        );
+    }
+    let (status, v) = d
+        .raw(
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            b"{not json".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid request body")
+    );
+    // A clash of names is a conflict; nothing half-written is left behind.
+    d.ok(Method::POST, "/api/projects", Some(compose("dup")))
+        .await;
+    let (status, v) = d
+        .admin(Method::POST, "/api/projects", Some(compose("dup")))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(
+        d.ok(Method::GET, "/api/projects", None)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(d.stop().success());
+}
+
+#[tokio::test]
+async fn toggle_goes_through_the_policy_and_settings_persist() {
+    let dir = temp_dir("api-toggle");
+    let d = Daemon::start(&dir);
+    let tunnel = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "t", "project_type": "tunnel"})),
+        )
+        .await;
+    let (status, v) = d
+        .admin(
+            Method::PATCH,
+            &format!("/api/projects/{}", tunnel["id"]),
+            Some(json!({"auto_deploy_enabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("tunnel projects have no auto-deploy"),
+        "{v}"
+    );
+    let domain = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "d", "project_type": "domain_only"})),
+        )
+        .await;
+    let (status, v) = d
+        .admin(
+            Method::PATCH,
+            &format!("/api/projects/{}", domain["id"]),
+            Some(json!({"auto_deploy_enabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("nothing to deploy"),
+        "{v}"
+    );
+
+    let p = d
+        .ok(Method::POST, "/api/projects", Some(compose("web")))
+        .await;
+    assert!(
+        p["push_token"].as_str().unwrap().starts_with("adp_"),
+        "hosted projects get a push token once"
+    );
+    let id = p["id"].as_i64().unwrap();
+    let p = d
+        .ok(
+            Method::PATCH,
+            &format!("/api/projects/{id}"),
+            Some(json!({"auto_deploy_enabled": true, "expose_port": null})),
+        )
+        .await;
+    assert_eq!(p["auto_deploy_enabled"], true);
+    assert_eq!(p["expose_port"], Value::Null);
+    assert!(
+        p.get("push_token").is_none(),
+        "the push token is shown only once"
+    );
+
+    let s = d.ok(Method::PUT, "/api/settings", Some(json!({"auto_deploy_master_enabled": false, "auto_deploy_poll_interval_seconds": 10}))).await;
+    assert_eq!(s["auto_deploy_master_enabled"], false);
+    assert!(d.stop().success(), "SIGTERM stops the daemon cleanly");
+
+    let d = Daemon::start(&dir);
+    let s = d.ok(Method::GET, "/api/settings", None).await;
+    assert_eq!(
+        s,
+        json!({
+            "auto_deploy_master_enabled": false,
+            "auto_deploy_poll_interval_seconds": 10,
+            "auto_deploy_image_watch_interval_seconds": 600,
+            "auto_deploy_poll_concurrency": 16,
+            "node_offline_after_seconds": 120,
+        })
+    );
+    // The master switch pauses, it does not clear any project's toggle.
+    assert_eq!(
+        d.ok(Method::GET, &format!("/api/projects/{id}"), None)
+            .await["auto_deploy_enabled"],
+        true
+    );
+    let status = d.ok(Method::GET, "/api/status", None).await;
+    assert_eq!(status["policy"]["name"], "autodeploy-default");
+    assert_eq!(status["policy"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(status["loops"]["node-watch"]["state"], "running");
+    d.stop();
+}
+
+#[tokio::test]
+async fn triggers_coalesce_while_queued_and_rejected_deploys_are_recorded() {
+    let dir = temp_dir("api-coalesce");
+    let d = Daemon::start(&dir);
+    let id = d
+        .ok(Method::POST, "/api/projects", Some(compose("web")))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/api/projects/{id}/deployments");
+    // 50 triggers in a burst, concurrently: one queued deployment absorbs them.
+    let burst = (0..50).map(|_| d.admin(Method::POST, &path, None));
+    for (status, v) in futures::future::join_all(burst).await {
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    let list = d.ok(Method::GET, &path, None).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["status"], "queued");
+    assert_eq!(list[0]["trigger_count"], 50);
+    assert_eq!(list[0]["source"], "manual");
+    assert_eq!(list[0]["policy_name"], "autodeploy-default");
+
+    // Once a node has claimed it, the next trigger queues a new one, and
+    // those after coalesce into that: at most one running and one queued.
+    let node = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
+        .await;
+    let node_token = node["token"].as_str().unwrap();
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(node_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claim}");
+    for _ in 0..5 {
+        d.ok(Method::POST, &path, None).await;
+    }
+    let list = d.ok(Method::GET, &path, None).await;
+    let statuses: Vec<(&str, i64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["status"].as_str().unwrap(),
+                d["trigger_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(statuses, [("queued", 5), ("running", 50)]);
+
+    // A compose project without expose fields: the policy's refusal is
+    // recorded as a failed deployment, and nothing else moves.
+    let bare = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "bare", "project_type": "compose"})),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let failed = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{bare}/deployments"),
+            None,
+        )
+        .await;
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("expose_service"),
+        "{failed}"
+    );
+    assert_eq!(
+        d.ok(Method::GET, &path, None)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    d.stop();
+}
