@@ -128,10 +128,30 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 }
 
 fn json_rejection(e: JsonRejection) -> ApiError {
-    ApiError::new(
-        e.status(),
-        format!("invalid request body: {}", e.body_text()),
-    )
+    let text = redact_strings(&e.body_text());
+    ApiError::new(e.status(), format!("invalid request body: {text}"))
+}
+
+/// serde quotes the offending value in some errors (`invalid type: string
+/// "..."`); that value may be a token pasted into the wrong field, so it is
+/// never echoed back.
+fn redact_strings(msg: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at + MARK.len()]);
+        rest = &rest[at + MARK.len()..];
+        match rest.find('"') {
+            Some(end) => {
+                out.push_str("***");
+                rest = &rest[end..];
+            }
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A numeric id from the path; anything else is a 400 that says so.
