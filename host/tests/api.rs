@@ -10,11 +10,21 @@ fn compose(name: &str) -> Value {
     json!({"name": name, "project_type": "compose", "expose_service": "web", "expose_port": 8080})
 }
 
+/// method, path, token, body, expected status, expected words in the error.
+type Case = (
+    Method,
+    &'static str,
+    Option<&'static str>,
+    Option<Value>,
+    StatusCode,
+    &'static str,
+);
+
 #[tokio::test]
 async fn every_error_path_answers_with_a_clear_4xx() {
     let dir = temp_dir("api-errors");
     let d = Daemon::start(&dir);
-    let cases: Vec<(Method, &str, Option<&str>, Option<Value>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             "/api/projects",

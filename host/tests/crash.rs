@@ -1,0 +1,140 @@
+//! SIGKILL the daemon again and again while triggers and claims are in
+//! flight: no deployment is lost or doubled, and every trigger the store
+//! accepted is counted exactly once.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::daemon::{ADMIN, Daemon, temp_dir};
+use reqwest::Method;
+use serde_json::json;
+
+const ROUNDS: u64 = 6;
+const PER_TASK: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_between_triggers_loses_and_doubles_nothing() {
+    let dir = temp_dir("crash");
+    let sent = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let (mut project, mut node_token) = (0i64, String::new());
+
+    for round in 0..ROUNDS {
+        let d = Daemon::start(&dir);
+        if round == 0 {
+            project = d
+                .ok(
+                    Method::POST,
+                    "/api/projects",
+                    Some(json!({"name": "web", "project_type": "deployment"})),
+                )
+                .await["id"]
+                .as_i64()
+                .unwrap();
+            node_token = d
+                .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
+                .await["token"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (url, sent, acked) = (d.url.clone(), sent.clone(), acked.clone());
+            tasks.spawn(async move {
+                let http = reqwest::Client::new();
+                for _ in 0..PER_TASK {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    let resp = http
+                        .post(format!("{url}/api/projects/{project}/deployments"))
+                        .bearer_auth(ADMIN)
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(r) if r.status().as_u16() == 201 => acked.fetch_add(1, Ordering::SeqCst),
+                        // The daemon died under this request: stop.
+                        _ => break,
+                    };
+                }
+            });
+        }
+        // A node keeps claiming, so triggers both coalesce and start new deployments.
+        let (url, token) = (d.url.clone(), node_token.clone());
+        tasks.spawn(async move {
+            let http = reqwest::Client::new();
+            for _ in 0..PER_TASK {
+                if http
+                    .post(format!("{url}/api/agent/claim"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(60 + 45 * round)).await;
+        d.kill();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    let d = Daemon::start(&dir);
+    let deployments = d
+        .ok(
+            Method::GET,
+            &format!("/api/projects/{project}/deployments?limit=1000"),
+            None,
+        )
+        .await;
+    let deployments = deployments.as_array().unwrap();
+    let counted: i64 = deployments
+        .iter()
+        .map(|d| d["trigger_count"].as_i64().unwrap())
+        .sum();
+    let events = d
+        .ok(
+            Method::GET,
+            &format!("/api/events?project_id={project}&limit=1000"),
+            None,
+        )
+        .await;
+    let triggered = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "deploy.triggered")
+        .count() as i64;
+    let (sent, acked) = (
+        sent.load(Ordering::SeqCst) as i64,
+        acked.load(Ordering::SeqCst) as i64,
+    );
+    let queued = deployments
+        .iter()
+        .filter(|d| d["status"] == "queued")
+        .count();
+
+    eprintln!(
+        "sent {sent}, acknowledged {acked}, recorded {counted} in {} deployments",
+        deployments.len()
+    );
+    assert!(
+        acked > 0 && deployments.len() > 1,
+        "the test exercised inserts and coalescing"
+    );
+    assert_eq!(
+        counted, triggered,
+        "each trigger's deployment write and its event commit together"
+    );
+    assert!(acked <= counted, "an acknowledged trigger was lost");
+    assert!(counted <= sent, "a trigger was recorded twice");
+    assert!(
+        queued <= 1,
+        "at most one queued deployment per project, crash or not"
+    );
+    d.stop();
+}
