@@ -98,5 +98,13 @@ async fn the_walk_through_works_from_the_command_line() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&err.stderr).contains("no admin token"));
+
+    // The policy commands reach the daemon too.
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"junk").unwrap();
+    let err = cli(&d, &["policy", "load", junk.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("422") && err.contains("not a valid WebAssembly component"), "{err}");
+    let err = cli(&d, &["policy", "rollback"]).unwrap_err();
+    assert!(err.contains("no previous policy"), "{err}");
     d.stop();
 }
