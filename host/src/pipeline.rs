@@ -56,7 +56,7 @@ pub async fn trigger(
         };
         let mut node_id = None;
         if failure.is_none()
-            && project.project_type == ProjectKind::Compose
+            && project.fields.project_type == ProjectKind::Compose
             && let Some(pinned) = project.pinned_node_id
         {
             let node = app.store.node(pinned).await?;

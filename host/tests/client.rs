@@ -103,7 +103,10 @@ async fn the_walk_through_works_from_the_command_line() {
     let junk = dir.join("junk.wasm");
     std::fs::write(&junk, b"junk").unwrap();
     let err = cli(&d, &["policy", "load", junk.to_str().unwrap()]).unwrap_err();
-    assert!(err.contains("422") && err.contains("not a valid WebAssembly component"), "{err}");
+    assert!(
+        err.contains("422") && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
     let err = cli(&d, &["policy", "rollback"]).unwrap_err();
     assert!(err.contains("no previous policy"), "{err}");
     d.stop();

@@ -102,7 +102,7 @@ pub async fn create(
     validate(&fields, req.credentials.as_ref())?;
     let mut fields = fields;
     if req.auto_deploy_enabled {
-        let view = ProjectRecord::preview(&fields).policy_view();
+        let view = fields.policy_view();
         check_toggle(&app, view, true).await?;
         fields.auto_deploy_enabled = true;
     }
@@ -119,7 +119,7 @@ pub async fn create(
             sealed.as_ref(),
         )
         .await?;
-    tracing::info!(project = project.id, name = %project.name, "project created");
+    tracing::info!(project = project.id, name = %project.fields.name, "project created");
     let push_token = push_token.map(|t| t.expose().to_string());
     Ok((
         StatusCode::CREATED,
@@ -136,7 +136,7 @@ pub async fn update(
     Body(req): Body<UpdateProject>,
 ) -> ApiResult<Json<ProjectRecord>> {
     let current = app.store.project(id).await?;
-    let mut f = current.fields();
+    let mut f = current.fields.clone();
     if let Some(v) = req.name {
         f.name = v;
     }
@@ -158,10 +158,14 @@ pub async fn update(
     let credentials = req.credentials;
     validate(&f, credentials.as_ref().and_then(Option::as_ref))?;
     if let Some(enable) = req.auto_deploy_enabled
-        && enable != current.auto_deploy_enabled
+        && enable != current.fields.auto_deploy_enabled
     {
         // The policy judges the project as it will be after this change.
-        let view = current.with_fields(&f).policy_view();
+        let view = ProjectRecord {
+            fields: f.clone(),
+            ..current.clone()
+        }
+        .policy_view();
         check_toggle(&app, view, enable).await?;
         f.auto_deploy_enabled = enable;
         let word = if enable { "enabled" } else { "disabled" };
@@ -195,7 +199,7 @@ pub async fn rotate_push_token(
     Id(id): Id,
 ) -> ApiResult<Json<PushToken>> {
     let project = app.store.project(id).await?;
-    if project.git_source != GitSource::Hosted {
+    if project.fields.git_source != GitSource::Hosted {
         return Err(ApiError::bad_request(
             "only hosted projects have a push token",
         ));

@@ -53,15 +53,8 @@ pub fn refuse_to_migrate(node: &str) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectRecord {
     pub id: i64,
-    pub name: String,
-    pub project_type: ProjectKind,
-    pub git_source: GitSource,
-    pub git_url: Option<String>,
-    pub git_branch: String,
-    pub compose_file_path: String,
-    pub expose_service: Option<String>,
-    pub expose_port: Option<i64>,
-    pub auto_deploy_enabled: bool,
+    #[serde(flatten)]
+    pub fields: ProjectFields,
     pub last_tracked_commit_sha: String,
     pub last_tracked_image_digests: BTreeMap<String, String>,
     pub pinned_node_id: Option<i64>,
@@ -71,77 +64,18 @@ pub struct ProjectRecord {
 }
 
 impl ProjectRecord {
-    /// A not-yet-stored project, for asking the policy about it.
-    pub fn preview(f: &ProjectFields) -> ProjectRecord {
-        ProjectRecord {
-            id: 0,
-            name: String::new(),
-            project_type: f.project_type,
-            git_source: f.git_source,
-            git_url: None,
-            git_branch: String::new(),
-            compose_file_path: String::new(),
-            expose_service: None,
-            expose_port: None,
-            auto_deploy_enabled: false,
-            last_tracked_commit_sha: String::new(),
-            last_tracked_image_digests: BTreeMap::new(),
-            pinned_node_id: None,
-            credentials: None,
-            created_at: 0,
-            updated_at: 0,
-        }
-        .with_fields(f)
-    }
-
-    /// This project with its user-set fields replaced.
-    pub fn with_fields(&self, f: &ProjectFields) -> ProjectRecord {
-        ProjectRecord {
-            name: f.name.clone(),
-            project_type: f.project_type,
-            git_source: f.git_source,
-            git_url: f.git_url.clone(),
-            git_branch: f.git_branch.clone(),
-            compose_file_path: f.compose_file_path.clone(),
-            expose_service: f.expose_service.clone(),
-            expose_port: f.expose_port,
-            auto_deploy_enabled: f.auto_deploy_enabled,
-            ..self.clone()
-        }
-    }
-
-    pub fn fields(&self) -> ProjectFields {
-        ProjectFields {
-            name: self.name.clone(),
-            project_type: self.project_type,
-            git_source: self.git_source,
-            git_url: self.git_url.clone(),
-            git_branch: self.git_branch.clone(),
-            compose_file_path: self.compose_file_path.clone(),
-            expose_service: self.expose_service.clone(),
-            expose_port: self.expose_port,
-            auto_deploy_enabled: self.auto_deploy_enabled,
-        }
-    }
-
     /// What the policy may know about the project.
     pub fn policy_view(&self) -> crate::policy::Project {
         crate::policy::Project {
             id: self.id.to_string(),
-            name: self.name.clone(),
-            kind: self.project_type,
-            git_source: self.git_source,
-            git_branch: self.git_branch.clone(),
-            auto_deploy_enabled: self.auto_deploy_enabled,
             last_tracked_commit: self.last_tracked_commit_sha.clone(),
-            expose_service: self.expose_service.clone(),
-            expose_port: self.expose_port.and_then(|p| u32::try_from(p).ok()),
+            ..self.fields.policy_view()
         }
     }
 }
 
 /// The fields a user sets; the tracked state is the pipeline's alone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ProjectFields {
     pub name: String,
     pub project_type: ProjectKind,
@@ -152,6 +86,23 @@ pub struct ProjectFields {
     pub expose_service: Option<String>,
     pub expose_port: Option<i64>,
     pub auto_deploy_enabled: bool,
+}
+
+impl ProjectFields {
+    /// The policy's view of a project with these fields and no history.
+    pub fn policy_view(&self) -> crate::policy::Project {
+        crate::policy::Project {
+            id: String::new(),
+            name: self.name.clone(),
+            kind: self.project_type,
+            git_source: self.git_source,
+            git_branch: self.git_branch.clone(),
+            auto_deploy_enabled: self.auto_deploy_enabled,
+            last_tracked_commit: String::new(),
+            expose_service: self.expose_service.clone(),
+            expose_port: self.expose_port.and_then(|p| u32::try_from(p).ok()),
+        }
+    }
 }
 
 /// A credential as the API shows it: never the secret.

@@ -104,15 +104,17 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
     let kind: Option<String> = row.try_get("credential_kind")?;
     Ok(ProjectRecord {
         id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        project_type: enum_from("project_type", &row.try_get::<String, _>("project_type")?)?,
-        git_source: enum_from("git_source", &row.try_get::<String, _>("git_source")?)?,
-        git_url: row.try_get("git_url")?,
-        git_branch: row.try_get("git_branch")?,
-        compose_file_path: row.try_get("compose_file_path")?,
-        expose_service: row.try_get("expose_service")?,
-        expose_port: row.try_get("expose_port")?,
-        auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
+        fields: ProjectFields {
+            name: row.try_get("name")?,
+            project_type: enum_from("project_type", &row.try_get::<String, _>("project_type")?)?,
+            git_source: enum_from("git_source", &row.try_get::<String, _>("git_source")?)?,
+            git_url: row.try_get("git_url")?,
+            git_branch: row.try_get("git_branch")?,
+            compose_file_path: row.try_get("compose_file_path")?,
+            expose_service: row.try_get("expose_service")?,
+            expose_port: row.try_get("expose_port")?,
+            auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
+        },
         last_tracked_commit_sha: row.try_get("last_tracked_commit_sha")?,
         last_tracked_image_digests: digests_from(
             &row.try_get::<String, _>("last_tracked_image_digests")?,
