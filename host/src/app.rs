@@ -2,7 +2,9 @@
 //! secret key and the state of the background loops.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -12,11 +14,17 @@ use crate::store::{Store, StoreError};
 
 pub struct App {
     pub store: Arc<dyn Store>,
+    /// Hosted repositories and accepted policies live here.
+    pub data_dir: PathBuf,
     pub policy: PolicyHandle,
     pub key: SecretKey,
     /// Hash of `AUTODEPLOY_ADMIN_TOKEN`, when it is set.
     pub admin_env_hash: Option<String>,
     pub loops: LoopStates,
+    /// Cap on one remote git lookup.
+    pub git_timeout: Duration,
+    /// Keeps a "tick now" from running beside the loop's own tick.
+    pub git_poll_lock: tokio::sync::Mutex<()>,
 }
 
 impl App {

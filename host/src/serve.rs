@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -27,6 +28,10 @@ pub struct ServeArgs {
     /// Another database than DATA_DIR/autodeploy.db (sqlite://PATH).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Cap on one remote git lookup, in seconds.
+    #[arg(long, env = "AUTODEPLOY_GIT_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub git_timeout_seconds: u64,
 }
 
 pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
@@ -64,17 +69,23 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     let info = initial.info().clone();
     tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, source = %info.source, "policy loaded");
 
+    let git_timeout = Duration::from_secs(args.git_timeout_seconds);
+    crate::git::set_network_timeout(git_timeout);
     let app = Arc::new(App {
         store: Arc::new(store),
+        data_dir: args.data_dir.clone(),
         policy: PolicyHandle::new(runtime, initial, Some(policy_dir)),
         key,
         admin_env_hash,
         loops: LoopStates::default(),
+        git_timeout,
+        git_poll_lock: Default::default(),
     });
 
     let cancel = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(crate::agent::watch_nodes(app.clone(), cancel.clone()));
+    loops.spawn(crate::triggers::git_poll::run(app.clone(), cancel.clone()));
     loops.spawn(handle_signals(
         app.clone(),
         policy_args.policy.clone(),

@@ -179,3 +179,10 @@ pub async fn events(
             .await?,
     ))
 }
+
+/// Runs one git poll tick now and answers with its summary.
+pub async fn tick_git_poll(
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<crate::triggers::git_poll::TickSummary>> {
+    Ok(Json(crate::triggers::git_poll::tick(&app).await?))
+}

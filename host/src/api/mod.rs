@@ -34,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nodes", get(admin::list_nodes).post(admin::add_node))
         .route("/nodes/{id}", axum::routing::delete(admin::delete_node))
         .route("/events", get(admin::events))
+        .route("/ticks/git-poll", post(admin::tick_git_poll))
         .route("/projects", get(projects::list).post(projects::create))
         .route(
             "/projects/{id}",
@@ -62,6 +63,10 @@ pub fn router(app: Arc<App>) -> Router {
             agent::require_node,
         ));
     Router::new()
+        .route(
+            "/git/{repo}/{*rest}",
+            get(crate::git::http::serve).post(crate::git::http::serve),
+        )
         .nest("/api/agent", agent)
         .nest("/api", admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })

@@ -119,6 +119,24 @@ pub async fn create(
             sealed.as_ref(),
         )
         .await?;
+    if project.fields.git_source == GitSource::Hosted {
+        let path = crate::git::hosted_path(&app.data_dir, project.id);
+        let branch = project.fields.git_branch.clone();
+        let made =
+            tokio::task::spawn_blocking(move || crate::git::init_hosted(&path, &branch)).await;
+        if let Err(e) = made
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            // No project without its repository.
+            let _ = app.store.delete_project(project.id).await;
+            tracing::error!(error = %e, "cannot create the hosted repository");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot create the hosted repository; see the daemon's log",
+            ));
+        }
+    }
     tracing::info!(project = project.id, name = %project.fields.name, "project created");
     let push_token = push_token.map(|t| t.expose().to_string());
     Ok((
@@ -186,6 +204,12 @@ pub async fn update(
 
 pub async fn delete(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
     app.store.delete_project(id).await?;
+    let repo = crate::git::hosted_path(&app.data_dir, id);
+    if repo.exists()
+        && let Err(e) = tokio::fs::remove_dir_all(&repo).await
+    {
+        tracing::warn!(project = id, error = %e, "could not remove the hosted repository");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

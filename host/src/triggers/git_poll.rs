@@ -1,0 +1,190 @@
+//! The external-repository poller: every `auto_deploy_poll_interval_seconds`
+//! (re-read each tick) it reads the tracked branch's head of each enabled
+//! external project and triggers `auto-poll` when it moved. Lookups run
+//! concurrently (`auto_deploy_poll_concurrency`), each capped, so one slow or
+//! hanging remote costs its own project the timeout and nothing else.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Checked, commit_moved};
+use crate::app::App;
+use crate::git::{Credential, GitError, remote_head};
+use crate::policy::GitSource;
+use crate::store::{CredentialKind, DeploySource, ProjectRecord, StoreError};
+
+pub const GIT_POLL: &str = "git-poll";
+/// Spread of the random delay before each lookup, so a thousand projects on
+/// one host are not asked at the same instant.
+const MAX_JITTER_MS: u64 = 50;
+
+#[derive(Debug, Serialize)]
+pub struct TickSummary {
+    /// The master switch was off: nothing was checked.
+    pub paused: bool,
+    pub checked: usize,
+    pub triggered: usize,
+    pub errors: usize,
+    pub elapsed_ms: u128,
+    pub projects: Vec<ProjectResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProjectResult {
+    pub project_id: i64,
+    pub name: String,
+    #[serde(flatten)]
+    pub result: Checked,
+}
+
+pub async fn run(app: Arc<App>, cancel: CancellationToken) {
+    loop {
+        match tick(&app).await {
+            Ok(s) => app
+                .loops
+                .set(GIT_POLL, if s.paused { "paused" } else { "running" }, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "git poll tick failed");
+                app.loops.set(GIT_POLL, "running", Some(e.to_string()));
+            }
+        }
+        let interval = match app.store.settings().await {
+            Ok(s) => s.auto_deploy_poll_interval_seconds,
+            Err(_) => 60,
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+        }
+    }
+    app.loops.set(GIT_POLL, "stopped", None);
+}
+
+/// One tick over every enabled external project. Ticks never overlap.
+pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
+    let _one_at_a_time = app.git_poll_lock.lock().await;
+    let started = Instant::now();
+    let settings = app.store.settings().await?;
+    if !settings.auto_deploy_master_enabled {
+        return Ok(TickSummary {
+            paused: true,
+            checked: 0,
+            triggered: 0,
+            errors: 0,
+            elapsed_ms: 0,
+            projects: vec![],
+        });
+    }
+    let projects: Vec<ProjectRecord> = app
+        .store
+        .projects()
+        .await?
+        .into_iter()
+        .filter(|p| p.fields.git_source == GitSource::External && p.fields.auto_deploy_enabled)
+        .collect();
+    let permits = Arc::new(Semaphore::new(
+        settings.auto_deploy_poll_concurrency as usize,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for project in projects {
+        let (app, permits) = (app.clone(), permits.clone());
+        let span = tracing::info_span!("trigger", project = project.id, source = "auto-poll");
+        tasks.spawn(
+            async move {
+                let jitter = rand::rng().random_range(0..=MAX_JITTER_MS);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                let _permit = permits.acquire_owned().await.expect("semaphore open");
+                let result = check(&app, &project).await;
+                ProjectResult {
+                    project_id: project.id,
+                    name: project.fields.name.clone(),
+                    result,
+                }
+            }
+            .instrument(span),
+        );
+    }
+    let mut results = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(r) => results.push(r),
+            Err(e) => tracing::error!(error = %e, "a poll task failed"),
+        }
+    }
+    results.sort_by_key(|r| r.project_id);
+    let count = |f: fn(&Checked) -> bool| results.iter().filter(|r| f(&r.result)).count();
+    Ok(TickSummary {
+        paused: false,
+        checked: results.len(),
+        triggered: count(|c| matches!(c, Checked::Triggered { .. })),
+        errors: count(|c| matches!(c, Checked::Error { .. })),
+        elapsed_ms: started.elapsed().as_millis(),
+        projects: results,
+    })
+}
+
+async fn check(app: &App, project: &ProjectRecord) -> Checked {
+    let url = project.fields.git_url.clone().unwrap_or_default();
+    let head = match lookup(app, project, &url).await {
+        Ok(head) => head,
+        Err(e) => return failed(app, project, format!("poll of {url} failed: {e}")).await,
+    };
+    match commit_moved(app, project, head, DeploySource::AutoPoll).await {
+        Ok(Some(d)) => Checked::Triggered {
+            deployment: d.id,
+            reason: d.reason,
+        },
+        Ok(None) => Checked::Unchanged {
+            reason: "the branch has not moved".into(),
+        },
+        Err(e) => failed(app, project, e.to_string()).await,
+    }
+}
+
+async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<String>, GitError> {
+    let credential = match app.store.credential(project.id).await {
+        Ok(Some(c)) => {
+            let secret = app
+                .key
+                .unseal(&c.sealed)
+                .map_err(|e| GitError::Remote(e.to_string()))?;
+            Some(match c.kind {
+                CredentialKind::Https => Credential::Https {
+                    username: c.username.unwrap_or_default(),
+                    token: secret,
+                },
+                CredentialKind::Ssh => Credential::Ssh {
+                    private_key: secret,
+                },
+            })
+        }
+        Ok(None) => None,
+        Err(e) => return Err(GitError::Remote(e.to_string())),
+    };
+    let (owned_url, branch) = (url.to_string(), project.fields.git_branch.clone());
+    let blocking =
+        tokio::task::spawn_blocking(move || remote_head(&owned_url, &branch, credential.as_ref()));
+    match tokio::time::timeout(app.git_timeout, blocking).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(GitError::Remote(format!("lookup task failed: {e}"))),
+        Err(_) => Err(GitError::Timeout {
+            url: url.to_string(),
+            timeout: app.git_timeout,
+        }),
+    }
+}
+
+async fn failed(app: &App, project: &ProjectRecord, error: String) -> Checked {
+    tracing::warn!(error = %error, "poll failed");
+    let _ = app
+        .store
+        .log_event(Some(project.id), "poll.failed", &error)
+        .await;
+    Checked::Error { error }
+}

@@ -1,0 +1,117 @@
+//! The triggers that turn a moved source into a deployment: pushes to hosted
+//! repositories, polls of external ones. Both end in `commit_moved`, which
+//! asks the policy and calls the one pipeline.
+
+pub mod git_poll;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::pipeline::{self, Trigger};
+use crate::store::{DeploySource, Deployment, ProjectRecord, StoreError};
+
+/// What a trigger check came to.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Checked {
+    Unchanged { reason: String },
+    Triggered { deployment: i64, reason: String },
+    Error { error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Compares a branch head with the project's tracked commit through the
+/// policy's `decide-commit`; a decision to deploy goes through the pipeline.
+/// `None` as head means the branch is gone: an error, never a deploy.
+pub async fn commit_moved(
+    app: &App,
+    project: &ProjectRecord,
+    head: Option<String>,
+    source: DeploySource,
+) -> Result<Option<Deployment>, TriggerError> {
+    let view = project.policy_view();
+    let (decision, _) = app
+        .decide(move |p| p.decide_commit(&view, head.as_deref()))
+        .await;
+    let d = decision.map_err(|e| TriggerError::Policy(e.to_string()))?;
+    if !d.trigger {
+        return Ok(None);
+    }
+    let t = Trigger {
+        source,
+        target_commit: d.record.clone(),
+        target_digests: None,
+        reason: d.reason,
+        track_commit: d.record,
+        track_digests: None,
+    };
+    Ok(Some(pipeline::trigger(app, project, t).await?))
+}
+
+/// After a push to a hosted repository: if the tracked branch moved and
+/// auto-deploy is on (master switch and toggle), trigger `auto-push`. The
+/// push itself has succeeded whatever happens here; failures are logged and
+/// recorded in the event log.
+pub async fn on_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
+    let span = tracing::info_span!("trigger", project = project_id, source = "auto-push");
+    after_push(app, project_id, before).instrument(span).await
+}
+
+async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
+    let project = match app.store.project(project_id).await {
+        Ok(p) => p,
+        Err(e) => return tracing::warn!(error = %e, "push: project vanished"),
+    };
+    let path = crate::git::hosted_path(&app.data_dir, project_id);
+    let after = match crate::git::local_head(&path, &project.fields.git_branch) {
+        Ok(h) => h,
+        Err(e) => return tracing::warn!(error = %e, "push: cannot read the branch"),
+    };
+    if after == before {
+        // Another branch was pushed, or the push was refused.
+        return;
+    }
+    let branch = &project.fields.git_branch;
+    let master = app
+        .store
+        .settings()
+        .await
+        .map(|s| s.auto_deploy_master_enabled)
+        .unwrap_or(false);
+    let note = |msg: String| async move {
+        tracing::info!("{msg}");
+        let _ = app.store.log_event(Some(project_id), "push", &msg).await;
+    };
+    if !master {
+        return note(format!(
+            "push to {branch}: auto-deploy is paused (master switch off); not deploying"
+        ))
+        .await;
+    }
+    if !project.fields.auto_deploy_enabled {
+        return note(format!(
+            "push to {branch}: auto-deploy is off for this project; not deploying"
+        ))
+        .await;
+    }
+    match commit_moved(app, &project, after, DeploySource::AutoPush).await {
+        Ok(Some(d)) => tracing::info!(deployment = d.id, "push triggered a deployment"),
+        Ok(None) => {}
+        Err(e) => {
+            note(format!(
+                "push to {branch} could not trigger a deployment: {e}"
+            ))
+            .await
+        }
+    }
+}
