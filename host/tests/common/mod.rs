@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod git;
 
 use std::sync::Arc;
 use std::time::Duration;

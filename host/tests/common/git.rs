@@ -1,0 +1,222 @@
+//! Real git servers on loopback for the tests: bare repositories, `git
+//! daemon`, sshd, and a server that accepts connections and never answers.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Runs git in `dir`; panics with its stderr on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository at `path` with one commit on `main`; returns its SHA.
+pub fn bare_with_commit(path: &Path) -> String {
+    std::fs::create_dir_all(path).unwrap();
+    git(path, &["init", "-q", "--bare", "-b", "main"]);
+    commit_to(path, "main", "first")
+}
+
+/// Adds a commit to `branch` of the bare repository (through a scratch
+/// clone) and returns the new SHA.
+pub fn commit_to(bare: &Path, branch: &str, message: &str) -> String {
+    let work = bare.with_extension(format!("work-{}", rand_suffix()));
+    let _ = std::fs::remove_dir_all(&work);
+    git(
+        bare.parent().unwrap(),
+        &[
+            "clone",
+            "-q",
+            bare.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    let _ = Command::new("git")
+        .args(["checkout", "-q", "-B", branch])
+        .current_dir(&work)
+        .output();
+    if git(&work, &["branch", "-r"]).contains(&format!("origin/{branch}")) {
+        git(
+            &work,
+            &["reset", "-q", "--hard", &format!("origin/{branch}")],
+        );
+    }
+    std::fs::write(work.join("file.txt"), message).unwrap();
+    git(&work, &["add", "file.txt"]);
+    git(&work, &["commit", "-q", "--allow-empty", "-m", message]);
+    git(
+        &work,
+        &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
+    );
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    std::fs::remove_dir_all(&work).unwrap();
+    sha
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+/// A process killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `git daemon` exporting every repository under `base`.
+pub fn git_daemon(base: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run git daemon");
+    wait_for_port(port);
+    Server { child, port }
+}
+
+/// sshd on loopback that lets in one freshly made key (as the current
+/// user); returns the server and the private key (PEM).
+pub fn sshd(dir: &Path) -> (Server, String) {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sshd is missing: the test command installs openssh-server");
+    std::fs::create_dir_all(dir).unwrap();
+    let keygen = |path: &PathBuf, kind: &[&str]| {
+        let _ = std::fs::remove_file(path);
+        let ok = Command::new("ssh-keygen")
+            .args(kind)
+            .args(["-q", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let host_key = dir.join("host_key");
+    let client_key = dir.join("client_key");
+    keygen(&host_key, &["-t", "ed25519"]);
+    keygen(&client_key, &["-t", "rsa", "-b", "2048", "-m", "PEM"]);
+    std::fs::copy(
+        client_key.with_extension("pub"),
+        dir.join("authorized_keys"),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").ok();
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             StrictModes no\nUsePAM no\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run sshd");
+    wait_for_port(port);
+    (
+        Server { child, port },
+        std::fs::read_to_string(&client_key).unwrap(),
+    )
+}
+
+/// Accepts TCP connections and never answers.
+pub struct Silent {
+    pub port: u16,
+    _listener: TcpListener,
+}
+
+pub fn silent_server() -> Silent {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Bounded: the test makes a handful of connections.
+        for stream in accept.incoming().take(64) {
+            match stream {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+    });
+    Silent {
+        port,
+        _listener: listener,
+    }
+}
+
+pub fn whoami() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}

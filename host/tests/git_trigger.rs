@@ -1,0 +1,442 @@
+//! The git trigger against real servers on loopback: pushes to hosted
+//! repositories, and polls over file://, git daemon, smart HTTP with basic
+//! auth, and SSH.
+
+mod common;
+
+use std::path::Path;
+
+use common::daemon::{ADMIN, Daemon, temp_dir};
+use common::git::{bare_with_commit, commit_to, git, git_daemon, silent_server, sshd, whoami};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn create(d: &Daemon, body: Value) -> Value {
+    d.ok(Method::POST, "/api/projects", Some(body)).await
+}
+
+async fn deployments(d: &Daemon, id: i64) -> Vec<Value> {
+    d.ok(
+        Method::GET,
+        &format!("/api/projects/{id}/deployments"),
+        None,
+    )
+    .await
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+fn remote(d: &Daemon, id: i64, token: &str) -> String {
+    format!(
+        "http://push:{token}@{}/git/{id}.git",
+        d.url.trim_start_matches("http://")
+    )
+}
+
+fn try_push(dir: &Path, url: &str, refspec: &str) -> Result<(), String> {
+    let out = std::process::Command::new("git")
+        .args(["push", "-q", url, refspec])
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn commit(dir: &Path, message: &str) -> String {
+    git(dir, &["commit", "-q", "--allow-empty", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+#[tokio::test]
+async fn pushes_to_hosted_repositories_trigger_auto_push() {
+    let dir = temp_dir("git-push");
+    let d = Daemon::start(&dir);
+    let a = create(
+        &d,
+        json!({"name": "a", "project_type": "deployment", "auto_deploy_enabled": true}),
+    )
+    .await;
+    let b = create(&d, json!({"name": "b", "project_type": "deployment"})).await;
+    let (a_id, b_id) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
+    let (a_token, b_token) = (
+        a["push_token"].as_str().unwrap(),
+        b["push_token"].as_str().unwrap(),
+    );
+
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    let first = commit(&work, "first");
+
+    // Another project's token, or none, is refused.
+    let err = try_push(&work, &remote(&d, a_id, b_token), "main").unwrap_err();
+    assert!(
+        err.contains("Authentication failed") || err.contains("401"),
+        "{err}"
+    );
+    let err = try_push(&work, &format!("{}/git/{a_id}.git", d.url), "main").unwrap_err();
+    assert!(
+        err.contains("Authentication failed") || err.contains("could not read Username"),
+        "{err}"
+    );
+    assert!(deployments(&d, a_id).await.is_empty());
+
+    // The first push aligns: one auto-push deployment of that commit.
+    try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
+    let deps = deployments(&d, a_id).await;
+    assert_eq!(deps.len(), 1, "the deployment exists when the push returns");
+    assert_eq!(
+        (
+            deps[0]["source"].as_str(),
+            deps[0]["target_commit"].as_str()
+        ),
+        (Some("auto-push"), Some(first.as_str()))
+    );
+    assert_eq!(
+        d.ok(Method::GET, &format!("/api/projects/{a_id}"), None)
+            .await["last_tracked_commit_sha"],
+        first.as_str()
+    );
+
+    // Another branch triggers nothing; the admin token may push too.
+    git(&work, &["checkout", "-q", "-b", "feature"]);
+    commit(&work, "on a branch");
+    try_push(&work, &remote(&d, a_id, ADMIN), "feature").unwrap();
+    assert_eq!(deployments(&d, a_id).await[0]["trigger_count"], 1);
+
+    // A burst of pushes coalesces into the queued deployment.
+    git(&work, &["checkout", "-q", "main"]);
+    let mut last = String::new();
+    for i in 0..10 {
+        last = commit(&work, &format!("burst {i}"));
+        try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
+    }
+    let deps = deployments(&d, a_id).await;
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0]["trigger_count"], 11);
+    assert_eq!(deps[0]["target_commit"], last.as_str());
+
+    // Toggle off, or master switch off: the push succeeds, nothing deploys.
+    let b_work = dir.join("b-work");
+    std::fs::create_dir_all(&b_work).unwrap();
+    git(&b_work, &["init", "-q", "-b", "main"]);
+    commit(&b_work, "b1");
+    try_push(&b_work, &remote(&d, b_id, b_token), "main").unwrap();
+    assert!(
+        deployments(&d, b_id).await.is_empty(),
+        "b has auto-deploy off"
+    );
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_master_enabled": false})),
+    )
+    .await;
+    commit(&work, "paused");
+    try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
+    assert_eq!(deployments(&d, a_id).await[0]["trigger_count"], 11);
+    let events = d
+        .ok(Method::GET, &format!("/api/events?project_id={a_id}"), None)
+        .await;
+    assert!(
+        events.to_string().contains("master switch off"),
+        "the skipped push is recorded"
+    );
+
+    // Clone and fetch work, including gzip-compressed negotiation bodies.
+    for i in 0..40 {
+        git(
+            &work,
+            &["branch", &format!("topic-{i:02}-with-a-fairly-long-name")],
+        );
+    }
+    try_push(
+        &work,
+        &remote(&d, a_id, a_token),
+        "refs/heads/*:refs/heads/*",
+    )
+    .unwrap();
+    let clone = dir.join("clone");
+    git(
+        &dir,
+        &[
+            "clone",
+            "-q",
+            &remote(&d, a_id, a_token),
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        git(&clone, &["rev-parse", "HEAD"]),
+        git(&work, &["rev-parse", "main"])
+    );
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    git(&other, &["init", "-q", "-b", "main"]);
+    for i in 0..30 {
+        commit(&other, &format!("unrelated {i}"));
+    }
+    let out = std::process::Command::new("git")
+        .args([
+            "fetch",
+            "-q",
+            &remote(&d, a_id, a_token),
+            "refs/heads/*:refs/remotes/a/*",
+        ])
+        .current_dir(&other)
+        .env("GIT_TRACE_CURL", "1")
+        .env("GIT_TRACE_CURL_NO_DATA", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Content-Encoding: gzip"),
+        "the fetch sent a gzip body"
+    );
+    assert!(
+        !d.log().contains(a_token),
+        "push tokens stay out of the log"
+    );
+    d.stop();
+}
+
+#[tokio::test]
+async fn external_repositories_are_polled_over_every_transport() {
+    let dir = temp_dir("git-poll");
+    let repos = dir.join("repos");
+    let file_sha = bare_with_commit(&repos.join("file.git"));
+    let daemon_sha = bare_with_commit(&repos.join("served.git"));
+    let ssh_sha = bare_with_commit(&repos.join("ssh.git"));
+    let gitd = git_daemon(&repos);
+    let (sshd, key) = sshd(&dir.join("sshd"));
+    let silent = silent_server();
+
+    let d = Daemon::start_with(&dir, &[], &[("AUTODEPLOY_GIT_TIMEOUT_SECONDS", "2")]);
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
+    )
+    .await;
+    // A hosted project of this daemon serves as an external smart-HTTP remote
+    // with basic auth.
+    let hosted = create(&d, json!({"name": "hosted", "project_type": "deployment"})).await;
+    let hosted_token = hosted["push_token"].as_str().unwrap().to_string();
+    let work = dir.join("hosted-work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    let http_sha = commit(&work, "served over http");
+    try_push(
+        &work,
+        &remote(&d, hosted["id"].as_i64().unwrap(), &hosted_token),
+        "main",
+    )
+    .unwrap();
+    let http_url = format!("{}/git/{}.git", d.url, hosted["id"]);
+
+    let external = |name: &str, url: String, extra: Value| {
+        let mut body = json!({"name": name, "project_type": "deployment", "git_source": "external", "git_url": url, "auto_deploy_enabled": true});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let planted = "PLANTED-wrong-token-91c2";
+    let mut ids = std::collections::BTreeMap::new();
+    for (name, body) in [
+        (
+            "file",
+            external(
+                "file",
+                format!("file://{}", repos.join("file.git").display()),
+                json!({}),
+            ),
+        ),
+        (
+            "daemon",
+            external(
+                "daemon",
+                format!("git://127.0.0.1:{}/served.git", gitd.port),
+                json!({}),
+            ),
+        ),
+        (
+            "http",
+            external(
+                "http",
+                http_url.clone(),
+                json!({"credentials": {"kind": "https", "username": "x", "token": hosted_token}}),
+            ),
+        ),
+        (
+            "ssh",
+            external(
+                "ssh",
+                format!(
+                    "ssh://{}@127.0.0.1:{}{}",
+                    whoami(),
+                    sshd.port,
+                    repos.join("ssh.git").display()
+                ),
+                json!({"credentials": {"kind": "ssh", "private_key": key}}),
+            ),
+        ),
+        (
+            "missing-branch",
+            external(
+                "missing-branch",
+                format!("file://{}", repos.join("file.git").display()),
+                json!({"git_branch": "nope"}),
+            ),
+        ),
+        (
+            "wrong-token",
+            external(
+                "wrong-token",
+                http_url.clone(),
+                json!({"credentials": {"kind": "https", "username": "x", "token": planted}}),
+            ),
+        ),
+        (
+            "hanging",
+            external(
+                "hanging",
+                format!("http://127.0.0.1:{}/repo.git", silent.port),
+                json!({}),
+            ),
+        ),
+        (
+            "toggle-off",
+            external(
+                "toggle-off",
+                format!("file://{}", repos.join("file.git").display()),
+                json!({"auto_deploy_enabled": false}),
+            ),
+        ),
+    ] {
+        ids.insert(name, create(&d, body).await["id"].as_i64().unwrap());
+    }
+
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    let result = |tick: &Value, name: &str| -> Value {
+        tick["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(tick["checked"], 7, "{tick}");
+    assert_eq!(tick["triggered"], 4, "{tick}");
+    assert_eq!(tick["errors"], 3, "{tick}");
+    for (name, sha) in [
+        ("file", &file_sha),
+        ("daemon", &daemon_sha),
+        ("http", &http_sha),
+        ("ssh", &ssh_sha),
+    ] {
+        assert_eq!(
+            result(&tick, name)["outcome"],
+            "triggered",
+            "{name}: {}",
+            result(&tick, name)
+        );
+        let deps = deployments(&d, ids[name]).await;
+        assert_eq!(
+            (
+                deps.len(),
+                deps[0]["source"].as_str(),
+                deps[0]["target_commit"].as_str()
+            ),
+            (1, Some("auto-poll"), Some(sha.as_str())),
+            "{name}"
+        );
+    }
+    let missing = result(&tick, "missing-branch");
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("branch \"nope\" does not exist"),
+        "{missing}"
+    );
+    let wrong = result(&tick, "wrong-token");
+    assert!(
+        wrong["error"].as_str().unwrap().contains("authentication"),
+        "{wrong}"
+    );
+    let hanging = result(&tick, "hanging");
+    assert!(
+        hanging["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 2s"),
+        "{hanging}"
+    );
+    for name in ["missing-branch", "wrong-token", "hanging", "toggle-off"] {
+        assert!(
+            deployments(&d, ids[name]).await.is_empty(),
+            "{name} must not deploy"
+        );
+    }
+
+    // Nothing moved: nothing triggers.
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    assert_eq!(
+        (tick["triggered"].as_i64(), tick["errors"].as_i64()),
+        (Some(0), Some(3)),
+        "{tick}"
+    );
+
+    // A new commit is picked up on the next tick, and only there.
+    let new_sha = commit_to(&repos.join("file.git"), "main", "second");
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    assert_eq!(tick["triggered"], 1, "{tick}");
+    let deps = deployments(&d, ids["file"]).await;
+    assert_eq!(deps[0]["target_commit"], new_sha.as_str());
+    assert!(
+        deps[0]["reason"].as_str().unwrap().contains("moved from"),
+        "{}",
+        deps[0]["reason"]
+    );
+
+    // The master switch pauses polling.
+    commit_to(&repos.join("file.git"), "main", "third");
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_master_enabled": false})),
+    )
+    .await;
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    assert_eq!(
+        (tick["paused"].as_bool(), tick["checked"].as_i64()),
+        (Some(true), Some(0))
+    );
+
+    let events = d
+        .ok(Method::GET, "/api/events?limit=1000", None)
+        .await
+        .to_string();
+    let log = d.log();
+    for text in [&events, &log] {
+        assert!(
+            !text.contains(planted)
+                && !text.contains(&hosted_token)
+                && !text.contains("PRIVATE KEY"),
+            "a credential leaked"
+        );
+    }
+    d.stop();
+}
