@@ -34,7 +34,9 @@ pub struct ServeArgs {
     pub git_timeout_seconds: u64,
 }
 
-pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
+/// Opens everything the daemon needs: data dir, store, secret key, admin
+/// token, policy. Used by `run` and by the benchmarks.
+pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>> {
     create_private_dir(&args.data_dir)?;
     let url = match &args.database_url {
         Some(url) => url.clone(),
@@ -81,7 +83,11 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
         git_timeout,
         git_poll_lock: Default::default(),
     });
+    Ok(app)
+}
 
+pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
+    let app = open(args, policy_args).await?;
     let cancel = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(crate::agent::watch_nodes(app.clone(), cancel.clone()));
