@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::daemon::{ADMIN, Daemon, temp_dir};
-use common::git::{bare_with_commit, commit_to, git, git_daemon, silent_server, sshd, whoami};
+use common::git::{
+    bare_with_commit, commit_to, git, git_daemon, nginx_git, silent_server, sshd, whoami,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -217,7 +219,9 @@ async fn external_repositories_are_polled_over_every_transport() {
     let file_sha = bare_with_commit(&repos.join("file.git"));
     let daemon_sha = bare_with_commit(&repos.join("served.git"));
     let ssh_sha = bare_with_commit(&repos.join("ssh.git"));
+    let nginx_sha = bare_with_commit(&repos.join("nginx.git"));
     let gitd = git_daemon(&repos);
+    let nginx = nginx_git(&dir.join("nginx"), &repos, "deploy", "nginx-secret-token");
     let (sshd, key) = sshd(&dir.join("sshd"));
     let silent = silent_server();
 
@@ -279,6 +283,22 @@ async fn external_repositories_are_polled_over_every_transport() {
             ),
         ),
         (
+            "nginx",
+            external(
+                "nginx",
+                format!("http://127.0.0.1:{}/git/nginx.git", nginx.port),
+                json!({"credentials": {"kind": "https", "username": "deploy", "token": "nginx-secret-token"}}),
+            ),
+        ),
+        (
+            "nginx-wrong",
+            external(
+                "nginx-wrong",
+                format!("http://127.0.0.1:{}/git/nginx.git", nginx.port),
+                json!({"credentials": {"kind": "https", "username": "deploy", "token": planted}}),
+            ),
+        ),
+        (
             "ssh",
             external(
                 "ssh",
@@ -337,13 +357,14 @@ async fn external_repositories_are_polled_over_every_transport() {
             .cloned()
             .unwrap_or(Value::Null)
     };
-    assert_eq!(tick["checked"], 7, "{tick}");
-    assert_eq!(tick["triggered"], 4, "{tick}");
-    assert_eq!(tick["errors"], 3, "{tick}");
+    assert_eq!(tick["checked"], 9, "{tick}");
+    assert_eq!(tick["triggered"], 5, "{tick}");
+    assert_eq!(tick["errors"], 4, "{tick}");
     for (name, sha) in [
         ("file", &file_sha),
         ("daemon", &daemon_sha),
         ("http", &http_sha),
+        ("nginx", &nginx_sha),
         ("ssh", &ssh_sha),
     ] {
         assert_eq!(
@@ -371,11 +392,14 @@ async fn external_repositories_are_polled_over_every_transport() {
             .contains("branch \"nope\" does not exist"),
         "{missing}"
     );
-    let wrong = result(&tick, "wrong-token");
-    assert!(
-        wrong["error"].as_str().unwrap().contains("authentication"),
-        "{wrong}"
-    );
+    for name in ["wrong-token", "nginx-wrong"] {
+        let wrong = result(&tick, name);
+        assert!(
+            wrong["error"].as_str().unwrap().contains("authentication"),
+            "{wrong}"
+        );
+        assert!(!wrong.to_string().contains(planted));
+    }
     let hanging = result(&tick, "hanging");
     assert!(
         hanging["error"]
@@ -384,7 +408,13 @@ async fn external_repositories_are_polled_over_every_transport() {
             .contains("did not finish within 2s"),
         "{hanging}"
     );
-    for name in ["missing-branch", "wrong-token", "hanging", "toggle-off"] {
+    for name in [
+        "missing-branch",
+        "wrong-token",
+        "nginx-wrong",
+        "hanging",
+        "toggle-off",
+    ] {
         assert!(
             deployments(&d, ids[name]).await.is_empty(),
             "{name} must not deploy"
@@ -395,7 +425,7 @@ async fn external_repositories_are_polled_over_every_transport() {
     let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
     assert_eq!(
         (tick["triggered"].as_i64(), tick["errors"].as_i64()),
-        (Some(0), Some(3)),
+        (Some(0), Some(4)),
         "{tick}"
     );
 

@@ -220,3 +220,114 @@ pub fn whoami() -> String {
         .trim()
         .to_string()
 }
+
+/// nginx + fcgiwrap + `git http-backend`, the usual self-hosted smart-HTTP
+/// setup, serving every repository under `repos` at `/git/...` behind HTTP
+/// basic auth for `user`:`password`.
+pub struct Nginx {
+    nginx: Server,
+    fcgiwrap: Child,
+    pub port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Both leave workers behind when only the parent dies: stop each
+        // whole process group.
+        for pid in [self.nginx.child.id(), self.fcgiwrap.id()] {
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .status();
+        }
+        let _ = self.fcgiwrap.wait();
+    }
+}
+
+pub fn nginx_git(dir: &Path, repos: &Path, user: &str, password: &str) -> Nginx {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let hash = Command::new("openssl")
+        .args(["passwd", "-apr1", password])
+        .output()
+        .unwrap();
+    assert!(hash.status.success());
+    std::fs::write(
+        dir.join("htpasswd"),
+        format!("{user}:{}", String::from_utf8_lossy(&hash.stdout).trim()),
+    )
+    .unwrap();
+    let socket = dir.join("fcgi.sock");
+    let _ = std::fs::remove_file(&socket);
+    let fcgiwrap = Command::new("fcgiwrap")
+        .args(["-c", "2", "-s"])
+        .arg(format!("unix:{}", socket.display()))
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fcgiwrap is missing: the test command installs it");
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = free_port();
+    let backend = [
+        "/usr/lib/git-core/git-http-backend",
+        "/usr/libexec/git-core/git-http-backend",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("git-http-backend");
+    let d = dir.display();
+    let config = format!(
+        r#"daemon off;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location ~ ^/git(/.*)$ {{
+      auth_basic "git";
+      auth_basic_user_file {d}/htpasswd;
+      client_max_body_size 0;
+      fastcgi_pass unix:{sock};
+      include /etc/nginx/fastcgi_params;
+      fastcgi_param SCRIPT_FILENAME {backend};
+      fastcgi_param GIT_PROJECT_ROOT {repos};
+      fastcgi_param GIT_HTTP_EXPORT_ALL "";
+      fastcgi_param PATH_INFO $1;
+      fastcgi_param REMOTE_USER $remote_user;
+    }}
+  }}
+}}
+"#,
+        sock = socket.display(),
+        repos = repos.display(),
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is missing: the test command installs it");
+    wait_for_port(port);
+    Nginx {
+        nginx: Server { child, port },
+        fcgiwrap,
+        port,
+    }
+}
