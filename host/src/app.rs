@@ -25,6 +25,12 @@ pub struct App {
     pub git_timeout: Duration,
     /// Keeps a "tick now" from running beside the loop's own tick.
     pub git_poll_lock: tokio::sync::Mutex<()>,
+    pub registry: crate::registry::Registry,
+    /// `REGISTRY_ADDR`, probed at start.
+    pub registry_addr: Option<String>,
+    /// Why the image trigger is off, when the start-up probe failed.
+    pub image_watch_off: Mutex<Option<String>>,
+    pub image_watch_lock: tokio::sync::Mutex<()>,
 }
 
 impl App {

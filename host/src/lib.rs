@@ -5,6 +5,7 @@ pub mod client;
 pub mod git;
 pub mod pipeline;
 pub mod policy;
+pub mod registry;
 pub mod secrets;
 pub mod serve;
 pub mod store;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, LoopStates};
 use crate::policy::cli::PolicyArgs;
 use crate::policy::{PolicyHandle, PolicyRuntime};
+use crate::registry::{Registry, RegistryConfig};
 use crate::secrets::{Secret, SecretKey, new_token, token_hash};
 use crate::store::{SqlStore, Store};
 
@@ -32,6 +33,67 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTODEPLOY_GIT_TIMEOUT_SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub git_timeout_seconds: u64,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Registry access for the image watcher.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// The registry deploys push to; probed at start.
+    #[arg(long, env = "REGISTRY_ADDR")]
+    pub registry_addr: Option<String>,
+    #[arg(long, env = "REGISTRY_USER")]
+    pub registry_user: Option<String>,
+    #[arg(long, env = "REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+    /// A docker config.json whose `auths` hold credentials for other registries.
+    #[arg(long, env = "AUTODEPLOY_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+    /// Comma-separated hosts reached over plain HTTP (loopback ones always may be).
+    #[arg(long, env = "AUTODEPLOY_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// A PEM CA file to trust for registries.
+    #[arg(long, env = "AUTODEPLOY_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+    /// Cap on one registry request, in seconds.
+    #[arg(long, env = "AUTODEPLOY_REGISTRY_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub registry_timeout_seconds: u64,
+}
+
+impl Default for RegistryArgs {
+    /// No `REGISTRY_ADDR`, public registries only, 30 s per request.
+    fn default() -> Self {
+        RegistryArgs {
+            registry_addr: None,
+            registry_user: None,
+            registry_password: None,
+            docker_config: None,
+            insecure_registries: vec![],
+            registry_ca: None,
+            registry_timeout_seconds: 30,
+        }
+    }
+}
+
+impl RegistryArgs {
+    pub fn config(&self) -> RegistryConfig {
+        RegistryConfig {
+            addr: self.registry_addr.clone(),
+            user: self.registry_user.clone(),
+            password: self.registry_password.clone().map(Secret::new),
+            docker_config: self.docker_config.clone(),
+            insecure: self
+                .insecure_registries
+                .iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            ca_file: self.registry_ca.clone(),
+            timeout: Duration::from_secs(self.registry_timeout_seconds),
+        }
+    }
 }
 
 /// Opens everything the daemon needs: data dir, store, secret key, admin
@@ -82,6 +144,10 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         loops: LoopStates::default(),
         git_timeout,
         git_poll_lock: Default::default(),
+        registry: Registry::new(args.registry.config()).context("set up registry access")?,
+        registry_addr: args.registry.registry_addr.clone(),
+        image_watch_off: Default::default(),
+        image_watch_lock: Default::default(),
     });
     Ok(app)
 }
@@ -92,6 +158,10 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(crate::agent::watch_nodes(app.clone(), cancel.clone()));
     loops.spawn(crate::triggers::git_poll::run(app.clone(), cancel.clone()));
+    loops.spawn(crate::triggers::image_watch::run(
+        app.clone(),
+        cancel.clone(),
+    ));
     loops.spawn(handle_signals(
         app.clone(),
         policy_args.policy.clone(),

@@ -22,6 +22,11 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
         "policy": app.policy.current().info(),
         "auto_deploy_master_enabled": settings.auto_deploy_master_enabled,
         "loops": app.loops.snapshot(),
+        "image_trigger": match app.image_watch_off.lock().expect("watch lock").clone() {
+            Some(reason) => json!({"enabled": false, "reason": reason}),
+            None => json!({"enabled": true}),
+        },
+        "registries": app.registry.stats(),
     })))
 }
 
@@ -185,4 +190,19 @@ pub async fn tick_git_poll(
     State(app): State<Arc<App>>,
 ) -> ApiResult<Json<crate::triggers::git_poll::TickSummary>> {
     Ok(Json(crate::triggers::git_poll::tick(&app).await?))
+}
+
+/// Runs one image watch tick now; 409 while the image trigger is off.
+pub async fn tick_image_watch(
+    State(app): State<Arc<App>>,
+) -> ApiResult<Json<crate::triggers::image_watch::ImageTick>> {
+    use crate::triggers::image_watch::{WatchError, tick};
+    match tick(&app).await {
+        Ok(t) => Ok(Json(t)),
+        Err(WatchError::Off(reason)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the image trigger is off: {reason}"),
+        )),
+        Err(WatchError::Store(e)) => Err(e.into()),
+    }
 }

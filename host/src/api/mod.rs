@@ -35,6 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nodes/{id}", axum::routing::delete(admin::delete_node))
         .route("/events", get(admin::events))
         .route("/ticks/git-poll", post(admin::tick_git_poll))
+        .route("/ticks/image-watch", post(admin::tick_image_watch))
         .route("/projects", get(projects::list).post(projects::create))
         .route(
             "/projects/{id}",

@@ -171,3 +171,106 @@ pub fn local_head(path: &Path, branch: &str) -> Result<Option<String>, GitError>
         Err(e) => Err(err(e)),
     }
 }
+
+/// Files larger than this are not read (a compose file is a few KiB).
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
+/// A file's contents at the tip of `branch`: `Ok(None)` when the file does
+/// not exist there; an error when the branch does not, or the file is over
+/// [`MAX_FILE_BYTES`]. Reads the object database only: no checkout.
+fn file_at_ref(repo: &Repository, reference: &str, file: &str) -> Result<Option<String>, GitError> {
+    let err = |m: String| GitError::Repo {
+        path: repo.path().display().to_string(),
+        message: m,
+    };
+    let commit = repo
+        .find_reference(reference)
+        .and_then(|r| r.peel_to_commit())
+        .map_err(|e| err(format!("{reference}: {}", e.message())))?;
+    let tree = commit.tree().map_err(|e| err(e.message().to_string()))?;
+    let entry = match tree.get_path(Path::new(file)) {
+        Ok(entry) => entry,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.message().to_string())),
+    };
+    let blob = entry
+        .to_object(repo)
+        .and_then(|o| o.peel_to_blob())
+        .map_err(|e| err(format!("{file}: {}", e.message())))?;
+    if blob.size() > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "{file} is {} bytes; files over {MAX_FILE_BYTES} bytes are not read",
+            blob.size()
+        )));
+    }
+    String::from_utf8(blob.content().to_vec())
+        .map(Some)
+        .map_err(|_| err(format!("{file} is not UTF-8 text")))
+}
+
+/// A file at the tip of a hosted repository's branch.
+pub fn hosted_file(path: &Path, branch: &str, file: &str) -> Result<Option<String>, GitError> {
+    let repo = Repository::open_bare(path).map_err(|e| GitError::Repo {
+        path: path.display().to_string(),
+        message: e.message().to_string(),
+    })?;
+    file_at_ref(&repo, &format!("refs/heads/{branch}"), file)
+}
+
+/// A file at the tip of an external repository's branch: a depth-1 fetch of
+/// that branch into a temporary directory under `scratch`, removed whatever
+/// happens.
+pub fn remote_file(
+    url: &str,
+    branch: &str,
+    file: &str,
+    credential: Option<&Credential>,
+    scratch: &Path,
+) -> Result<Option<String>, GitError> {
+    let redact = |m: String| credential.map_or(m.clone(), |c| c.redact(&m));
+    let dir = TempDir::new(scratch).map_err(|e| GitError::Repo {
+        path: scratch.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let repo =
+        Repository::init_bare(&dir.0).map_err(|e| GitError::Remote(e.message().to_string()))?;
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| GitError::Remote(redact(e.message().to_string())))?;
+    let attempts = AtomicUsize::new(0);
+    let mut options = git2::FetchOptions::new();
+    options
+        .remote_callbacks(callbacks(credential, &attempts))
+        .depth(1);
+    let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    if let Err(e) = remote.fetch(&[refspec.as_str()], Some(&mut options), None) {
+        return Err(if attempts.load(Ordering::SeqCst) > 1 {
+            GitError::Auth(url.to_string())
+        } else {
+            GitError::Remote(redact(format!(
+                "fetch {branch} from {url}: {}",
+                e.message()
+            )))
+        });
+    }
+    file_at_ref(&repo, &format!("refs/remotes/origin/{branch}"), file)
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &Path) -> std::io::Result<TempDir> {
+        use rand::Rng;
+        std::fs::create_dir_all(parent)?;
+        let path = parent.join(format!("fetch-{:016x}", rand::rng().random::<u64>()));
+        std::fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

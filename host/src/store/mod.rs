@@ -251,6 +251,13 @@ pub trait Store: Send + Sync {
     /// updates the project's queued deployment if there is one, or queues a
     /// new one; and records the tracked state. All in one transaction.
     async fn record_trigger(&self, write: &TriggerWrite) -> Result<Deployment>;
+    /// Records image digests that deploy nothing (a first watch, an added or
+    /// removed image, a failed lookup keeping the old digest).
+    async fn set_image_digests(
+        &self,
+        project_id: i64,
+        digests: &BTreeMap<String, String>,
+    ) -> Result<()>;
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>>;
     async fn deployment(&self, id: i64) -> Result<Deployment>;
 

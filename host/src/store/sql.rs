@@ -509,6 +509,19 @@ impl Store for SqlStore {
         self.deployment(id).await
     }
 
+    async fn set_image_digests(
+        &self,
+        project_id: i64,
+        digests: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE projects SET last_tracked_image_digests = $1 WHERE id = $2")
+            .bind(digests_json(digests))
+            .bind(project_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
         sqlx::query(AssertSqlSafe(format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 ORDER BY id DESC LIMIT $2")))
             .bind(project_id)

@@ -15,9 +15,9 @@ use tracing::Instrument;
 
 use super::{Checked, commit_moved};
 use crate::app::App;
-use crate::git::{Credential, GitError, remote_head};
+use crate::git::{GitError, remote_head};
 use crate::policy::GitSource;
-use crate::store::{CredentialKind, DeploySource, ProjectRecord, StoreError};
+use crate::store::{DeploySource, ProjectRecord, StoreError};
 
 pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on
@@ -148,25 +148,7 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
 }
 
 async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<String>, GitError> {
-    let credential = match app.store.credential(project.id).await {
-        Ok(Some(c)) => {
-            let secret = app
-                .key
-                .unseal(&c.sealed)
-                .map_err(|e| GitError::Remote(e.to_string()))?;
-            Some(match c.kind {
-                CredentialKind::Https => Credential::Https {
-                    username: c.username.unwrap_or_default(),
-                    token: secret,
-                },
-                CredentialKind::Ssh => Credential::Ssh {
-                    private_key: secret,
-                },
-            })
-        }
-        Ok(None) => None,
-        Err(e) => return Err(GitError::Remote(e.to_string())),
-    };
+    let credential = super::credential(app, project.id).await?;
     let (owned_url, branch) = (url.to_string(), project.fields.git_branch.clone());
     let blocking =
         tokio::task::spawn_blocking(move || remote_head(&owned_url, &branch, credential.as_ref()));

@@ -3,6 +3,7 @@
 //! asks the policy and calls the one pipeline.
 
 pub mod git_poll;
+pub mod image_watch;
 
 use std::sync::Arc;
 
@@ -10,8 +11,9 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
-use crate::store::{DeploySource, Deployment, ProjectRecord, StoreError};
+use crate::store::{CredentialKind, DeploySource, Deployment, ProjectRecord, StoreError};
 
 /// What a trigger check came to.
 #[derive(Debug, Serialize)]
@@ -28,6 +30,29 @@ pub enum TriggerError {
     Policy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The project's git credential, unsealed, for one lookup.
+pub async fn credential(app: &App, project_id: i64) -> Result<Option<Credential>, GitError> {
+    let sealed = app
+        .store
+        .credential(project_id)
+        .await
+        .map_err(|e| GitError::Remote(e.to_string()))?;
+    let Some(c) = sealed else { return Ok(None) };
+    let secret = app
+        .key
+        .unseal(&c.sealed)
+        .map_err(|e| GitError::Remote(e.to_string()))?;
+    Ok(Some(match c.kind {
+        CredentialKind::Https => Credential::Https {
+            username: c.username.unwrap_or_default(),
+            token: secret,
+        },
+        CredentialKind::Ssh => Credential::Ssh {
+            private_key: secret,
+        },
+    }))
 }
 
 /// Compares a branch head with the project's tracked commit through the

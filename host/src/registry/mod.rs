@@ -1,0 +1,601 @@
+//! Registry access for the image watcher: manifest digests by HEAD only
+//! (a GET would count against Docker Hub's pull limit), the bearer-token
+//! flow with tokens reused while valid, credentials per registry host, and
+//! per-host backoff when a registry says 429 or 503.
+//!
+//! Not oci-client: its digest lookup falls back to a GET whenever a HEAD
+//! answer has no digest header (a 401, 404 or 429 among them) and hides
+//! `Retry-After`; both matter for a watcher that must be gentle.
+
+pub mod reference;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use serde::Serialize;
+
+pub use reference::ImageRef;
+
+use crate::secrets::Secret;
+
+/// The manifest kinds a tag may point at; a multi-arch tag answers with its
+/// index, so its digest is the index digest and never a platform's.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+/// How long to leave a registry alone after a 429/503 without `Retry-After`.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{host}: {message}")]
+    Request { host: String, message: String },
+    #[error("{host} refused the credentials (HTTP {status})")]
+    Auth { host: String, status: u16 },
+    #[error("{host} has no {image}")]
+    NotFound { host: String, image: String },
+    #[error("{host} asked to be left alone ({status}); backing off for {seconds}s")]
+    BackedOff {
+        host: String,
+        status: u16,
+        seconds: u64,
+    },
+    #[error("{host} answered HTTP {status}")]
+    Status { host: String, status: u16 },
+    #[error(
+        "{host} sent no Docker-Content-Digest header (a GET is not made, to spare pull limits)"
+    )]
+    NoDigest { host: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// `REGISTRY_ADDR`: the registry deploys push to.
+    pub addr: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// A docker-style config.json whose `auths` give credentials per host.
+    pub docker_config: Option<PathBuf>,
+    /// Hosts reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// A PEM CA to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Basic {
+    user: String,
+    password: Secret,
+}
+
+/// Per-host counters, shown by `GET /api/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostStats {
+    pub manifest_heads: u64,
+    pub token_requests: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub backed_off_for_seconds: Option<u64>,
+    #[serde(skip)]
+    backoff_until: Option<Instant>,
+}
+
+pub struct Registry {
+    http: reqwest::Client,
+    config: RegistryConfig,
+    auths: HashMap<String, Basic>,
+    tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
+    schemes: Mutex<HashMap<String, &'static str>>,
+    stats: Mutex<BTreeMap<String, HostStats>>,
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig) -> Result<Registry, RegistryError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout);
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| RegistryError::Config(format!("read CA {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                RegistryError::Config(format!(
+                    "CA {} is not a PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        let auths = match &config.docker_config {
+            Some(path) => read_docker_config(path)?,
+            None => HashMap::new(),
+        };
+        Ok(Registry {
+            http,
+            config,
+            auths,
+            tokens: Default::default(),
+            schemes: Default::default(),
+            stats: Default::default(),
+        })
+    }
+
+    pub fn stats(&self) -> BTreeMap<String, HostStats> {
+        let now = Instant::now();
+        let mut all = self.stats.lock().expect("stats lock").clone();
+        for s in all.values_mut() {
+            s.backed_off_for_seconds = s
+                .backoff_until
+                .filter(|u| *u > now)
+                .map(|u| (u - now).as_secs() + 1);
+        }
+        all
+    }
+
+    fn count(&self, host: &str, f: impl FnOnce(&mut HostStats)) {
+        f(self
+            .stats
+            .lock()
+            .expect("stats lock")
+            .entry(host.to_string())
+            .or_default());
+    }
+
+    /// `REGISTRY_ADDR`'s credentials for its own host; the docker config's
+    /// for others; none otherwise.
+    fn credential(&self, registry: &str) -> Option<Basic> {
+        if let (Some(addr), Some(user), Some(password)) =
+            (&self.config.addr, &self.config.user, &self.config.password)
+            && same_host(addr, registry)
+        {
+            return Some(Basic {
+                user: user.clone(),
+                password: password.clone(),
+            });
+        }
+        self.auths
+            .iter()
+            .find(|(host, _)| same_host(host, registry))
+            .map(|(_, b)| b.clone())
+    }
+
+    fn insecure(&self, host: &str) -> bool {
+        let name = host_name(host);
+        name == "localhost"
+            || name == "::1"
+            || name
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            || self.config.insecure.iter().any(|h| same_host(h, host))
+    }
+
+    /// Sends a request over HTTPS, or for an insecure host HTTPS then plain
+    /// HTTP (remembering which one answered), as docker does.
+    async fn send(
+        &self,
+        host: &str,
+        path: &str,
+        build: impl Fn(String) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let remembered = self.schemes.lock().expect("scheme lock").get(host).copied();
+        let schemes: Vec<&'static str> = match remembered {
+            Some(s) => vec![s],
+            None if self.insecure(host) => vec!["https", "http"],
+            None => vec!["https"],
+        };
+        let mut last = None;
+        for scheme in schemes {
+            match build(format!("{scheme}://{host}{path}")).send().await {
+                Ok(r) => {
+                    self.schemes
+                        .lock()
+                        .expect("scheme lock")
+                        .insert(host.to_string(), scheme);
+                    return Ok(r);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let e = last.expect("at least one scheme");
+        let message = if e.is_timeout() {
+            format!("no answer within {:?}", self.config.timeout)
+        } else {
+            error_chain(&e)
+        };
+        Err(RegistryError::Request {
+            host: host.to_string(),
+            message,
+        })
+    }
+
+    /// The digest a tag (or digest reference) resolves to, by HEAD.
+    pub async fn manifest_digest(&self, image: &ImageRef) -> Result<String, RegistryError> {
+        let host = image.api_host().to_string();
+        let result = self.lookup(image, &host).await;
+        self.count(&host, |s| match &result {
+            Ok(_) => s.last_error = None,
+            Err(e) => {
+                s.failures += 1;
+                s.last_error = Some(e.to_string());
+            }
+        });
+        result
+    }
+
+    async fn lookup(&self, image: &ImageRef, host: &str) -> Result<String, RegistryError> {
+        if let Some(until) = self
+            .stats
+            .lock()
+            .expect("stats lock")
+            .get(host)
+            .and_then(|s| s.backoff_until)
+            && until > Instant::now()
+        {
+            return Err(RegistryError::BackedOff {
+                host: host.into(),
+                status: 429,
+                seconds: (until - Instant::now()).as_secs() + 1,
+            });
+        }
+        let scope = format!("repository:{}:pull", image.repository);
+        let path = format!("/v2/{}/manifests/{}", image.repository, image.reference);
+        let credential = self.credential(&image.registry);
+        let cached = self
+            .cached_token(host, &scope)
+            .map(|t| format!("Bearer {}", t.expose()));
+        let mut response = self.head(host, &path, cached.as_deref()).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let auth = self
+                .answer_challenge(host, &scope, response.headers(), credential.as_ref())
+                .await?;
+            response = self.head(host, &path, Some(&auth)).await?;
+            if matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                return Err(RegistryError::Auth {
+                    host: host.into(),
+                    status: response.status().as_u16(),
+                });
+            }
+        }
+        match response.status() {
+            s if s.is_success() => response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .ok_or(RegistryError::NoDigest { host: host.into() }),
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound {
+                host: host.into(),
+                image: image.to_string(),
+            }),
+            StatusCode::FORBIDDEN => Err(RegistryError::Auth {
+                host: host.into(),
+                status: 403,
+            }),
+            s @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
+                let wait = retry_after(response.headers()).unwrap_or(DEFAULT_BACKOFF);
+                self.count(host, |st| st.backoff_until = Some(Instant::now() + wait));
+                Err(RegistryError::BackedOff {
+                    host: host.into(),
+                    status: s.as_u16(),
+                    seconds: wait.as_secs(),
+                })
+            }
+            s => Err(RegistryError::Status {
+                host: host.into(),
+                status: s.as_u16(),
+            }),
+        }
+    }
+
+    async fn head(
+        &self,
+        host: &str,
+        path: &str,
+        auth: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        self.count(host, |s| s.manifest_heads += 1);
+        self.send(host, path, |url| {
+            let req = self.http.head(url).header(ACCEPT, MANIFEST_TYPES);
+            match auth {
+                Some(a) => req.header(AUTHORIZATION, a),
+                None => req,
+            }
+        })
+        .await
+    }
+
+    fn cached_token(&self, host: &str, scope: &str) -> Option<Secret> {
+        let tokens = self.tokens.lock().expect("token lock");
+        tokens
+            .get(&(host.to_string(), scope.to_string()))
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(t, _)| t.clone())
+    }
+
+    /// The `Authorization` value a 401's challenge asks for: basic
+    /// credentials, or a bearer token from the realm (fetched with the
+    /// credentials if there are any, anonymously otherwise).
+    async fn answer_challenge(
+        &self,
+        host: &str,
+        scope: &str,
+        headers: &HeaderMap,
+        credential: Option<&Basic>,
+    ) -> Result<String, RegistryError> {
+        let challenge = headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let basic = |c: &Basic| {
+            let raw = format!("{}:{}", c.user, c.password.expose());
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
+        };
+        let Some(params) = challenge
+            .strip_prefix("Bearer ")
+            .or_else(|| challenge.strip_prefix("bearer "))
+        else {
+            return credential.map(basic).ok_or(RegistryError::Auth {
+                host: host.into(),
+                status: 401,
+            });
+        };
+        let params = parse_challenge(params);
+        let realm = params.get("realm").ok_or_else(|| RegistryError::Request {
+            host: host.into(),
+            message: "bearer challenge without a realm".into(),
+        })?;
+        let mut query = vec![("scope", scope.to_string())];
+        if let Some(service) = params.get("service") {
+            query.push(("service", service.clone()));
+        }
+        self.count(host, |s| s.token_requests += 1);
+        let mut req = self.http.get(realm).query(&query);
+        if let Some(c) = credential {
+            req = req.header(AUTHORIZATION, basic(c));
+        }
+        let resp = req.send().await.map_err(|e| RegistryError::Request {
+            host: host.into(),
+            message: format!("token request: {}", error_chain(&e)),
+        })?;
+        if !resp.status().is_success() {
+            return Err(RegistryError::Auth {
+                host: host.into(),
+                status: resp.status().as_u16(),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer = resp.json().await.map_err(|e| RegistryError::Request {
+            host: host.into(),
+            message: format!("token answer: {e}"),
+        })?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .ok_or_else(|| RegistryError::Request {
+                host: host.into(),
+                message: "token answer without a token".into(),
+            })?;
+        // Tokens live 60 s unless the registry says otherwise; renew a little early.
+        let life = Duration::from_secs(answer.expires_in.unwrap_or(60).saturating_sub(5).max(1));
+        self.tokens.lock().expect("token lock").insert(
+            (host.to_string(), scope.to_string()),
+            (Secret::new(token.clone()), Instant::now() + life),
+        );
+        Ok(format!("Bearer {token}"))
+    }
+
+    /// The start-up probe: GET /v2/ on `addr`. 200 or 401 means reachable.
+    pub async fn probe(&self, addr: &str) -> Result<u16, String> {
+        let resp = self
+            .send(addr, "/v2/", |url| self.http.get(url))
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            s @ (200 | 401) => Ok(s),
+            s => Err(format!("{addr}/v2/ answered HTTP {s}")),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn parse_challenge(params: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = params.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((v, n)) => (v.to_string(), n),
+                None => (quoted.to_string(), ""),
+            },
+            None => match after.split_once(',') {
+                Some((v, n)) => (v.trim().to_string(), n),
+                None => (after.trim().to_string(), ""),
+            },
+        };
+        out.insert(key, value);
+        rest = next.trim_start_matches(',').trim();
+    }
+    out
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+/// `host[:port]` without the port.
+fn host_name(host: &str) -> &str {
+    let h = host
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    if let Some(v6) = h.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    h.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(h, |(n, _)| n)
+}
+
+fn port(host: &str) -> Option<&str> {
+    let h = host
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    h.rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Same registry host, ignoring case, a scheme, and a port only one side gives.
+pub fn same_host(a: &str, b: &str) -> bool {
+    let docker = |h: &str| match h {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_string(),
+        other => other.to_string(),
+    };
+    docker(&host_name(a).to_ascii_lowercase()) == docker(&host_name(b).to_ascii_lowercase())
+        && match (port(a), port(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
+}
+
+/// The `auths` map of a docker config.json: host → base64 `user:password`.
+fn read_docker_config(path: &std::path::Path) -> Result<HashMap<String, Basic>, RegistryError> {
+    let bad =
+        |why: String| RegistryError::Config(format!("docker config {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: HashMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+    }
+    let file: File = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not a docker config: {}", e.classify_name())))?;
+    let mut out = HashMap::new();
+    for (host, entry) in file.auths {
+        let Some(auth) = entry.auth else { continue };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|_| bad(format!("the auth for {host} is not base64")))?;
+        let text = String::from_utf8(decoded)
+            .map_err(|_| bad(format!("the auth for {host} is not text")))?;
+        let (user, password) = text
+            .split_once(':')
+            .ok_or_else(|| bad(format!("the auth for {host} is not user:password")))?;
+        let host = host
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        out.insert(
+            host,
+            Basic {
+                user: user.into(),
+                password: Secret::new(password),
+            },
+        );
+    }
+    Ok(out)
+}
+
+trait Classify {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    /// The error's category only: the message could quote a password.
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "unexpected structure",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_ignoring_case_scheme_and_a_missing_port() {
+        assert!(same_host(
+            "Registry.Example.com",
+            "registry.example.com:5000"
+        ));
+        assert!(same_host(
+            "https://registry.example.com:5000/",
+            "registry.example.com:5000"
+        ));
+        assert!(!same_host(
+            "registry.example.com:5000",
+            "registry.example.com:5001"
+        ));
+        assert!(!same_host("registry.example.com", "example.com"));
+        assert!(same_host("https://index.docker.io/v1/", "docker.io"));
+    }
+
+    #[test]
+    fn challenges_and_retry_after_parse() {
+        let p = parse_challenge(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull");
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+    }
+}

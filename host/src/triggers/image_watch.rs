@@ -1,0 +1,368 @@
+//! The image-digest watcher (compose projects): every
+//! `auto_deploy_image_watch_interval_seconds` it reads each enabled compose
+//! project's compose file at its branch tip, lets the policy list the
+//! images, looks up each distinct image's digest once for all projects, and
+//! lets the policy decide per project. A moved digest triggers `auto-image`;
+//! the recorded map is written with the deployment, or on its own when
+//! nothing deploys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::git::GitError;
+use crate::pipeline::{self, Trigger};
+use crate::policy::{GitSource, Lookup, ProjectKind};
+use crate::registry::ImageRef;
+use crate::store::{DeploySource, ProjectRecord, StoreError};
+
+pub const IMAGE_WATCH: &str = "image-watch";
+/// Lookups (and compose-file reads) in flight at once.
+const CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("the image trigger is off: {0}")]
+    Off(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageTick {
+    pub paused: bool,
+    /// Distinct images looked up (each once, whatever number of projects use it).
+    pub lookups: usize,
+    pub lookup_failures: usize,
+    pub triggered: usize,
+    pub elapsed_ms: u128,
+    pub projects: Vec<ProjectWatch>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProjectWatch {
+    pub project_id: i64,
+    pub name: String,
+    pub images: Vec<String>,
+    pub skipped: Vec<String>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    Triggered { deployment: i64, reason: String },
+    Unchanged { reason: String },
+    Recorded { reason: String },
+    NoComposeFile { reason: String },
+    Error { error: String },
+}
+
+/// Probes `REGISTRY_ADDR` once, then ticks until cancelled. A failed probe
+/// leaves the image trigger off (and says why in the status API); nothing
+/// else is affected.
+pub async fn run(app: Arc<App>, cancel: CancellationToken) {
+    if let Some(addr) = app.registry_addr.clone() {
+        match app.registry.probe(&addr).await {
+            Ok(status) => {
+                tracing::info!(registry = %addr, status, "registry reachable; image watcher on")
+            }
+            Err(e) => {
+                let reason = format!("registry {addr} is unreachable from the control plane: {e}");
+                tracing::warn!("image trigger disabled: {reason}");
+                *app.image_watch_off.lock().expect("watch lock") = Some(reason.clone());
+                app.loops.set(IMAGE_WATCH, "off", Some(reason));
+                return;
+            }
+        }
+    }
+    loop {
+        let interval = app
+            .store
+            .settings()
+            .await
+            .map(|s| s.auto_deploy_image_watch_interval_seconds)
+            .unwrap_or(600);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+        }
+        match tick(&app).await {
+            Ok(t) => app.loops.set(
+                IMAGE_WATCH,
+                if t.paused { "paused" } else { "running" },
+                None,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "image watch tick failed");
+                app.loops.set(IMAGE_WATCH, "running", Some(e.to_string()));
+            }
+        }
+    }
+    app.loops.set(IMAGE_WATCH, "stopped", None);
+}
+
+/// What one project's compose file says, before any lookup.
+struct Watched {
+    project: ProjectRecord,
+    images: Vec<String>,
+    skipped: Vec<String>,
+}
+
+pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
+    if let Some(reason) = app.image_watch_off.lock().expect("watch lock").clone() {
+        return Err(WatchError::Off(reason));
+    }
+    let _one_at_a_time = app.image_watch_lock.lock().await;
+    let started = Instant::now();
+    let settings = app.store.settings().await?;
+    if !settings.auto_deploy_master_enabled {
+        return Ok(ImageTick {
+            paused: true,
+            lookups: 0,
+            lookup_failures: 0,
+            triggered: 0,
+            elapsed_ms: 0,
+            projects: vec![],
+        });
+    }
+    let projects: Vec<ProjectRecord> = app
+        .store
+        .projects()
+        .await?
+        .into_iter()
+        .filter(|p| p.fields.project_type == ProjectKind::Compose && p.fields.auto_deploy_enabled)
+        .collect();
+
+    // 1. Every compose file, read and parsed by the policy.
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut reads = tokio::task::JoinSet::new();
+    for project in projects {
+        let (app, permits) = (app.clone(), permits.clone());
+        reads.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let listed = list_images(&app, &project).await;
+            (project, listed)
+        });
+    }
+    let mut watched = Vec::new();
+    let mut results = Vec::new();
+    while let Some(joined) = reads.join_next().await {
+        let Ok((project, listed)) = joined else {
+            continue;
+        };
+        match listed {
+            Ok(Some((images, skipped))) => watched.push(Watched {
+                project,
+                images,
+                skipped,
+            }),
+            Ok(None) => results.push(result(
+                &project,
+                vec![],
+                vec![],
+                Outcome::NoComposeFile {
+                    reason: format!(
+                        "{} is not on {}: nothing to watch",
+                        project.fields.compose_file_path, project.fields.git_branch
+                    ),
+                },
+            )),
+            Err(error) => {
+                let _ = app
+                    .store
+                    .log_event(Some(project.id), "image-watch.failed", &error)
+                    .await;
+                results.push(result(&project, vec![], vec![], Outcome::Error { error }));
+            }
+        }
+    }
+
+    // 2. Each distinct image once, for every project that uses it.
+    let distinct: BTreeSet<String> = watched
+        .iter()
+        .flat_map(|w| w.images.iter().cloned())
+        .collect();
+    let mut by_ref: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lookups: BTreeMap<String, Lookup> = BTreeMap::new();
+    for image in distinct {
+        match ImageRef::parse(&image) {
+            Ok(r) => by_ref.entry(r.to_string()).or_default().push(image),
+            Err(e) => {
+                lookups.insert(image, Lookup::Failed(e));
+            }
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (canonical, names) in &by_ref {
+        let (app, permits, canonical, names) = (
+            app.clone(),
+            permits.clone(),
+            canonical.clone(),
+            names.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let image = ImageRef::parse(&canonical).expect("canonical references parse");
+            let result = match app.registry.manifest_digest(&image).await {
+                Ok(d) => Lookup::Digest(d),
+                Err(e) => {
+                    tracing::warn!(image = %canonical, error = %e, "digest lookup failed; previous digests are kept");
+                    Lookup::Failed(e.to_string())
+                }
+            };
+            (names, result)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((names, result)) = joined {
+            for name in names {
+                lookups.insert(name, result.clone());
+            }
+        }
+    }
+    let lookup_failures = by_ref
+        .values()
+        .filter(|names| matches!(lookups.get(&names[0]), Some(Lookup::Failed(_))))
+        .count();
+
+    // 3. The policy decides for each project.
+    for w in watched {
+        let span = tracing::info_span!("trigger", project = w.project.id, source = "auto-image");
+        let outcome = decide(app, &w, &lookups).instrument(span).await;
+        results.push(result(&w.project, w.images, w.skipped, outcome));
+    }
+    results.sort_by_key(|r| r.project_id);
+    Ok(ImageTick {
+        paused: false,
+        lookups: by_ref.len(),
+        lookup_failures,
+        triggered: results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Triggered { .. }))
+            .count(),
+        elapsed_ms: started.elapsed().as_millis(),
+        projects: results,
+    })
+}
+
+fn result(
+    p: &ProjectRecord,
+    images: Vec<String>,
+    skipped: Vec<String>,
+    outcome: Outcome,
+) -> ProjectWatch {
+    ProjectWatch {
+        project_id: p.id,
+        name: p.fields.name.clone(),
+        images,
+        skipped,
+        outcome,
+    }
+}
+
+/// The compose file at the branch tip, parsed by the policy: `Ok(None)`
+/// when the file is not there.
+async fn list_images(
+    app: &Arc<App>,
+    project: &ProjectRecord,
+) -> Result<Option<(Vec<String>, Vec<String>)>, String> {
+    let f = &project.fields;
+    let (branch, file) = (f.git_branch.clone(), f.compose_file_path.clone());
+    let read = match f.git_source {
+        GitSource::Hosted => {
+            let path = crate::git::hosted_path(&app.data_dir, project.id);
+            tokio::task::spawn_blocking(move || crate::git::hosted_file(&path, &branch, &file))
+        }
+        GitSource::External => {
+            let credential = super::credential(app, project.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = f.git_url.clone().unwrap_or_default();
+            let scratch = app.data_dir.join("tmp");
+            tokio::task::spawn_blocking(move || {
+                crate::git::remote_file(&url, &branch, &file, credential.as_ref(), &scratch)
+            })
+        }
+    };
+    let yaml = match tokio::time::timeout(app.git_timeout, read).await {
+        Ok(Ok(Ok(Some(yaml)))) => yaml,
+        Ok(Ok(Ok(None))) => return Ok(None),
+        Ok(Ok(Err(e))) => return Err(read_error(e)),
+        Ok(Err(e)) => return Err(format!("reading the compose file failed: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "reading the compose file did not finish within {:?}",
+                app.git_timeout
+            ));
+        }
+    };
+    let (parsed, _) = app.decide(move |p| p.parse_compose(&yaml)).await;
+    let parsed = parsed.map_err(|e| format!("{}: {e}", project.fields.compose_file_path))?;
+    if !parsed.skipped.is_empty() {
+        tracing::info!(project = project.id, skipped = ?parsed.skipped, "images using variables are not watched");
+    }
+    Ok(Some((parsed.images, parsed.skipped)))
+}
+
+fn read_error(e: GitError) -> String {
+    format!("cannot read the compose file: {e}")
+}
+
+async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> Outcome {
+    let lookups: BTreeMap<String, Lookup> = w
+        .images
+        .iter()
+        .filter_map(|i| all.get(i).map(|l| (i.clone(), l.clone())))
+        .collect();
+    let prior = w.project.last_tracked_image_digests.clone();
+    let view = w.project.policy_view();
+    let (decision, _) = {
+        let prior = prior.clone();
+        app.decide(move |p| p.decide_images(&view, &prior, &lookups))
+            .await
+    };
+    let d = match decision {
+        Ok(d) => d,
+        Err(e) => {
+            return Outcome::Error {
+                error: format!("the policy could not decide: {e}"),
+            };
+        }
+    };
+    if d.trigger {
+        let t = Trigger {
+            source: DeploySource::AutoImage,
+            target_commit: None,
+            target_digests: Some(d.record.clone()),
+            reason: d.reason.clone(),
+            track_commit: None,
+            track_digests: Some(d.record),
+        };
+        return match pipeline::trigger(app, &w.project, t).await {
+            Ok(dep) => Outcome::Triggered {
+                deployment: dep.id,
+                reason: d.reason,
+            },
+            Err(e) => Outcome::Error {
+                error: e.to_string(),
+            },
+        };
+    }
+    if d.record != prior {
+        if let Err(e) = app.store.set_image_digests(w.project.id, &d.record).await {
+            return Outcome::Error {
+                error: e.to_string(),
+            };
+        }
+        return Outcome::Recorded { reason: d.reason };
+    }
+    Outcome::Unchanged { reason: d.reason }
+}
