@@ -238,12 +238,24 @@ pub fn remote_file(
         .remote_anonymous(url)
         .map_err(|e| GitError::Remote(redact(e.message().to_string())))?;
     let attempts = AtomicUsize::new(0);
-    let mut options = git2::FetchOptions::new();
-    options
-        .remote_callbacks(callbacks(credential, &attempts))
-        .depth(1);
     let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-    if let Err(e) = remote.fetch(&[refspec.as_str()], Some(&mut options), None) {
+    let mut fetch = |depth: i32| {
+        let mut options = git2::FetchOptions::new();
+        options
+            .remote_callbacks(callbacks(credential, &attempts))
+            .depth(depth);
+        remote.fetch(&[refspec.as_str()], Some(&mut options), None)
+    };
+    let mut fetched = fetch(1);
+    if fetched
+        .as_ref()
+        .is_err_and(|e| e.message().contains("shallow fetch is not supported"))
+    {
+        // libgit2's file:// transport cannot fetch shallow; a local full
+        // fetch is cheap anyway.
+        fetched = fetch(0);
+    }
+    if let Err(e) = fetched {
         return Err(if attempts.load(Ordering::SeqCst) > 1 {
             GitError::Auth(url.to_string())
         } else {

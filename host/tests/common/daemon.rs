@@ -34,6 +34,7 @@ impl Daemon {
 
     /// `args` go before `serve` (e.g. `--policy FILE`); `env` is added.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        std::fs::create_dir_all(data_dir).unwrap();
         let stderr_log = data_dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()

@@ -104,6 +104,21 @@ pub struct Server {
     pub port: u16,
 }
 
+impl Server {
+    /// Wraps a started process, waiting until it listens on `port`.
+    pub fn wrap(child: Child, port: u16) -> Server {
+        wait_for_port(port);
+        Server { child, port }
+    }
+
+    /// A stand-in for a stopped server (a process that has already exited).
+    pub fn dead(port: u16) -> Server {
+        let mut child = Command::new("true").spawn().unwrap();
+        let _ = child.wait();
+        Server { child, port }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

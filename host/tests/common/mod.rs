@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod git;
+pub mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,4 +132,21 @@ pub fn bundled() -> Policy {
     runtime(100, 64)
         .load_bundled()
         .expect("bundled policy loads")
+}
+
+/// A loopback HTTP server that answers every request with 500; serves a
+/// bounded number of connections, then stops by itself.
+pub fn http_500_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(32) {
+            let Ok(mut s) = stream else { break };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    port
 }
