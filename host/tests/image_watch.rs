@@ -27,7 +27,7 @@ async fn tick(d: &Daemon) -> Value {
     d.ok(Method::POST, "/api/ticks/image-watch", None).await
 }
 
-fn project<'a>(tick: &'a Value, id: i64) -> &'a Value {
+fn project(tick: &Value, id: i64) -> &Value {
     tick["projects"]
         .as_array()
         .unwrap()
