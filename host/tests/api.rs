@@ -439,6 +439,26 @@ async fn triggers_coalesce_while_queued_and_rejected_deploys_are_recorded() {
         })
         .collect();
     assert_eq!(statuses, [("queued", 5), ("running", 50)]);
+    // One deploy at a time per project: the queued one waits for the running one.
+    let (status, _) = d
+        .call(Method::POST, "/api/agent/claim", Some(node_token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let running = claim["deployment"]["id"].as_i64().unwrap();
+    let (status, v) = d
+        .call(
+            Method::POST,
+            &format!("/api/agent/deployments/{running}/report"),
+            Some(node_token),
+            Some(json!({"status": "succeeded"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, next) = d
+        .call(Method::POST, "/api/agent/claim", Some(node_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(next["deployment"]["trigger_count"], 5);
 
     // A compose project without expose fields: the policy's refusal is
     // recorded as a failed deployment, and nothing else moves.

@@ -466,12 +466,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(3600)))
 }
 
-/// `host[:port]` without the port.
-fn host_name(host: &str) -> &str {
+/// `host[:port]` of a host, URL or docker config key.
+fn authority(host: &str) -> &str {
     let h = host
         .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
+        .trim_start_matches("http://");
+    h.split('/').next().unwrap_or(h)
+}
+
+/// `host[:port]` without the port.
+fn host_name(host: &str) -> &str {
+    let h = authority(host);
     if let Some(v6) = h.strip_prefix('[') {
         return v6.split(']').next().unwrap_or(v6);
     }
@@ -481,11 +486,8 @@ fn host_name(host: &str) -> &str {
 }
 
 fn port(host: &str) -> Option<&str> {
-    let h = host
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    h.rsplit_once(':')
+    authority(host)
+        .rsplit_once(':')
         .map(|(_, p)| p)
         .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
@@ -530,13 +532,7 @@ fn read_docker_config(path: &std::path::Path) -> Result<HashMap<String, Basic>, 
         let (user, password) = text
             .split_once(':')
             .ok_or_else(|| bad(format!("the auth for {host} is not user:password")))?;
-        let host = host
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let host = authority(&host).to_string();
         out.insert(
             host,
             Basic {

@@ -613,12 +613,15 @@ impl Store for SqlStore {
             .bind(node_id)
             .execute(&mut *tx)
             .await?;
-        // Assigned to this node, or free and of a project not pinned elsewhere.
+        // Assigned to this node, or free and of a project not pinned
+        // elsewhere; never a second deploy of a project that is running one.
         let row = sqlx::query(
             "SELECT d.id, d.project_id, p.project_type, p.pinned_node_id FROM deployments d \
              JOIN projects p ON p.id = d.project_id \
              WHERE d.status = 'queued' AND (d.node_id = $1 OR (d.node_id IS NULL AND \
-             (p.pinned_node_id IS NULL OR p.pinned_node_id = $2))) ORDER BY d.id LIMIT 1",
+             (p.pinned_node_id IS NULL OR p.pinned_node_id = $2))) \
+             AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.project_id = d.project_id AND r.status = 'running') \
+             ORDER BY d.id LIMIT 1",
         )
         .bind(node_id)
         .bind(node_id)

@@ -17,6 +17,7 @@ pub struct TestRegistry {
     /// For `--dest-creds` when the registry wants them.
     pub creds: Option<String>,
     pub tls: bool,
+    log: Option<PathBuf>,
 }
 
 pub struct Tls {
@@ -93,10 +94,29 @@ impl TestRegistry {
     /// A registry storing in `dir`; with `tls`, over HTTPS; with `user`, behind
     /// htpasswd basic auth.
     pub fn start(dir: &Path, tls: Option<&Tls>, user: Option<(&str, &str)>) -> TestRegistry {
+        Self::start_inner(dir, tls, user, false)
+    }
+
+    /// An anonymous registry that logs every request to `dir/access.log`.
+    pub fn start_logged(dir: &Path) -> TestRegistry {
+        Self::start_inner(dir, None, None, true)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        tls: Option<&Tls>,
+        user: Option<(&str, &str)>,
+        access_log: bool,
+    ) -> TestRegistry {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let port = free_port();
+        let log = if access_log {
+            "  level: info\n  accesslog:\n    disabled: false\n"
+        } else {
+            "  level: error\n"
+        };
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n{log}storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("storage").display()
         );
         if let Some(t) = tls {
@@ -121,7 +141,8 @@ impl TestRegistry {
         }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).unwrap();
-        let server = spawn(&config_path, port);
+        let log = access_log.then(|| dir.join("access.log"));
+        let server = spawn(&config_path, port, log.as_deref());
         TestRegistry {
             _server: server,
             port,
@@ -129,7 +150,20 @@ impl TestRegistry {
             config: config_path,
             creds,
             tls: tls.is_some(),
+            log,
         }
+    }
+
+    /// (HEAD, GET) requests for manifests so far, from the access log.
+    pub fn manifest_requests(&self) -> (usize, usize) {
+        let text = std::fs::read_to_string(self.log.as_ref().expect("started with start_logged"))
+            .unwrap_or_default();
+        let count = |method: &str| {
+            text.lines()
+                .filter(|l| l.contains(&format!("\"{method} /v2/")) && l.contains("/manifests/"))
+                .count()
+        };
+        (count("HEAD"), count("GET"))
     }
 
     /// Stops the registry; `restart` brings it back with the same storage.
@@ -138,7 +172,7 @@ impl TestRegistry {
     }
 
     pub fn restart(&mut self) {
-        self._server = spawn(&self.config, self.port);
+        self._server = spawn(&self.config, self.port, self.log.as_deref());
     }
 
     /// Pushes an image whose single layer holds `content`; returns the
@@ -204,12 +238,22 @@ impl TestRegistry {
     }
 }
 
-fn spawn(config: &Path, port: u16) -> Server {
+fn spawn(config: &Path, port: u16, log: Option<&Path>) -> Server {
+    let sink = || match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
     let child = Command::new("docker-registry")
         .arg("serve")
         .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(sink())
+        .stderr(sink())
         .spawn()
         .expect("docker-registry is missing: the test command installs it");
     Server::wrap(child, port)
