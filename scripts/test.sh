@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build and tests use.
-packages=(gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server nginx fcgiwrap docker-registry skopeo apache2-utils tar)
+packages=(gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use autodeploy::agent::runner::AgentArgs;
 use autodeploy::client::{self, ClientArgs, NodeCommand, ProjectCommand, SettingsCommand};
 use autodeploy::policy::cli::{PolicyArgs, PolicyCommand};
 use autodeploy::serve::{self, ServeArgs};
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: API, hosted git, triggers (SQLite and the bundled policy by default).
     Serve(ServeArgs),
+    /// Run a deploy node's agent: claim deployments and run them with docker compose.
+    Agent(AgentArgs),
     /// Run one policy decision locally (JSON in, JSON out), or load/roll back the daemon's policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -73,6 +76,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => {
             init_logging();
             runtime()?.block_on(serve::run(args, &cli.policy))
+        }
+        Command::Agent(args) => {
+            init_logging();
+            runtime()?.block_on(autodeploy::agent::runner::run(args.clone()))
         }
         Command::Policy(PolicyCommand::Load { file }) => {
             runtime()?.block_on(client::load_policy(&ClientArgs::from_env(), file))

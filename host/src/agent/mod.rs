@@ -1,6 +1,9 @@
-//! Deploy nodes, seen from the control plane: a node that stops heartbeating
-//! goes offline, and what it held is failed with a reason rather than lost.
-//! (The agent program that runs deploys on a node builds on the same API.)
+//! Deploy nodes. On the control plane: a node that stops heartbeating goes
+//! offline, and what it held is failed with a reason rather than lost. On a
+//! node: the agent program (`runner`) that claims and runs deploys.
+
+mod compose;
+pub mod runner;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, Body, Id, bearer};
 use crate::app::App;
 use crate::secrets::token_hash;
-use crate::store::{Claim, DeployStatus, Deployment, Node, now};
+use crate::store::{Claim, CredentialKind, DeployStatus, Deployment, Node, now};
 
 /// Log tails are cut to their last 64 KiB.
 const MAX_LOG_TAIL: usize = 64 * 1024;
@@ -40,18 +40,46 @@ pub async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A claim as the agent receives it: for an external project, with the
+/// git credential it needs for this one deploy (never stored by the agent).
+#[derive(Serialize)]
+pub struct ClaimAnswer {
+    #[serde(flatten)]
+    claim: Claim,
+    credential: Option<AgentCredential>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AgentCredential {
+    pub kind: CredentialKind,
+    pub username: Option<String>,
+    pub secret: String,
+}
+
 /// 200 with the deployment to run, or 204 when there is none.
 pub async fn claim(
     State(app): State<Arc<App>>,
     Extension(node): Extension<Node>,
 ) -> ApiResult<Response> {
-    Ok(match app.store.claim(node.id).await? {
-        Some(claim) => {
-            tracing::info!(node = %node.name, deployment = claim.deployment.id, project = claim.project.id, "deployment claimed");
-            Json::<Claim>(claim).into_response()
-        }
-        None => StatusCode::NO_CONTENT.into_response(),
-    })
+    let Some(claim) = app.store.claim(node.id).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    tracing::info!(node = %node.name, deployment = claim.deployment.id, project = claim.project.id, "deployment claimed");
+    let credential = match app.store.credential(claim.project.id).await? {
+        Some(c) => match app.key.unseal(&c.sealed) {
+            Ok(secret) => Some(AgentCredential {
+                kind: c.kind,
+                username: c.username,
+                secret: secret.expose().to_string(),
+            }),
+            Err(e) => {
+                tracing::error!(project = claim.project.id, error = %e, "cannot unseal the project's credential");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Json(ClaimAnswer { claim, credential }).into_response())
 }
 
 #[derive(Deserialize)]

@@ -22,6 +22,8 @@ use serde_json::json;
 use crate::app::App;
 use crate::store::StoreError;
 
+pub use agent::AgentCredential;
+
 pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
         .route("/status", get(admin::status))

@@ -69,13 +69,22 @@ pub async fn serve(
             "authentication required: use the project's push token as the password",
         );
     };
+    // Pushes take the project's push token (or the admin token); deploy
+    // nodes' agents may also fetch, with their node token.
+    let push = rest == "git-receive-pack"
+        || query
+            .as_deref()
+            .is_some_and(|q| q.contains("service=git-receive-pack"));
+    let hash = token_hash(&password);
     let allowed = match app.is_admin(&password).await {
         Ok(true) => true,
-        Ok(false) => app
-            .store
-            .project_by_push_token_hash(id, &token_hash(&password))
-            .await
-            .unwrap_or(false),
+        Ok(false) => {
+            app.store
+                .project_by_push_token_hash(id, &hash)
+                .await
+                .unwrap_or(false)
+                || (!push && matches!(app.store.node_by_token_hash(&hash).await, Ok(Some(_))))
+        }
         Err(_) => false,
     };
     if !allowed {
@@ -89,8 +98,8 @@ pub async fn serve(
     if !path.is_dir() {
         return plain(StatusCode::NOT_FOUND, "repository missing on disk");
     }
-    let push = method == Method::POST && rest == "git-receive-pack";
-    let before = if push {
+    let receive = method == Method::POST && rest == "git-receive-pack";
+    let before = if receive {
         local_head(&path, &project.fields.git_branch).ok().flatten()
     } else {
         None
@@ -165,7 +174,7 @@ pub async fn serve(
         None => return plain(StatusCode::BAD_GATEWAY, "git http-backend failed"),
     };
 
-    let body = if push {
+    let body = if receive {
         // Small (the report-status): read it all, let git finish, and run
         // the trigger before the client hears the push is done.
         let mut rest = Vec::new();

@@ -286,3 +286,69 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Fetches `branch` of `url` into the working tree `dir` (cloned on first
+/// use) and checks out `target`, or the branch tip when there is none.
+/// Returns the commit checked out.
+pub fn checkout(
+    url: &str,
+    branch: &str,
+    target: Option<&str>,
+    credential: Option<&Credential>,
+    dir: &Path,
+) -> Result<String, GitError> {
+    let redact = |m: String| credential.map_or(m.clone(), |c| c.redact(&m));
+    let repo_err = |e: git2::Error| GitError::Repo {
+        path: dir.display().to_string(),
+        message: redact(e.message().to_string()),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| GitError::Repo {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let repo = match Repository::open(dir) {
+        Ok(r) => r,
+        Err(_) => Repository::init(dir).map_err(repo_err)?,
+    };
+    let attempts = AtomicUsize::new(0);
+    let mut options = git2::FetchOptions::new();
+    options.remote_callbacks(callbacks(credential, &attempts));
+    let mut remote = repo.remote_anonymous(url).map_err(repo_err)?;
+    let tracking = format!("refs/remotes/origin/{branch}");
+    remote
+        .fetch(
+            &[format!("+refs/heads/{branch}:{tracking}").as_str()],
+            Some(&mut options),
+            None,
+        )
+        .map_err(|e| {
+            if attempts.load(Ordering::SeqCst) > 1 {
+                GitError::Auth(url.to_string())
+            } else {
+                GitError::Remote(redact(format!(
+                    "fetch {branch} from {url}: {}",
+                    e.message()
+                )))
+            }
+        })?;
+    let commit = match target {
+        Some(sha) => git2::Oid::from_str(sha)
+            .and_then(|oid| repo.find_commit(oid))
+            .map_err(repo_err)?,
+        None => repo
+            .find_reference(&tracking)
+            .and_then(|r| r.peel_to_commit())
+            .map_err(repo_err)?,
+    };
+    repo.checkout_tree(
+        commit.as_object(),
+        Some(
+            git2::build::CheckoutBuilder::new()
+                .force()
+                .remove_untracked(true),
+        ),
+    )
+    .map_err(repo_err)?;
+    repo.set_head_detached(commit.id()).map_err(repo_err)?;
+    Ok(commit.id().to_string())
+}

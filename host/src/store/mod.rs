@@ -16,6 +16,7 @@ use serde::Serialize;
 pub use crate::policy::{GitSource, ProjectKind};
 pub use settings::{SettingError, Settings};
 pub use sql::SqlStore;
+pub(crate) use sql::enum_str;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

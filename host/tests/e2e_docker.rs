@@ -1,0 +1,377 @@
+//! End to end on the real Docker Engine: pushes and image changes end with
+//! the new version running in a container, through the agent. Skipped, with
+//! a loud message, only where `docker info` fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::daemon::{Daemon, temp_dir};
+use common::git::{free_port, git};
+use common::registry::TestRegistry;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn docker_ok() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds `FROM scratch` + busybox serving `page` on :8080, pushes it.
+fn build_and_push(dir: &Path, image: &str, page: &str) {
+    let ctx = dir.join(format!("img-{}", page.len()));
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(ctx.join("www")).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("/bin/busybox (busybox-static)");
+    std::fs::write(ctx.join("www/index.html"), page).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .unwrap();
+    sh(Command::new("docker")
+        .args(["build", "-q", "-t", image])
+        .arg(&ctx));
+    sh(Command::new("docker").args(["push", "-q", image]));
+}
+
+struct Agent(Child);
+
+impl Agent {
+    fn start(d: &Daemon, token: &str, dir: &Path) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+            .args([
+                "agent",
+                "--control-plane",
+                &d.url,
+                "--token",
+                token,
+                "--heartbeat-seconds",
+                "1",
+            ])
+            .arg("--work-dir")
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap();
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Removes every container and volume of the test's compose projects.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for project in &self.0 {
+            let ids = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=com.docker.compose.project={project}"),
+                ])
+                .output();
+            if let Ok(out) = ids {
+                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+                }
+            }
+            let _ = Command::new("docker")
+                .args(["volume", "rm", &format!("{project}_data")])
+                .output();
+        }
+    }
+}
+
+async fn create(d: &Daemon, name: &str) -> (i64, String) {
+    let p = d.ok(Method::POST, "/api/projects", Some(json!({"name": name, "project_type": "compose", "expose_service": "web", "expose_port": 8080, "auto_deploy_enabled": true}))).await;
+    (
+        p["id"].as_i64().unwrap(),
+        p["push_token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn push_compose(d: &Daemon, work: &Path, id: i64, token: &str, compose: &str) {
+    if !work.join(".git").exists() {
+        std::fs::create_dir_all(work).unwrap();
+        git(work, &["init", "-q", "-b", "main"]);
+    }
+    std::fs::write(work.join("docker-compose.yml"), compose).unwrap();
+    git(work, &["add", "."]);
+    git(work, &["commit", "-q", "-m", "deploy"]);
+    git(
+        work,
+        &[
+            "push",
+            "-q",
+            &format!(
+                "http://x:{token}@{}/git/{id}.git",
+                d.url.trim_start_matches("http://")
+            ),
+            "main",
+        ],
+    );
+}
+
+/// Waits for the newest deployment of `id` to finish; returns it.
+async fn finished(d: &Daemon, id: i64, after: i64) -> Value {
+    for _ in 0..240 {
+        let deps = d
+            .ok(
+                Method::GET,
+                &format!("/api/projects/{id}/deployments"),
+                None,
+            )
+            .await;
+        if let Some(dep) = deps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"].as_i64().unwrap() > after)
+            && matches!(dep["status"].as_str(), Some("succeeded" | "failed"))
+        {
+            return dep.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("deployment of project {id} did not finish within 60 s");
+}
+
+async fn get(url: &str) -> String {
+    for _ in 0..40 {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return r.text().await.unwrap().trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{url} did not answer");
+}
+
+fn compose_file(image: &str, port: u16) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    ports: [\"127.0.0.1:{port}:8080\"]\n    volumes: [\"data:/www/data\"]\nvolumes:\n  data: {{}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_image_changes_end_with_the_new_version_running() {
+    if !docker_ok() {
+        eprintln!(
+            "\n!!! SKIPPED: `docker info` failed; the end-to-end docker test did not run !!!\n"
+        );
+        return;
+    }
+    let dir = temp_dir("e2e");
+    let reg = TestRegistry::start(&dir.join("registry"), None, None);
+    let tag = format!("{}/e2e-web-{}:1", reg.addr, std::process::id());
+    build_and_push(&dir, &tag, "version one");
+
+    let d = Daemon::start_with(
+        &dir.join("cp"),
+        &[],
+        &[("REGISTRY_ADDR", reg.addr.as_str())],
+    );
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"node_offline_after_seconds": 5})),
+    )
+    .await;
+    let n1 = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n2 = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n2"})))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let agent1 = Agent::start(&d, &n1, &dir.join("agent1"));
+
+    let suffix = std::process::id();
+    let (web, web_token) = create(&d, &format!("web{suffix}")).await;
+    let (broken, broken_token) = create(&d, &format!("broken{suffix}")).await;
+    let (other, other_token) = create(&d, &format!("other{suffix}")).await;
+    let names = [web, broken, other].map(|id| {
+        let name = if id == web {
+            "web"
+        } else if id == broken {
+            "broken"
+        } else {
+            "other"
+        };
+        format!("autodeploy-{name}{suffix}-{id}")
+    });
+    let _cleanup = Cleanup(names.to_vec());
+
+    // A push: auto-push deployment, the agent brings the service up.
+    let port = free_port();
+    push_compose(
+        &d,
+        &dir.join("web"),
+        web,
+        &web_token,
+        &compose_file(&tag, port),
+    );
+    let dep = finished(&d, web, 0).await;
+    assert_eq!(
+        (dep["source"].as_str(), dep["status"].as_str()),
+        (Some("auto-push"), Some("succeeded")),
+        "{}",
+        dep["log_tail"]
+    );
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/")).await,
+        "version one"
+    );
+    let container = sh(Command::new("docker").args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", names[0]),
+    ]));
+    sh(Command::new("docker").args([
+        "exec",
+        &container,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo kept > /www/data/note.txt",
+    ]));
+
+    // The tag moves upstream: one auto-image deployment, the new image runs,
+    // the named volume's data is still there.
+    d.ok(Method::POST, "/api/ticks/image-watch", None).await;
+    build_and_push(&dir, &tag, "version two, longer");
+    let tick = d.ok(Method::POST, "/api/ticks/image-watch", None).await;
+    assert_eq!(tick["triggered"], 1, "{tick}");
+    let dep = finished(&d, web, dep["id"].as_i64().unwrap()).await;
+    assert_eq!(
+        (dep["source"].as_str(), dep["status"].as_str()),
+        (Some("auto-image"), Some("succeeded")),
+        "{}",
+        dep["log_tail"]
+    );
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/")).await,
+        "version two, longer"
+    );
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/data/note.txt")).await,
+        "kept"
+    );
+
+    // A compose file that cannot come up: failed, with the error in the tail.
+    push_compose(
+        &d,
+        &dir.join("broken"),
+        broken,
+        &broken_token,
+        &compose_file(&format!("{}/no-such-image:1", reg.addr), free_port()),
+    );
+    let dep = finished(&d, broken, 0).await;
+    assert_eq!(dep["status"], "failed");
+    assert!(
+        dep["error"].as_str().unwrap().contains("exited with"),
+        "{}",
+        dep["error"]
+    );
+    assert!(
+        dep["log_tail"].as_str().unwrap().contains("no-such-image"),
+        "{}",
+        dep["log_tail"]
+    );
+
+    // The agent stops: web is pinned to n1 and refuses to migrate; another
+    // project still deploys on the live node n2.
+    drop(agent1);
+    let agent2 = Agent::start(&d, &n2, &dir.join("agent2"));
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let refused = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{web}/deployments"),
+            None,
+        )
+        .await;
+    assert_eq!(refused["status"], "failed");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("refusing to migrate"),
+        "{}",
+        refused["error"]
+    );
+    let other_port = free_port();
+    push_compose(
+        &d,
+        &dir.join("other"),
+        other,
+        &other_token,
+        &compose_file(&tag, other_port),
+    );
+    let dep = finished(&d, other, 0).await;
+    assert_eq!(dep["status"], "succeeded", "{}", dep["log_tail"]);
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{other_port}/")).await,
+        "version two, longer"
+    );
+
+    // An agent that restarts mid-deploy reports the deploy it lost as failed.
+    drop(agent2);
+    let queued = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{other}/deployments"),
+            None,
+        )
+        .await;
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&n2), None)
+        .await;
+    assert_eq!(status.as_u16(), 200, "{claim}");
+    assert_eq!(claim["deployment"]["id"], queued["id"]);
+    let work: PathBuf = dir.join("agent2");
+    std::fs::write(work.join("inflight").join(queued["id"].to_string()), b"").unwrap();
+    let _agent2 = Agent::start(&d, &n2, &work);
+    let dep = finished(&d, other, dep["id"].as_i64().unwrap()).await;
+    assert_eq!(dep["id"], queued["id"]);
+    assert!(
+        dep["error"].as_str().unwrap().contains("agent restarted"),
+        "{}",
+        dep["error"]
+    );
+    d.stop();
+}
