@@ -141,6 +141,8 @@ async fn poll_ticks() {
             expose_service: None,
             expose_port: None,
             auto_deploy_enabled: true,
+            image_ref: None,
+            container_port: None,
         };
         app.store.create_project(&fields, None, None).await.unwrap();
     }

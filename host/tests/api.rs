@@ -192,6 +192,32 @@ async fn every_error_path_answers_with_a_clear_4xx() {
             "https credentials need",
         ),
         (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "image"})),
+            StatusCode::BAD_REQUEST,
+            "image projects need image_ref and container_port",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(
+                json!({"name": "a", "project_type": "image", "image_ref": "Bad Ref", "container_port": 80}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "image_ref: invalid",
+        ),
+        (
+            Method::POST,
+            "/api/projects",
+            Some(ADMIN),
+            Some(json!({"name": "a", "project_type": "compose", "image_ref": "redis:7"})),
+            StatusCode::BAD_REQUEST,
+            "belong to image projects only",
+        ),
+        (
             Method::PUT,
             "/api/settings",
             Some(ADMIN),

@@ -64,6 +64,8 @@ async fn image_watch_tick_over_1000_projects() {
             expose_service: Some("s0".into()),
             expose_port: Some(80),
             auto_deploy_enabled: true,
+            image_ref: None,
+            container_port: None,
         };
         let p = app.store.create_project(&fields, None, None).await.unwrap();
         let compose: String = [0, 1, 7]

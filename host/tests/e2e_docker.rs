@@ -349,6 +349,52 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
         "version two, longer"
     );
 
+    // An image project runs its image; a build project is refused, saying why.
+    let image_port = free_port();
+    let img = d
+        .ok(Method::POST, "/api/projects", Some(json!({"name": format!("img{suffix}"), "project_type": "image", "image_ref": tag, "container_port": 8080, "expose_port": image_port})))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let _cleanup_img = Cleanup(vec![format!("autodeploy-img{suffix}-{img}")]);
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{img}/deployments"),
+        None,
+    )
+    .await;
+    let dep_img = finished(&d, img, 0).await;
+    assert_eq!(dep_img["status"], "succeeded", "{}", dep_img["log_tail"]);
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{image_port}/")).await,
+        "version two, longer"
+    );
+    let build = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": format!("build{suffix}"), "project_type": "deployment"})),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{build}/deployments"),
+        None,
+    )
+    .await;
+    let dep_build = finished(&d, build, 0).await;
+    assert_eq!(dep_build["status"], "failed");
+    assert!(
+        dep_build["error"]
+            .as_str()
+            .unwrap()
+            .contains("deployment project is not deployed"),
+        "{}",
+        dep_build["error"]
+    );
+
     // An agent that restarts mid-deploy reports the deploy it lost as failed.
     drop(agent2);
     let queued = d

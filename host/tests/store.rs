@@ -22,6 +22,8 @@ fn fields(name: &str) -> ProjectFields {
         expose_service: Some("web".into()),
         expose_port: Some(80),
         auto_deploy_enabled: true,
+        image_ref: None,
+        container_port: None,
     }
 }
 

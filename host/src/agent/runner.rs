@@ -71,6 +71,9 @@ struct ClaimedProject {
     git_url: Option<String>,
     git_branch: String,
     compose_file_path: String,
+    expose_port: Option<i64>,
+    image_ref: Option<String>,
+    container_port: Option<i64>,
 }
 
 struct Agent {
@@ -267,13 +270,41 @@ impl Agent {
 
     async fn run_deploy(&self, claim: &Claimed) -> Result<String, DeployFailure> {
         let p = &claim.project;
-        if p.project_type != ProjectKind::Compose {
-            return Err(DeployFailure::new(format!(
-                "this agent deploys compose projects only; a {} project is not deployed (see the README)",
-                crate::store::enum_str(&p.project_type)
-            )));
-        }
         let checkout = self.args.work_dir.join("projects").join(p.id.to_string());
+        let (file, mut log) = match p.project_type {
+            ProjectKind::Compose => {
+                let commit = self.checkout(claim, &checkout).await?;
+                (
+                    p.compose_file_path.clone(),
+                    format!("checked out {commit}\n"),
+                )
+            }
+            ProjectKind::Image => (image_compose(p, &checkout)?, String::new()),
+            other => {
+                return Err(DeployFailure::new(format!(
+                    "this agent deploys compose and image projects; a {} project is not deployed (it would need an image build)",
+                    crate::store::enum_str(&other)
+                )));
+            }
+        };
+        let project_name = compose_project_name(&p.name, p.id);
+        for step in [&["pull"][..], &["up", "-d", "--remove-orphans"][..]] {
+            let out = compose::run(&checkout, &project_name, &file, step).await;
+            log.push_str(&out.log);
+            if let Err(error) = out.result {
+                return Err(DeployFailure { error, log });
+            }
+        }
+        Ok(log)
+    }
+
+    /// The project at the deployment's target commit, in `dir`.
+    async fn checkout(
+        &self,
+        claim: &Claimed,
+        dir: &std::path::Path,
+    ) -> Result<String, DeployFailure> {
+        let p = &claim.project;
         let (url, credential) = match p.git_source {
             GitSource::Hosted => (
                 self.url(&format!("/git/{}.git", p.id)),
@@ -287,25 +318,37 @@ impl Agent {
                 claim.credential.as_ref().map(to_credential),
             ),
         };
-        let (branch, target) = (p.git_branch.clone(), claim.deployment.target_commit.clone());
-        let dir = checkout.clone();
-        let commit = tokio::task::spawn_blocking(move || {
+        let (branch, target, dir) = (
+            p.git_branch.clone(),
+            claim.deployment.target_commit.clone(),
+            dir.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
             crate::git::checkout(&url, &branch, target.as_deref(), credential.as_ref(), &dir)
         })
         .await
         .map_err(|e| DeployFailure::new(format!("checkout task failed: {e}")))?
-        .map_err(|e| DeployFailure::new(format!("cannot fetch the project: {e}")))?;
-        let project_name = compose_project_name(&p.name, p.id);
-        let mut log = format!("checked out {commit}\n");
-        for step in [&["pull"][..], &["up", "-d", "--remove-orphans"][..]] {
-            let out = compose::run(&checkout, &project_name, &p.compose_file_path, step).await;
-            log.push_str(&out.log);
-            if let Err(error) = out.result {
-                return Err(DeployFailure { error, log });
-            }
-        }
-        Ok(log)
+        .map_err(|e| DeployFailure::new(format!("cannot fetch the project: {e}")))
     }
+}
+
+/// An image project as a one-service compose file in `dir`: the image,
+/// with `container_port` published on `expose_port` (or the same number).
+fn image_compose(p: &ClaimedProject, dir: &std::path::Path) -> Result<String, DeployFailure> {
+    let (Some(image), Some(port)) = (&p.image_ref, p.container_port) else {
+        return Err(DeployFailure::new(
+            "image projects need image_ref and container_port".into(),
+        ));
+    };
+    let host = p.expose_port.unwrap_or(port);
+    let yaml = format!(
+        "services:\n  app:\n    image: {image:?}\n    ports: [\"{host}:{port}\"]\n    restart: unless-stopped\n"
+    );
+    let file = "autodeploy-image.yml";
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(dir.join(file), yaml))
+        .map_err(|e| DeployFailure::new(format!("cannot write {file}: {e}")))?;
+    Ok(file.to_string())
 }
 
 /// The compose project name: the same on every deploy, so named volumes

@@ -38,6 +38,8 @@ pub struct CreateProject {
     #[serde(default)]
     auto_deploy_enabled: bool,
     credentials: Option<CredentialInput>,
+    image_ref: Option<String>,
+    container_port: Option<i64>,
 }
 
 /// Absent fields stay as they are; `null` clears a clearable one.
@@ -56,6 +58,10 @@ pub struct UpdateProject {
     auto_deploy_enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     credentials: Option<Option<CredentialInput>>,
+    #[serde(default, deserialize_with = "present")]
+    image_ref: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    container_port: Option<Option<i64>>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -98,6 +104,8 @@ pub async fn create(
         expose_service: req.expose_service,
         expose_port: req.expose_port,
         auto_deploy_enabled: false,
+        image_ref: req.image_ref,
+        container_port: req.container_port,
     };
     validate(&fields, req.credentials.as_ref())?;
     let mut fields = fields;
@@ -172,6 +180,12 @@ pub async fn update(
     }
     if let Some(v) = req.expose_port {
         f.expose_port = v;
+    }
+    if let Some(v) = req.image_ref {
+        f.image_ref = v;
+    }
+    if let Some(v) = req.container_port {
+        f.container_port = v;
     }
     let credentials = req.credentials;
     validate(&f, credentials.as_ref().and_then(Option::as_ref))?;
@@ -348,6 +362,20 @@ fn validate(f: &ProjectFields, credential: Option<&CredentialInput>) -> ApiResul
         .is_some_and(|s| s.trim().is_empty())
     {
         return bad("expose_service must not be blank".into());
+    }
+    match (f.project_type, f.image_ref.as_deref(), f.container_port) {
+        (ProjectKind::Image, Some(image), Some(port)) => {
+            crate::registry::ImageRef::parse(image)
+                .map_err(|e| ApiError::bad_request(format!("image_ref: {e}")))?;
+            if !(1..=65535).contains(&port) {
+                return bad(format!("container_port {port} is not a TCP port (1-65535)"));
+            }
+        }
+        (ProjectKind::Image, _, _) => {
+            return bad("image projects need image_ref and container_port".into());
+        }
+        (_, None, None) => {}
+        _ => return bad("image_ref and container_port belong to image projects only".into()),
     }
     Ok(())
 }

@@ -10,10 +10,16 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[Migration {
-    name: "0001_initial.sql",
-    sql: include_str!("../../../migrations/sqlite/0001_initial.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        name: "0001_initial.sql",
+        sql: include_str!("../../../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        name: "0002_image_projects.sql",
+        sql: include_str!("../../../migrations/sqlite/0002_image_projects.sql"),
+    },
+];
 
 pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {
     pool.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")

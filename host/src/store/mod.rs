@@ -87,6 +87,9 @@ pub struct ProjectFields {
     pub expose_service: Option<String>,
     pub expose_port: Option<i64>,
     pub auto_deploy_enabled: bool,
+    /// Image projects: the image to run and the port it serves on.
+    pub image_ref: Option<String>,
+    pub container_port: Option<i64>,
 }
 
 impl ProjectFields {

@@ -11,7 +11,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use super::*;
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
-     p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, \
+     p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
      p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, \
      p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
 const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
@@ -114,6 +114,8 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
             expose_service: row.try_get("expose_service")?,
             expose_port: row.try_get("expose_port")?,
             auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
+            image_ref: row.try_get("image_ref")?,
+            container_port: row.try_get("container_port")?,
         },
         last_tracked_commit_sha: row.try_get("last_tracked_commit_sha")?,
         last_tracked_image_digests: digests_from(
@@ -164,6 +166,23 @@ fn node_from(row: &AnyRow) -> Result<Node> {
     })
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds a project's user-set fields as `$1`..`$11`, in column order.
+fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
+    q.bind(&f.name)
+        .bind(enum_str(&f.project_type))
+        .bind(enum_str(&f.git_source))
+        .bind(&f.git_url)
+        .bind(&f.git_branch)
+        .bind(&f.compose_file_path)
+        .bind(&f.expose_service)
+        .bind(f.expose_port)
+        .bind(f.auto_deploy_enabled as i64)
+        .bind(&f.image_ref)
+        .bind(f.container_port)
+}
+
 /// Unique-constraint violations become a conflict naming what clashed.
 fn unique(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |e| match &e {
@@ -200,26 +219,18 @@ impl Store for SqlStore {
     ) -> Result<ProjectRecord> {
         let mut tx = self.begin_write().await?;
         let t = now();
-        let row = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO projects (name, project_type, git_source, git_url, git_branch, compose_file_path, \
-             expose_service, expose_port, auto_deploy_enabled, push_token_hash, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        )
-        .bind(&f.name)
-        .bind(enum_str(&f.project_type))
-        .bind(enum_str(&f.git_source))
-        .bind(&f.git_url)
-        .bind(&f.git_branch)
-        .bind(&f.compose_file_path)
-        .bind(&f.expose_service)
-        .bind(f.expose_port)
-        .bind(f.auto_deploy_enabled as i64)
-        .bind(push_token_hash)
-        .bind(t)
-        .bind(t)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unique(&format!("a project named {:?}", f.name)))?;
+             expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, push_token_hash, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+        );
+        let row = bind_fields(query, f)
+            .bind(push_token_hash)
+            .bind(t)
+            .bind(t)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unique(&format!("a project named {:?}", f.name)))?;
         let id: i64 = row.try_get("id")?;
         if let Some(c) = credential {
             sqlx::query("INSERT INTO project_credentials (project_id, kind, username, sealed) VALUES ($1, $2, $3, $4)")
@@ -264,25 +275,17 @@ impl Store for SqlStore {
     }
 
     async fn update_project(&self, id: i64, f: &ProjectFields) -> Result<ProjectRecord> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE projects SET name = $1, project_type = $2, git_source = $3, git_url = $4, git_branch = $5, \
              compose_file_path = $6, expose_service = $7, expose_port = $8, auto_deploy_enabled = $9, \
-             updated_at = $10 WHERE id = $11",
-        )
-        .bind(&f.name)
-        .bind(enum_str(&f.project_type))
-        .bind(enum_str(&f.git_source))
-        .bind(&f.git_url)
-        .bind(&f.git_branch)
-        .bind(&f.compose_file_path)
-        .bind(&f.expose_service)
-        .bind(f.expose_port)
-        .bind(f.auto_deploy_enabled as i64)
-        .bind(now())
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(unique(&format!("a project named {:?}", f.name)))?;
+             image_ref = $10, container_port = $11, updated_at = $12 WHERE id = $13",
+        );
+        let done = bind_fields(query, f)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unique(&format!("a project named {:?}", f.name)))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("project {id}")));
         }
