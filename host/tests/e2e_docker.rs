@@ -421,3 +421,112 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
     );
     d.stop();
 }
+
+/// Relays TCP connections to `target`, each after `delay`: a slow registry.
+fn slow_proxy(target: u16, delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Bounded: one pull makes a handful of connections.
+        for inbound in listener.incoming().take(64).flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                let (mut a, mut b) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut c, mut e) = (outbound, inbound);
+                let _ = std::io::copy(&mut c, &mut e);
+                let _ = e.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_survives_the_control_plane_going_down() {
+    if !docker_ok() {
+        eprintln!(
+            "\n!!! SKIPPED: `docker info` failed; the end-to-end docker test did not run !!!\n"
+        );
+        return;
+    }
+    let dir = temp_dir("e2e-cp-down");
+    let reg = TestRegistry::start(&dir.join("registry"), None, None);
+    // Pulled through a proxy that answers each connection after 1 s, so the
+    // deploy is still running when the control plane goes away.
+    let slow = slow_proxy(reg.port, Duration::from_secs(1));
+    let name = format!("slow-{}", std::process::id());
+    build_and_push(
+        &dir,
+        &format!("{}/{name}:1", reg.addr),
+        "served through a slow registry",
+    );
+    let _ = Command::new("docker")
+        .args(["rmi", &format!("{}/{name}:1", reg.addr)])
+        .output();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cp = dir.join("cp");
+    let d = Daemon::start_with(&cp, &[], &[("AUTODEPLOY_LISTEN", listen.as_str())]);
+    let token = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    let project = d
+        .ok(Method::POST, "/api/projects", Some(json!({"name": name, "project_type": "image", "image_ref": format!("127.0.0.1:{slow}/{name}:1"), "container_port": 8080, "expose_port": port})))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let _cleanup = Cleanup(vec![format!("autodeploy-{name}-{project}")]);
+    let _agent = Agent::start(&d, &token, &dir.join("agent"));
+    let queued = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{project}/deployments"),
+            None,
+        )
+        .await;
+    let mut running = false;
+    for _ in 0..40 {
+        let deps = d
+            .ok(
+                Method::GET,
+                &format!("/api/projects/{project}/deployments"),
+                None,
+            )
+            .await;
+        if deps[0]["status"] == "running" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running, "the agent claimed the deployment");
+    assert!(d.stop().success());
+    // Longer than the slow pull: the agent finishes while nobody listens.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    // Back on the same address: the agent's report arrives after all.
+    let d = Daemon::start_with(&cp, &[], &[("AUTODEPLOY_LISTEN", listen.as_str())]);
+    let dep = finished(&d, project, queued["id"].as_i64().unwrap() - 1).await;
+    assert_eq!(dep["status"], "succeeded", "{}", dep["log_tail"]);
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/")).await,
+        "served through a slow registry"
+    );
+    let agent_log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    assert!(
+        agent_log.contains("report failed; retrying"),
+        "the report really was retried: {dep}\n{agent_log}"
+    );
+    d.stop();
+}
