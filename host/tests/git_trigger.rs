@@ -17,18 +17,6 @@ async fn create(d: &Daemon, body: Value) -> Value {
     d.ok(Method::POST, "/api/projects", Some(body)).await
 }
 
-async fn deployments(d: &Daemon, id: i64) -> Vec<Value> {
-    d.ok(
-        Method::GET,
-        &format!("/api/projects/{id}/deployments"),
-        None,
-    )
-    .await
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 fn remote(d: &Daemon, id: i64, token: &str) -> String {
     format!(
         "http://push:{token}@{}/git/{id}.git",
@@ -87,11 +75,11 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
         err.contains("Authentication failed") || err.contains("could not read Username"),
         "{err}"
     );
-    assert!(deployments(&d, a_id).await.is_empty());
+    assert!(d.deployments(a_id).await.is_empty());
 
     // The first push aligns: one auto-push deployment of that commit.
     try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
-    let deps = deployments(&d, a_id).await;
+    let deps = d.deployments(a_id).await;
     assert_eq!(deps.len(), 1, "the deployment exists when the push returns");
     assert_eq!(
         (
@@ -110,7 +98,7 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
     git(&work, &["checkout", "-q", "-b", "feature"]);
     commit(&work, "on a branch");
     try_push(&work, &remote(&d, a_id, ADMIN), "feature").unwrap();
-    assert_eq!(deployments(&d, a_id).await[0]["trigger_count"], 1);
+    assert_eq!(d.deployments(a_id).await[0]["trigger_count"], 1);
 
     // A burst of pushes coalesces into the queued deployment.
     git(&work, &["checkout", "-q", "main"]);
@@ -119,7 +107,7 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
         last = commit(&work, &format!("burst {i}"));
         try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
     }
-    let deps = deployments(&d, a_id).await;
+    let deps = d.deployments(a_id).await;
     assert_eq!(deps.len(), 1);
     assert_eq!(deps[0]["trigger_count"], 11);
     assert_eq!(deps[0]["target_commit"], last.as_str());
@@ -131,7 +119,7 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
     commit(&b_work, "b1");
     try_push(&b_work, &remote(&d, b_id, b_token), "main").unwrap();
     assert!(
-        deployments(&d, b_id).await.is_empty(),
+        d.deployments(b_id).await.is_empty(),
         "b has auto-deploy off"
     );
     d.ok(
@@ -142,7 +130,7 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
     .await;
     commit(&work, "paused");
     try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
-    assert_eq!(deployments(&d, a_id).await[0]["trigger_count"], 11);
+    assert_eq!(d.deployments(a_id).await[0]["trigger_count"], 11);
     let events = d
         .ok(Method::GET, &format!("/api/events?project_id={a_id}"), None)
         .await;
@@ -373,7 +361,7 @@ async fn external_repositories_are_polled_over_every_transport() {
             "{name}: {}",
             result(&tick, name)
         );
-        let deps = deployments(&d, ids[name]).await;
+        let deps = d.deployments(ids[name]).await;
         assert_eq!(
             (
                 deps.len(),
@@ -416,7 +404,7 @@ async fn external_repositories_are_polled_over_every_transport() {
         "toggle-off",
     ] {
         assert!(
-            deployments(&d, ids[name]).await.is_empty(),
+            d.deployments(ids[name]).await.is_empty(),
             "{name} must not deploy"
         );
     }
@@ -433,7 +421,7 @@ async fn external_repositories_are_polled_over_every_transport() {
     let new_sha = commit_to(&repos.join("file.git"), "main", "second");
     let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
     assert_eq!(tick["triggered"], 1, "{tick}");
-    let deps = deployments(&d, ids["file"]).await;
+    let deps = d.deployments(ids["file"]).await;
     assert_eq!(deps[0]["target_commit"], new_sha.as_str());
     assert!(
         deps[0]["reason"].as_str().unwrap().contains("moved from"),

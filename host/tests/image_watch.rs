@@ -11,18 +11,6 @@ use common::registry::{TestRegistry, make_tls};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn deployments(d: &Daemon, id: i64) -> Vec<Value> {
-    d.ok(
-        Method::GET,
-        &format!("/api/projects/{id}/deployments"),
-        None,
-    )
-    .await
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 async fn tick(d: &Daemon) -> Value {
     d.ok(Method::POST, "/api/ticks/image-watch", None).await
 }
@@ -100,7 +88,7 @@ async fn digests_seed_then_a_moved_tag_redeploys_exactly_once() {
         json!({app_image.clone(): app_v1, multi_image.clone(): multi}),
         "a multi-arch tag records its index digest"
     );
-    assert!(deployments(&d, id).await.is_empty());
+    assert!(d.deployments(id).await.is_empty());
     assert_eq!(project(&tick(&d).await, id)["outcome"], "unchanged");
 
     // The tag moves upstream: exactly one auto-image deployment.
@@ -108,7 +96,7 @@ async fn digests_seed_then_a_moved_tag_redeploys_exactly_once() {
     assert_ne!(app_v1, app_v2);
     let t = tick(&d).await;
     assert_eq!(t["triggered"], 1, "{t}");
-    let deps = deployments(&d, id).await;
+    let deps = d.deployments(id).await;
     assert_eq!(deps.len(), 1);
     assert_eq!(deps[0]["source"], "auto-image");
     let reason = deps[0]["reason"].as_str().unwrap();
@@ -150,7 +138,7 @@ async fn digests_seed_then_a_moved_tag_redeploys_exactly_once() {
             .map(|d| (d["id"].clone(), d["trigger_count"].clone()))
             .collect::<Vec<_>>()
     };
-    let before = snapshot(&deployments(&d, id).await);
+    let before = snapshot(&d.deployments(id).await);
 
     // The registry goes away: lookups fail, digests stay, nothing deploys;
     // after a restart the next tick compares correctly.
@@ -171,7 +159,7 @@ async fn digests_seed_then_a_moved_tag_redeploys_exactly_once() {
     reg.restart();
     assert_eq!(project(&tick(&d).await, id)["outcome"], "unchanged");
     assert_eq!(
-        snapshot(&deployments(&d, id).await),
+        snapshot(&d.deployments(id).await),
         before,
         "no registry failure ever deploys"
     );

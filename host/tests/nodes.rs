@@ -16,18 +16,6 @@ async fn add_node(d: &Daemon, name: &str) -> String {
     node["token"].as_str().unwrap().to_string()
 }
 
-async fn deployments(d: &Daemon, project: i64) -> Vec<Value> {
-    d.ok(
-        Method::GET,
-        &format!("/api/projects/{project}/deployments"),
-        None,
-    )
-    .await
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 #[tokio::test]
 async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
     let dir = temp_dir("nodes");
@@ -133,7 +121,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
             .call(Method::POST, "/api/agent/heartbeat", Some(&n2), None)
             .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        latest = deployments(&d, web).await[0].clone();
+        latest = d.deployments(web).await[0].clone();
         if latest["status"] == "failed" {
             break;
         }
@@ -181,7 +169,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
     let mut status_now = Value::Null;
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        status_now = deployments(&d, api).await[0].clone();
+        status_now = d.deployments(api).await[0].clone();
         if status_now["status"] == "failed" {
             break;
         }

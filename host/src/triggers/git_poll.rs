@@ -24,7 +24,7 @@ pub const GIT_POLL: &str = "git-poll";
 /// one host are not asked at the same instant.
 const MAX_JITTER_MS: u64 = 50;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct TickSummary {
     /// The master switch was off: nothing was checked.
     pub paused: bool,
@@ -70,27 +70,16 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let settings = app.store.settings().await?;
-    if !settings.auto_deploy_master_enabled {
+    let Some(projects) =
+        super::enabled_projects(app, |p| p.fields.git_source == GitSource::External).await?
+    else {
         return Ok(TickSummary {
             paused: true,
-            checked: 0,
-            triggered: 0,
-            errors: 0,
-            elapsed_ms: 0,
-            projects: vec![],
+            ..TickSummary::default()
         });
-    }
-    let projects: Vec<ProjectRecord> = app
-        .store
-        .projects()
-        .await?
-        .into_iter()
-        .filter(|p| p.fields.git_source == GitSource::External && p.fields.auto_deploy_enabled)
-        .collect();
-    let permits = Arc::new(Semaphore::new(
-        settings.auto_deploy_poll_concurrency as usize,
-    ));
+    };
+    let concurrency = app.store.settings().await?.auto_deploy_poll_concurrency;
+    let permits = Arc::new(Semaphore::new(concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for project in projects {
         let (app, permits) = (app.clone(), permits.clone());

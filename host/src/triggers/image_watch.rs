@@ -34,7 +34,7 @@ pub enum WatchError {
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct ImageTick {
     pub paused: bool,
     /// Distinct images looked up (each once, whatever number of projects use it).
@@ -122,24 +122,14 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     }
     let _one_at_a_time = app.image_watch_lock.lock().await;
     let started = Instant::now();
-    let settings = app.store.settings().await?;
-    if !settings.auto_deploy_master_enabled {
+    let Some(projects) =
+        super::enabled_projects(app, |p| p.fields.project_type == ProjectKind::Compose).await?
+    else {
         return Ok(ImageTick {
             paused: true,
-            lookups: 0,
-            lookup_failures: 0,
-            triggered: 0,
-            elapsed_ms: 0,
-            projects: vec![],
+            ..ImageTick::default()
         });
-    }
-    let projects: Vec<ProjectRecord> = app
-        .store
-        .projects()
-        .await?
-        .into_iter()
-        .filter(|p| p.fields.project_type == ProjectKind::Compose && p.fields.auto_deploy_enabled)
-        .collect();
+    };
 
     // 1. Every compose file, read and parsed by the policy.
     let permits = Arc::new(Semaphore::new(CONCURRENCY));

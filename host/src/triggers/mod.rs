@@ -32,6 +32,23 @@ pub enum TriggerError {
     Store(#[from] StoreError),
 }
 
+/// The projects a tick looks at: auto-deploy on and `wanted`; `None` while
+/// the master switch is off.
+pub async fn enabled_projects(
+    app: &App,
+    wanted: impl Fn(&ProjectRecord) -> bool,
+) -> Result<Option<Vec<ProjectRecord>>, StoreError> {
+    if !app.store.settings().await?.auto_deploy_master_enabled {
+        return Ok(None);
+    }
+    let all = app.store.projects().await?;
+    Ok(Some(
+        all.into_iter()
+            .filter(|p| p.fields.auto_deploy_enabled && wanted(p))
+            .collect(),
+    ))
+}
+
 /// The project's git credential, unsealed, for one lookup.
 pub async fn credential(app: &App, project_id: i64) -> Result<Option<Credential>, GitError> {
     let sealed = app

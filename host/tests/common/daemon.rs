@@ -153,6 +153,18 @@ impl Daemon {
         v
     }
 
+    /// A project's deployments, newest first.
+    pub async fn deployments(&self, project: i64) -> Vec<Value> {
+        let list = self
+            .ok(
+                Method::GET,
+                &format!("/api/projects/{project}/deployments"),
+                None,
+            )
+            .await;
+        list.as_array().expect("a list").clone()
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
