@@ -4,17 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the build and tests use.
-packages=(gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose)
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    echo "==> apt-get install ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+# Debian packages the build and tests use: the build's (as in run.sh), the
+# git servers, the registry and its tools, and what the docker test builds.
+scripts/apt-install.sh gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server \
+    nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose
 
 # The policy guest is built for this target by host/build.rs.
 rustup target add wasm32-unknown-unknown
