@@ -449,3 +449,68 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_reused_and_a_429_backs_the_registry_off() {
+    use common::fake_registry::{DIGEST, start};
+    let dir = temp_dir("image-bearer");
+    let (bearer, bearer_counts) = start(false).await;
+    let (limited, limited_counts) = start(true).await;
+    let d = Daemon::start(&dir);
+    let p = d
+        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
+        .await;
+    let (id, token) = (
+        p["id"].as_i64().unwrap(),
+        p["push_token"].as_str().unwrap().to_string(),
+    );
+    let (a, b, c) = (
+        format!("127.0.0.1:{bearer}/pub/app:1"),
+        format!("127.0.0.1:{bearer}/pub/other:1"),
+        format!("127.0.0.1:{limited}/busy/app:1"),
+    );
+    let compose =
+        format!("services:\n  a:\n    image: {a}\n  b:\n    image: {b}\n  c:\n    image: {c}\n");
+    push_compose(&d, &dir.join("work"), id, &token, &compose);
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"auto_deploy_enabled": true})),
+    )
+    .await;
+
+    let t = tick(&d).await;
+    assert_eq!(t["lookup_failures"], 1, "{t}");
+    assert_eq!(bearer_counts.tokens(), 2, "one token per repository scope");
+    assert_eq!(limited_counts.heads(), 1);
+    assert_eq!(
+        digests(&d, id).await,
+        json!({a.clone(): DIGEST, b.clone(): DIGEST})
+    );
+
+    // The next tick reuses both tokens, and leaves the busy registry alone
+    // as its Retry-After asked.
+    let t = tick(&d).await;
+    assert_eq!(
+        (t["triggered"].as_i64(), t["lookup_failures"].as_i64()),
+        (Some(0), Some(1)),
+        "{t}"
+    );
+    assert_eq!(bearer_counts.tokens(), 2, "tokens are reused while valid");
+    assert_eq!(limited_counts.heads(), 1, "no request during the backoff");
+    let status = d.ok(Method::GET, "/api/status", None).await;
+    let busy = &status["registries"][format!("127.0.0.1:{limited}")];
+    assert!(
+        busy["backed_off_for_seconds"].as_u64().unwrap() > 60,
+        "{busy}"
+    );
+    assert!(
+        busy["last_error"].as_str().unwrap().contains("backing off"),
+        "{busy}"
+    );
+    assert!(
+        d.deployments(id).await.is_empty(),
+        "a registry failure never deploys"
+    );
+    d.stop();
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake_registry;
 pub mod git;
 pub mod registry;
 
