@@ -61,10 +61,6 @@ impl PolicyHandle {
         self.state.read().expect("policy lock").current.clone()
     }
 
-    pub fn runtime(&self) -> &Arc<PolicyRuntime> {
-        &self.runtime
-    }
-
     /// Validates `bytes` (loads, implements the contract, passes the
     /// vectors within the limits), keeps them by sha256 and switches to them.
     /// On any failure the running policy stays.

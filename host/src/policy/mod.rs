@@ -139,10 +139,6 @@ impl PolicyRuntime {
         }))
     }
 
-    pub fn config(&self) -> &PolicyConfig {
-        &self.config
-    }
-
     pub fn load_bundled(self: &Arc<Self>) -> Result<Policy, PolicyError> {
         self.load(BUNDLED_POLICY, "bundled")
     }

@@ -64,10 +64,6 @@ impl SqlStore {
             self.pool.begin().await?
         })
     }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
 }
 
 /// A database URL without its password, for error messages.
