@@ -76,6 +76,16 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
         "{err}"
     );
     assert!(d.deployments(a_id).await.is_empty());
+    // A deploy node's token may fetch, never push.
+    let node = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
+        .await;
+    let node_token = node["token"].as_str().unwrap();
+    let err = try_push(&work, &remote(&d, a_id, node_token), "main").unwrap_err();
+    assert!(
+        err.contains("Authentication failed") || err.contains("401"),
+        "{err}"
+    );
 
     // The first push aligns: one auto-push deployment of that commit.
     try_push(&work, &remote(&d, a_id, a_token), "main").unwrap();
