@@ -67,35 +67,37 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
     match &cli.command {
         Command::Serve(args) => {
             init_logging();
-            runtime()?.block_on(serve::run(args, &cli.policy))
+            block_on(serve::run(args, &cli.policy))
         }
         Command::Agent(args) => {
             init_logging();
-            runtime()?.block_on(autodeploy::agent::runner::run(args.clone()))
+            block_on(autodeploy::agent::runner::run(args.clone()))
         }
         Command::Policy(PolicyCommand::Load { file }) => {
-            runtime()?.block_on(client::load_policy(&ClientArgs::from_env(), file))
+            block_on(client::load_policy(&ClientArgs::from_env(), file))
         }
         Command::Policy(PolicyCommand::Rollback) => {
-            runtime()?.block_on(client::rollback_policy(&ClientArgs::from_env()))
+            block_on(client::rollback_policy(&ClientArgs::from_env()))
         }
         Command::Policy(command) => autodeploy::policy::cli::run(command, &cli.policy),
-        Command::Project { client, command } => {
-            runtime()?.block_on(client::project(client, command))
-        }
-        Command::Settings { client, command } => {
-            runtime()?.block_on(client::settings(client, command))
-        }
-        Command::Node { client, command } => runtime()?.block_on(client::node(client, command)),
+        Command::Project { client, command } => block_on(client::project(client, command)),
+        Command::Settings { client, command } => block_on(client::settings(client, command)),
+        Command::Node { client, command } => block_on(client::node(client, command)),
     }
+}
+
+/// Runs `f` on a tokio runtime. At the end, blocking tasks still running (a
+/// git lookup stuck on a silent remote) are not waited for.
+fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(f);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Logs go to stderr; `RUST_LOG` filters them (default: info).

@@ -134,7 +134,9 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, source = %info.source, "policy loaded");
 
     let git_timeout = Duration::from_secs(args.git_timeout_seconds);
-    crate::git::set_network_timeout(git_timeout);
+    // The cap itself is a tokio timeout around each lookup (one clear error);
+    // libgit2's own, a little longer, frees the thread a hung lookup holds.
+    crate::git::set_network_timeout(git_timeout + Duration::from_secs(5));
     let app = Arc::new(App {
         store: Arc::new(store),
         data_dir: args.data_dir.clone(),
