@@ -420,11 +420,7 @@ async fn toggle_goes_through_the_policy_and_settings_persist() {
 async fn triggers_coalesce_while_queued_and_rejected_deploys_are_recorded() {
     let dir = temp_dir("api-coalesce");
     let d = Daemon::start(&dir);
-    let id = d
-        .ok(Method::POST, "/api/projects", Some(compose("web")))
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let id = d.create_project(compose("web")).await;
     let path = format!("/api/projects/{id}/deployments");
     // 50 triggers in a burst, concurrently: one queued deployment absorbs them.
     let burst = (0..50).map(|_| d.admin(Method::POST, &path, None));
@@ -489,14 +485,8 @@ async fn triggers_coalesce_while_queued_and_rejected_deploys_are_recorded() {
     // A compose project without expose fields: the policy's refusal is
     // recorded as a failed deployment, and nothing else moves.
     let bare = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(json!({"name": "bare", "project_type": "compose"})),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+        .create_project(json!({"name": "bare", "project_type": "compose"}))
+        .await;
     let failed = d
         .ok(
             Method::POST,

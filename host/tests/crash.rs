@@ -26,14 +26,8 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
         let d = Daemon::start(&dir);
         if round == 0 {
             project = d
-                .ok(
-                    Method::POST,
-                    "/api/projects",
-                    Some(json!({"name": "web", "project_type": "deployment"})),
-                )
-                .await["id"]
-                .as_i64()
-                .unwrap();
+                .create_project(json!({"name": "web", "project_type": "deployment"}))
+                .await;
             node_token = d
                 .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
                 .await["token"]

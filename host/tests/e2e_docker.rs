@@ -351,11 +351,7 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
 
     // An image project runs its image; a build project is refused, saying why.
     let image_port = free_port();
-    let img = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": format!("img{suffix}"), "project_type": "image", "image_ref": tag, "container_port": 8080, "expose_port": image_port})))
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let img = d.create_project(json!({"name": format!("img{suffix}"), "project_type": "image", "image_ref": tag, "container_port": 8080, "expose_port": image_port})).await;
     let _cleanup_img = Cleanup(vec![format!("autodeploy-img{suffix}-{img}")]);
     d.ok(
         Method::POST,
@@ -370,14 +366,8 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
         "version two, longer"
     );
     let build = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(json!({"name": format!("build{suffix}"), "project_type": "deployment"})),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+        .create_project(json!({"name": format!("build{suffix}"), "project_type": "deployment"}))
+        .await;
     d.ok(
         Method::POST,
         &format!("/api/projects/{build}/deployments"),
@@ -481,11 +471,7 @@ async fn a_deploy_survives_the_control_plane_going_down() {
         .unwrap()
         .to_string();
     let port = free_port();
-    let project = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": name, "project_type": "image", "image_ref": format!("127.0.0.1:{slow}/{name}:1"), "container_port": 8080, "expose_port": port})))
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let project = d.create_project(json!({"name": name, "project_type": "image", "image_ref": format!("127.0.0.1:{slow}/{name}:1"), "container_port": 8080, "expose_port": port})).await;
     let _cleanup = Cleanup(vec![format!("autodeploy-{name}-{project}")]);
     let _agent = Agent::start(&d, &token, &dir.join("agent"));
     let queued = d

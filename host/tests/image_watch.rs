@@ -218,33 +218,9 @@ async fn external_sources_size_limit_and_missing_files() {
         json!({"name": name, "project_type": "compose", "git_source": "external", "git_url": format!("file://{}", bare.display()),
                "compose_file_path": file, "expose_service": "api", "expose_port": 80, "auto_deploy_enabled": true})
     };
-    let ok = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(external("ext", "deploy.yml")),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let huge = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(external("huge", "huge.yml")),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let missing = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(external("missing", "nope.yml")),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let ok = d.create_project(external("ext", "deploy.yml")).await;
+    let huge = d.create_project(external("huge", "huge.yml")).await;
+    let missing = d.create_project(external("missing", "nope.yml")).await;
 
     let t = tick(&d).await;
     assert_eq!(project(&t, ok)["outcome"], "recorded", "{t}");

@@ -37,16 +37,10 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
         "tokens are shown once"
     );
 
-    let web = d.ok(Method::POST, "/api/projects", Some(json!({"name": "web", "project_type": "compose", "expose_service": "web", "expose_port": 80}))).await["id"].as_i64().unwrap();
+    let web = d.create_project(json!({"name": "web", "project_type": "compose", "expose_service": "web", "expose_port": 80})).await;
     let api = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(json!({"name": "api", "project_type": "deployment"})),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+        .create_project(json!({"name": "api", "project_type": "deployment"}))
+        .await;
 
     // n1 claims web's first deploy: web is now pinned to n1.
     d.ok(

@@ -47,14 +47,8 @@ async fn policies_swap_refuse_and_roll_back_without_a_restart() {
     let d = Daemon::start(&dir);
     let bundled = active_sha(&d).await;
     let id = d
-        .ok(
-            Method::POST,
-            "/api/projects",
-            Some(json!({"name": "api", "project_type": "deployment"})),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+        .create_project(json!({"name": "api", "project_type": "deployment"}))
+        .await;
 
     // A hostile policy, junk, and a policy missing functions are refused
     // with the reason; the running policy stays.

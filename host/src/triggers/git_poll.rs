@@ -70,7 +70,7 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let Some(projects) =
+    let Some((settings, projects)) =
         super::enabled_projects(app, |p| p.fields.git_source == GitSource::External).await?
     else {
         return Ok(TickSummary {
@@ -78,8 +78,9 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
             ..TickSummary::default()
         });
     };
-    let concurrency = app.store.settings().await?.auto_deploy_poll_concurrency;
-    let permits = Arc::new(Semaphore::new(concurrency as usize));
+    let permits = Arc::new(Semaphore::new(
+        settings.auto_deploy_poll_concurrency as usize,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for project in projects {
         let (app, permits) = (app.clone(), permits.clone());

@@ -122,7 +122,7 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     }
     let _one_at_a_time = app.image_watch_lock.lock().await;
     let started = Instant::now();
-    let Some(projects) =
+    let Some((_, projects)) =
         super::enabled_projects(app, |p| p.fields.project_type == ProjectKind::Compose).await?
     else {
         return Ok(ImageTick {

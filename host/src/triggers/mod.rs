@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
-use crate::store::{CredentialKind, DeploySource, Deployment, ProjectRecord, StoreError};
+use crate::store::{CredentialKind, DeploySource, Deployment, ProjectRecord, Settings, StoreError};
 
 /// What a trigger check came to.
 #[derive(Debug, Serialize)]
@@ -32,21 +32,23 @@ pub enum TriggerError {
     Store(#[from] StoreError),
 }
 
-/// The projects a tick looks at: auto-deploy on and `wanted`; `None` while
-/// the master switch is off.
+/// The settings and the projects a tick looks at (auto-deploy on and
+/// `wanted`); `None` while the master switch is off.
 pub async fn enabled_projects(
     app: &App,
     wanted: impl Fn(&ProjectRecord) -> bool,
-) -> Result<Option<Vec<ProjectRecord>>, StoreError> {
-    if !app.store.settings().await?.auto_deploy_master_enabled {
+) -> Result<Option<(Settings, Vec<ProjectRecord>)>, StoreError> {
+    let settings = app.store.settings().await?;
+    if !settings.auto_deploy_master_enabled {
         return Ok(None);
     }
     let all = app.store.projects().await?;
-    Ok(Some(
+    Ok(Some((
+        settings,
         all.into_iter()
             .filter(|p| p.fields.auto_deploy_enabled && wanted(p))
             .collect(),
-    ))
+    )))
 }
 
 /// The project's git credential, unsealed, for one lookup.

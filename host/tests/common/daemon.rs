@@ -153,6 +153,13 @@ impl Daemon {
         v
     }
 
+    /// Creates a project; returns its id.
+    pub async fn create_project(&self, body: Value) -> i64 {
+        self.ok(Method::POST, "/api/projects", Some(body)).await["id"]
+            .as_i64()
+            .expect("an id")
+    }
+
     /// A project's deployments, newest first.
     pub async fn deployments(&self, project: i64) -> Vec<Value> {
         let list = self
