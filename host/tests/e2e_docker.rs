@@ -83,7 +83,7 @@ impl Drop for Agent {
     }
 }
 
-/// Removes every container and volume of the test's compose projects.
+/// Removes every container, volume and network of the test's compose projects.
 struct Cleanup(Vec<String>);
 
 impl Drop for Cleanup {
@@ -104,6 +104,10 @@ impl Drop for Cleanup {
             }
             let _ = Command::new("docker")
                 .args(["volume", "rm", &format!("{project}_data")])
+                .output();
+            // Networks too: docker has only ~30 default address pools.
+            let _ = Command::new("docker")
+                .args(["network", "rm", &format!("{project}_default")])
                 .output();
         }
     }
