@@ -59,6 +59,9 @@ pub struct ProjectRecord {
     pub last_tracked_commit_sha: String,
     pub last_tracked_image_digests: BTreeMap<String, String>,
     pub pinned_node_id: Option<i64>,
+    /// Labels a node must carry (all pairs) to claim this project's
+    /// deployments; empty: any node.
+    pub node_selector: BTreeMap<String, String>,
     pub credentials: Option<CredentialInfo>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -195,6 +198,7 @@ pub struct TriggerWrite {
 pub struct Node {
     pub id: i64,
     pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub last_seen_at: Option<i64>,
     pub created_at: i64,
 }
@@ -204,6 +208,25 @@ impl Node {
         self.last_seen_at
             .is_some_and(|seen| now - seen <= offline_after)
     }
+}
+
+/// Whether a node with `labels` may run a project with `selector`: every
+/// pair of the selector is among the labels.
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// What deleting a node did.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeDeletion {
+    pub node: Node,
+    /// Names of the projects that were pinned to it (with `force` only).
+    pub unpinned: Vec<String>,
+    /// Ids of the deployments it held, now failed.
+    pub failed_deployments: Vec<i64>,
 }
 
 /// A claimed deployment with what the agent needs to run it.
@@ -265,14 +288,32 @@ pub trait Store: Send + Sync {
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>>;
     async fn deployment(&self, id: i64) -> Result<Deployment>;
 
-    async fn add_node(&self, name: &str, token_hash: &str) -> Result<Node>;
+    async fn add_node(
+        &self,
+        name: &str,
+        token_hash: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Node>;
     async fn nodes(&self) -> Result<Vec<Node>>;
     async fn node(&self, id: i64) -> Result<Node>;
     async fn node_by_token_hash(&self, hash: &str) -> Result<Option<Node>>;
-    async fn delete_node(&self, id: i64) -> Result<()>;
+    /// Deletes a node. Projects pinned to it make this a conflict naming
+    /// them, unless `force`: then they are unpinned, each with an event. The
+    /// deployments it held (queued for it or running) are failed with a
+    /// reason. All in one transaction.
+    async fn delete_node(&self, id: i64, force: bool) -> Result<NodeDeletion>;
+    /// Whether the node runs a deployment of the project right now: only
+    /// then may its token fetch the project's hosted repository.
+    async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool>;
+    async fn set_node_selector(
+        &self,
+        project_id: i64,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<()>;
     async fn heartbeat(&self, node_id: i64, at: i64) -> Result<()>;
-    /// Hands the oldest deployment this node may run to it, pinning an
-    /// unpinned compose project to the node.
+    /// Hands the oldest deployment this node may run to it (its project's
+    /// node selector must match the node's labels), pinning an unpinned
+    /// compose project to the node.
     async fn claim(&self, node_id: i64) -> Result<Option<Claim>>;
     async fn report(
         &self,

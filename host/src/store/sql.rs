@@ -12,9 +12,10 @@ use super::*;
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
-     p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, \
+     p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
      p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
 const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
+const NODE_COLUMNS: &str = "id, name, labels, last_seen_at, created_at";
 const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, status, target_commit, target_digests, reason, error, \
      trigger_count, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at";
 
@@ -92,6 +93,11 @@ fn digests_from(s: &str) -> Result<BTreeMap<String, String>> {
     serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("digest map {s:?}")))
 }
 
+/// A node's labels or a project's node selector.
+fn string_map(what: &str, s: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
+}
+
 fn digests_json(m: &BTreeMap<String, String>) -> String {
     serde_json::to_string(m).expect("string maps serialize")
 }
@@ -118,6 +124,7 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
             &row.try_get::<String, _>("last_tracked_image_digests")?,
         )?,
         pinned_node_id: row.try_get("pinned_node_id")?,
+        node_selector: string_map("node selector", &row.try_get::<String, _>("node_selector")?)?,
         credentials: match kind {
             Some(k) => Some(CredentialInfo {
                 kind: enum_from("credential kind", &k)?,
@@ -157,6 +164,7 @@ fn node_from(row: &AnyRow) -> Result<Node> {
     Ok(Node {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
+        labels: string_map("node labels", &row.try_get::<String, _>("labels")?)?,
         last_seen_at: row.try_get("last_seen_at")?,
         created_at: row.try_get("created_at")?,
     })
@@ -543,12 +551,18 @@ impl Store for SqlStore {
         deployment_from(&row)
     }
 
-    async fn add_node(&self, name: &str, token_hash: &str) -> Result<Node> {
+    async fn add_node(
+        &self,
+        name: &str,
+        token_hash: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Node> {
         let row = sqlx::query(
-            "INSERT INTO nodes (name, token_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO nodes (name, token_hash, labels, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(name)
         .bind(token_hash)
+        .bind(digests_json(labels))
         .bind(now())
         .fetch_one(&self.pool)
         .await
@@ -557,40 +571,170 @@ impl Store for SqlStore {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>> {
-        sqlx::query("SELECT id, name, last_seen_at, created_at FROM nodes ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(node_from)
-            .collect()
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(node_from)
+        .collect()
     }
 
     async fn node(&self, id: i64) -> Result<Node> {
-        let row = sqlx::query("SELECT id, name, last_seen_at, created_at FROM nodes WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         node_from(&row)
     }
 
     async fn node_by_token_hash(&self, hash: &str) -> Result<Option<Node>> {
-        sqlx::query("SELECT id, name, last_seen_at, created_at FROM nodes WHERE token_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(node_from)
-            .transpose()
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE token_hash = $1"
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(node_from)
+        .transpose()
     }
 
-    async fn delete_node(&self, id: i64) -> Result<()> {
-        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
+    async fn delete_node(&self, id: i64, force: bool) -> Result<NodeDeletion> {
+        let mut tx = self.begin_write().await?;
+        let node = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        let node = node_from(&node)?;
+        let pinned =
+            sqlx::query("SELECT id, name FROM projects WHERE pinned_node_id = $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<String, _>("name")?)))
+                .collect::<Result<Vec<_>>>()?;
+        if !pinned.is_empty() && !force {
+            let names: Vec<String> = pinned.iter().map(|(_, n)| format!("{n:?}")).collect();
+            return Err(StoreError::Conflict(format!(
+                "node {} has pinned compose projects: {}; their named volumes live on it. \
+                 Delete with ?force=true to unpin them: each then deploys on whichever node claims it next, without those volumes",
+                node.name,
+                names.join(", ")
+            )));
+        }
+        let t = now();
+        let mut unpinned = Vec::new();
+        for (project_id, name) in pinned {
+            sqlx::query("UPDATE projects SET pinned_node_id = NULL, updated_at = $1 WHERE id = $2")
+                .bind(t)
+                .bind(project_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(
+                &mut *tx,
+                Some(project_id),
+                "project.unpinned",
+                &format!(
+                    "project {name:?} unpinned from node {} because the node was deleted with force; its named volumes stay there",
+                    node.name
+                ),
+            )
             .await?;
+            unpinned.push(name);
+        }
+        let held = sqlx::query(
+            "SELECT id, project_id, status FROM deployments WHERE node_id = $1 AND status IN ('queued', 'running') ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut failed_deployments = Vec::new();
+        for r in &held {
+            let (dep, project_id, status): (i64, i64, String) = (
+                r.try_get("id")?,
+                r.try_get("project_id")?,
+                r.try_get("status")?,
+            );
+            let error = if status == "running" {
+                format!(
+                    "node {} was deleted while running this deployment; it was not finished",
+                    node.name
+                )
+            } else {
+                format!(
+                    "node {} was deleted while this deployment was queued for it",
+                    node.name
+                )
+            };
+            sqlx::query("UPDATE deployments SET status = 'failed', error = $1, updated_at = $2, finished_at = $3 WHERE id = $4")
+                .bind(&error)
+                .bind(t)
+                .bind(t)
+                .bind(dep)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(
+                &mut *tx,
+                Some(project_id),
+                "deploy.failed",
+                &format!("deployment {dep} failed: {error}"),
+            )
+            .await?;
+            failed_deployments.push(dep);
+        }
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut *tx,
+            None,
+            "node.deleted",
+            &format!("node {} deleted", node.name),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(NodeDeletion {
+            node,
+            unpinned,
+            failed_deployments,
+        })
+    }
+
+    async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT id FROM deployments WHERE project_id = $1 AND node_id = $2 AND status = 'running' LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn set_node_selector(
+        &self,
+        project_id: i64,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE projects SET node_selector = $1, updated_at = $2 WHERE id = $3")
+                .bind(digests_json(selector))
+                .bind(now())
+                .bind(project_id)
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("node {id}")));
+            return Err(StoreError::NotFound(format!("project {project_id}")));
         }
         Ok(())
     }
@@ -612,20 +756,45 @@ impl Store for SqlStore {
             .bind(node_id)
             .execute(&mut *tx)
             .await?;
+        let labels = sqlx::query("SELECT labels FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("node {node_id}")))?;
+        let labels = string_map("node labels", &labels.try_get::<String, _>("labels")?)?;
         // Assigned to this node, or free and of a project not pinned
         // elsewhere; never a second deploy of a project that is running one.
-        let row = sqlx::query(
-            "SELECT d.id, d.project_id, p.project_type, p.pinned_node_id FROM deployments d \
+        // The project's node selector is matched here, not in SQL: the maps
+        // are JSON text, read the same way on every backend.
+        let rows = sqlx::query(
+            "SELECT d.id, d.project_id, p.project_type, p.pinned_node_id, p.node_selector FROM deployments d \
              JOIN projects p ON p.id = d.project_id \
              WHERE d.status = 'queued' AND (d.node_id = $1 OR (d.node_id IS NULL AND \
              (p.pinned_node_id IS NULL OR p.pinned_node_id = $2))) \
              AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.project_id = d.project_id AND r.status = 'running') \
-             ORDER BY d.id LIMIT 1",
+             ORDER BY d.id",
         )
         .bind(node_id)
         .bind(node_id)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let mut row = None;
+        for r in rows {
+            let selector: String = r.try_get("node_selector")?;
+            match string_map("node selector", &selector) {
+                Ok(selector) if selector_matches(&selector, &labels) => {
+                    row = Some(r);
+                    break;
+                }
+                Ok(_) => {}
+                // A corrupt selector keeps its own project from deploying;
+                // it never hands the project to a node it might exclude.
+                Err(e) => {
+                    let project: i64 = r.try_get("project_id")?;
+                    tracing::warn!(project, error = %e, "skipping a deployment whose project cannot be read");
+                }
+            }
+        }
         let Some(row) = row else {
             tx.commit().await?;
             return Ok(None);
