@@ -24,6 +24,9 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
     let sent = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicUsize::new(0));
     let (mut project, mut node_token) = (0i64, String::new());
+    // Made once: building a client costs more than a round lasts on a
+    // loaded machine.
+    let http = reqwest::Client::new();
 
     for round in 0..ROUNDS {
         let d = Daemon::start(&dir);
@@ -40,9 +43,9 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..3 {
-            let (url, sent, acked) = (d.url.clone(), sent.clone(), acked.clone());
+            let (url, sent, acked, http) =
+                (d.url.clone(), sent.clone(), acked.clone(), http.clone());
             tasks.spawn(async move {
-                let http = reqwest::Client::new();
                 for _ in 0..PER_TASK {
                     sent.fetch_add(1, Ordering::SeqCst);
                     let resp = http
@@ -59,9 +62,8 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
             });
         }
         // A node keeps claiming, so triggers both coalesce and start new deployments.
-        let (url, token) = (d.url.clone(), node_token.clone());
+        let (url, token, http) = (d.url.clone(), node_token.clone(), http.clone());
         tasks.spawn(async move {
-            let http = reqwest::Client::new();
             for _ in 0..PER_TASK {
                 if http
                     .post(format!("{url}/api/agent/claim"))
@@ -75,6 +77,15 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
                 tokio::time::sleep(Duration::from_millis(7)).await;
             }
         });
+        // The kill lands a varying time after the round's first trigger
+        // was acknowledged, however slow the machine is.
+        let before = acked.load(Ordering::SeqCst);
+        wait_until(
+            "a trigger acknowledged in this round",
+            Duration::from_secs(60),
+            || async { acked.load(Ordering::SeqCst) > before },
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(60 + 45 * round)).await;
         d.kill();
         while tasks.join_next().await.is_some() {}

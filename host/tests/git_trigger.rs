@@ -431,10 +431,14 @@ async fn external_repositories_are_polled_over_every_transport() {
     let new_sha = commit_to(&repos.join("file.git"), "main", "second");
     let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
     assert_eq!(tick["triggered"], 1, "{tick}");
+    // Nobody claimed the first deployment: it absorbs the move, keeping the
+    // reason it was created with.
     let deps = d.deployments(ids["file"]).await;
+    assert_eq!(deps.len(), 1);
     assert_eq!(deps[0]["target_commit"], new_sha.as_str());
+    assert_eq!(deps[0]["trigger_count"], 2);
     assert!(
-        deps[0]["reason"].as_str().unwrap().contains("moved from"),
+        deps[0]["reason"].as_str().unwrap().contains("to align"),
         "{}",
         deps[0]["reason"]
     );
