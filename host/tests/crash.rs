@@ -160,7 +160,11 @@ async fn sigkill_after_the_ref_moved_is_reconciled_at_start_up() {
         .await;
     let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
     let bare = dir.join("repos").join(format!("{id}.git"));
-    assert!(bare.is_dir(), "the hosted repository is at {}", bare.display());
+    assert!(
+        bare.is_dir(),
+        "the hosted repository is at {}",
+        bare.display()
+    );
 
     // The hook runs after receive-pack moved the ref and before the daemon
     // hears the push is over: SIGKILL lands exactly between the two.

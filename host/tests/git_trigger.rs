@@ -592,7 +592,10 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
             let deps = d.deployments(id).await;
             assert_eq!(deps.len(), 1, "{deps:?}");
             assert_eq!(deps[0]["repeat_count"], repeats, "{}", deps[0]);
-            assert!(deps[0]["last_seen_at"].as_i64().unwrap() >= deps[0]["created_at"].as_i64().unwrap());
+            assert!(
+                deps[0]["last_seen_at"].as_i64().unwrap()
+                    >= deps[0]["created_at"].as_i64().unwrap()
+            );
             assert_eq!(tracked(id).await, "");
         }
     }
@@ -619,7 +622,11 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
     for (id, sha) in [(h_id, &h_sha), (x_id, &x_sha)] {
         let deps = d.deployments(id).await;
         assert_eq!(
-            (deps.len(), deps[0]["status"].as_str(), deps[0]["target_commit"].as_str()),
+            (
+                deps.len(),
+                deps[0]["status"].as_str(),
+                deps[0]["target_commit"].as_str()
+            ),
             (2, Some("queued"), Some(sha.as_str()))
         );
         assert_eq!(tracked(id).await, *sha);
@@ -655,7 +662,11 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
     for id in [h_id, x_id] {
         let deps = d.deployments(id).await;
         assert_eq!(
-            (deps.len(), deps[0]["status"].as_str(), deps[0]["error"].as_str()),
+            (
+                deps.len(),
+                deps[0]["status"].as_str(),
+                deps[0]["error"].as_str()
+            ),
             (2, Some("failed"), Some("docker-compose up failed"))
         );
     }

@@ -170,7 +170,10 @@ async fn identical_consecutive_failures_fold_into_one_row() {
     let mut manual = failing(id, &sha, "compose projects need expose_service");
     manual.source = DeploySource::Manual;
     let folded = store.record_trigger(&manual).await.unwrap();
-    assert_eq!(folded.id, first.id, "folded into the newest failed deployment");
+    assert_eq!(
+        folded.id, first.id,
+        "folded into the newest failed deployment"
+    );
     assert_eq!(folded.repeat_count, 6);
     assert!(folded.last_seen_at >= first.last_seen_at);
     assert_eq!(
@@ -199,7 +202,10 @@ async fn identical_consecutive_failures_fold_into_one_row() {
         .unwrap();
     assert_ne!(other_target.id, other_error.id);
     // Only consecutive failures fold: a deployment in between breaks the run.
-    let queued = store.record_trigger(&push(id, &"c".repeat(40))).await.unwrap();
+    let queued = store
+        .record_trigger(&push(id, &"c".repeat(40)))
+        .await
+        .unwrap();
     let after = store
         .record_trigger(&failing(id, &"b".repeat(40), "node n1 is offline"))
         .await
@@ -211,7 +217,10 @@ async fn identical_consecutive_failures_fold_into_one_row() {
 #[tokio::test]
 async fn coalescing_keeps_the_first_source_and_reason_and_lists_every_source() {
     let (store, id) = open("store-sources").await;
-    let first = store.record_trigger(&push(id, &"1".repeat(40))).await.unwrap();
+    let first = store
+        .record_trigger(&push(id, &"1".repeat(40)))
+        .await
+        .unwrap();
     assert_eq!(first.sources, vec![DeploySource::AutoPush]);
     let mut manual = push(id, &"2".repeat(40));
     manual.source = DeploySource::Manual;
@@ -219,10 +228,17 @@ async fn coalescing_keeps_the_first_source_and_reason_and_lists_every_source() {
     manual.target_commit = None;
     manual.track_commit = None;
     store.record_trigger(&manual).await.unwrap();
-    let d = store.record_trigger(&push(id, &"3".repeat(40))).await.unwrap();
+    let d = store
+        .record_trigger(&push(id, &"3".repeat(40)))
+        .await
+        .unwrap();
     assert_eq!(d.id, first.id);
     assert_eq!(d.trigger_count, 3);
-    assert_eq!(d.source, DeploySource::AutoPush, "source stays the first one");
+    assert_eq!(
+        d.source,
+        DeploySource::AutoPush,
+        "source stays the first one"
+    );
     assert_eq!(
         d.sources,
         vec![DeploySource::AutoPush, DeploySource::Manual],
@@ -238,7 +254,10 @@ async fn coalescing_keeps_the_first_source_and_reason_and_lists_every_source() {
 #[tokio::test]
 async fn a_trigger_decided_on_a_stale_tracked_commit_writes_nothing() {
     let (store, id) = open("store-stale").await;
-    store.record_trigger(&push(id, &"1".repeat(40))).await.unwrap();
+    store
+        .record_trigger(&push(id, &"1".repeat(40)))
+        .await
+        .unwrap();
     let mut late = push(id, &"2".repeat(40));
     late.decided_on_commit = Some(String::new());
     let err = store.record_trigger(&late).await.unwrap_err();
@@ -277,7 +296,10 @@ async fn event_kinds_are_a_typed_set() {
 #[tokio::test]
 async fn a_queued_deployment_failed_by_an_offline_node_gives_its_change_back() {
     let (store, id) = open("store-offline").await;
-    store.record_trigger(&push(id, &"1".repeat(40))).await.unwrap();
+    store
+        .record_trigger(&push(id, &"1".repeat(40)))
+        .await
+        .unwrap();
     // The first deployment ran (claimed, succeeded) on n1.
     let node = store.add_node("n1", "hash").await.unwrap();
     let claim = store.claim(node.id).await.unwrap().expect("a claim");
@@ -305,7 +327,13 @@ async fn a_queued_deployment_failed_by_an_offline_node_gives_its_change_back() {
         .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].id, queued.id);
-    assert!(failed[0].error.as_deref().unwrap().contains("refusing to migrate"));
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("refusing to migrate")
+    );
     assert_eq!(
         store.project(id).await.unwrap().last_tracked_commit_sha,
         "1".repeat(40),

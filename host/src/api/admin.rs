@@ -150,7 +150,11 @@ pub async fn add_node(
         .add_node(&req.name, &token_hash(token.expose()))
         .await?;
     app.store
-        .log_event(None, crate::store::EventKind::NodeAdded, &format!("node {} added", node.name))
+        .log_event(
+            None,
+            crate::store::EventKind::NodeAdded,
+            &format!("node {} added", node.name),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -456,8 +456,7 @@ impl Store for SqlStore {
             tracked.try_get("last_tracked_commit_sha")?,
             tracked.try_get("last_tracked_image_digests")?,
         );
-        if w
-            .decided_on_commit
+        if w.decided_on_commit
             .as_ref()
             .is_some_and(|decided_on| *decided_on != prior_commit)
         {
@@ -594,8 +593,13 @@ impl Store for SqlStore {
                 Some(f) => format!("{source} deployment {id} failed: {f}"),
                 None => format!("{source} deployment {id}: {}", w.reason),
             };
-            insert_event(&mut *tx, Some(w.project_id), EventKind::DeployTriggered, &message)
-                .await?;
+            insert_event(
+                &mut *tx,
+                Some(w.project_id),
+                EventKind::DeployTriggered,
+                &message,
+            )
+            .await?;
         }
         tx.commit().await?;
         self.deployment(id).await

@@ -78,9 +78,7 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let Some((settings, projects)) =
-        super::enabled_projects(app, |_| true).await?
-    else {
+    let Some((settings, projects)) = super::enabled_projects(app, |_| true).await? else {
         return Ok(TickSummary {
             paused: true,
             ..TickSummary::default()

@@ -58,12 +58,12 @@ pub struct ProjectWatch {
     pub outcome: Outcome,
 }
 
+/// What one project came to; `Failed`: its deployment failed before it
+/// reached a node, and the recorded digests stay so the next tick retries.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
     Triggered { deployment: i64, reason: String },
-    /// The deployment failed before it reached a node; the recorded digests
-    /// stay, so the next tick tries again.
     Failed { deployment: i64, error: String },
     Unchanged { reason: String },
     Recorded { reason: String },

@@ -22,14 +22,13 @@ use crate::store::{
 /// fresh state this many times at most.
 const MAX_REDECIDE: usize = 5;
 
-/// What a trigger check came to.
+/// What a trigger check came to; `Failed`: its deployment failed before it
+/// reached a node, and the tracked state stays so the next tick retries.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Checked {
     Unchanged { reason: String },
     Triggered { deployment: i64, reason: String },
-    /// The deployment failed before it reached a node; the tracked state
-    /// stays, so the next tick tries again.
     Failed { deployment: i64, error: String },
     Error { error: String },
 }
@@ -199,7 +198,7 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
             .log_event(Some(project_id), EventKind::Push, &msg)
             .await;
     };
-    if !(master && project.fields.auto_deploy_enabled) && !moved {
+    if (!master || !project.fields.auto_deploy_enabled) && !moved {
         return;
     }
     if !master {
