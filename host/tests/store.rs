@@ -153,7 +153,7 @@ async fn tracked_state_and_deployments_move_together() {
 }
 
 #[tokio::test]
-async fn identical_consecutive_failures_fold_into_one_row() {
+async fn identical_failures_fold_into_one_row() {
     let (store, id) = open("store-fold").await;
     let sha = "a".repeat(40);
     let first = store
@@ -201,6 +201,18 @@ async fn identical_consecutive_failures_fold_into_one_row() {
         .await
         .unwrap();
     assert_ne!(other_target.id, other_error.id);
+    // Two causes taking turns (a push and an image watch, say) each fold
+    // into their own row.
+    let again = store
+        .record_trigger(&failing(id, &sha, "compose projects need expose_service"))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.repeat_count), (first.id, 7));
+    let again = store
+        .record_trigger(&failing(id, &"b".repeat(40), "node n1 is offline"))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.repeat_count), (other_target.id, 2));
     // Only consecutive failures fold: a deployment in between breaks the run.
     let queued = store
         .record_trigger(&push(id, &"c".repeat(40)))

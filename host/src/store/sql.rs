@@ -18,6 +18,9 @@ const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c
 const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, sources, status, target_commit, target_digests, reason, error, \
      trigger_count, repeat_count, last_seen_at, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at";
 
+/// How many of a project's latest failures a new one may fold into.
+const FOLD_WINDOW: i64 = 16;
+
 pub struct SqlStore {
     pool: AnyPool,
     sqlite: bool,
@@ -477,18 +480,24 @@ impl Store for SqlStore {
             .as_ref()
             .map(deployment_from)
             .transpose()?,
+            // Failures since the project's last deployment that did not
+            // fail: the same failure again (error and target) folds into its
+            // row, even when another trigger's failure came in between.
             Some(failure) => sqlx::query(AssertSqlSafe(format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 ORDER BY id DESC LIMIT 1"
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 AND status = 'failed' \
+                 AND id > COALESCE((SELECT MAX(id) FROM deployments WHERE project_id = $2 AND status <> 'failed'), 0) \
+                 ORDER BY id DESC LIMIT {FOLD_WINDOW}"
             )))
             .bind(w.project_id)
-            .fetch_optional(&mut *tx)
+            .bind(w.project_id)
+            .fetch_all(&mut *tx)
             .await?
-            .as_ref()
+            .iter()
             .map(deployment_from)
-            .transpose()?
-            .filter(|d| {
-                d.status == DeployStatus::Failed
-                    && d.error.as_deref() == Some(failure.as_str())
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .find(|d| {
+                d.error.as_deref() == Some(failure.as_str())
                     && d.target_commit == w.target_commit
                     && d.target_digests == w.target_digests
             }),
