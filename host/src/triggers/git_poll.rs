@@ -26,6 +26,8 @@ pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on
 /// one host are not asked at the same instant.
 const MAX_JITTER_MS: u64 = 50;
+/// Hosted repositories reconciled at once (local reads and a decision each).
+const LOCAL_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Default, Serialize)]
 pub struct TickSummary {
@@ -91,13 +93,15 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let (hosted, external): (Vec<_>, Vec<_>) = projects
         .into_iter()
         .partition(|p| p.fields.git_source == GitSource::Hosted);
-    // Local reads: no jitter and no lookup slot, so a hanging remote never
-    // holds them up.
+    // Local reads: no jitter and slots of their own, so a hanging remote
+    // never holds them up.
+    let local = Arc::new(Semaphore::new(LOCAL_CONCURRENCY));
     for project in hosted {
-        let app = app.clone();
+        let (app, local) = (app.clone(), local.clone());
         let span = tracing::info_span!("trigger", project = project.id, source = "auto-push");
         tasks.spawn(
             async move {
+                let _permit = local.acquire_owned().await.expect("semaphore open");
                 ProjectResult {
                     project_id: project.id,
                     name: project.fields.name.clone(),
