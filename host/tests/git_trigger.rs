@@ -521,6 +521,8 @@ async fn a_push_to_any_branch_compares_the_tracked_branch() {
 #[tokio::test]
 async fn failures_before_the_node_are_retried_each_tick_and_folded() {
     let dir = temp_dir("git-retry");
+    // Only the ticks this test asks for run: the loop's own wait is an hour
+    // from the (second) start on.
     let d = Daemon::start(&dir);
     d.ok(
         Method::PUT,
@@ -528,6 +530,8 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
         Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
     )
     .await;
+    d.stop();
+    let d = Daemon::start(&dir);
     // Compose projects without their expose fields: the policy refuses to deploy.
     let h = create(
         &d,
