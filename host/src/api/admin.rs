@@ -73,7 +73,7 @@ pub async fn put_policy(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<J
     app.store
         .log_event(
             None,
-            "policy.switched",
+            crate::store::EventKind::PolicySwitched,
             &format!("{} {} ({})", info.name, info.version, info.sha256),
         )
         .await?;
@@ -85,7 +85,7 @@ pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<Poli
     app.store
         .log_event(
             None,
-            "policy.rolled-back",
+            crate::store::EventKind::PolicyRolledBack,
             &format!("{} {} ({})", info.name, info.version, info.sha256),
         )
         .await?;
@@ -182,7 +182,11 @@ pub async fn add_node(
         .add_node(&req.name, &token_hash(token.expose()), &req.labels)
         .await?;
     app.store
-        .log_event(None, "node.added", &format!("node {} added", node.name))
+        .log_event(
+            None,
+            crate::store::EventKind::NodeAdded,
+            &format!("node {} added", node.name),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

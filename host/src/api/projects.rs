@@ -228,7 +228,7 @@ pub async fn update(
         app.store
             .log_event(
                 Some(id),
-                "auto-deploy.toggled",
+                crate::store::EventKind::AutoDeployToggled,
                 &format!("auto-deploy {word}"),
             )
             .await?;
@@ -278,7 +278,11 @@ pub async fn rotate_push_token(
         .set_push_token_hash(id, &token_hash(token.expose()))
         .await?;
     app.store
-        .log_event(Some(id), "push-token.rotated", "push token rotated")
+        .log_event(
+            Some(id),
+            crate::store::EventKind::PushTokenRotated,
+            "push token rotated",
+        )
         .await?;
     Ok(Json(PushToken {
         push_token: token.expose().to_string(),

@@ -32,6 +32,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A trigger decided on a tracked state that another trigger has since
+    /// moved: nothing was written; decide again on the fresh state.
+    #[error("project {0}: the tracked state moved while this trigger was decided")]
+    Stale(i64),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -156,7 +160,10 @@ pub enum DeployStatus {
 pub struct Deployment {
     pub id: i64,
     pub project_id: i64,
+    /// The first source that fed this deployment.
     pub source: DeploySource,
+    /// Every source that fed it, in the order they first did.
+    pub sources: Vec<DeploySource>,
     pub status: DeployStatus,
     pub target_commit: Option<String>,
     pub target_digests: Option<BTreeMap<String, String>>,
@@ -164,6 +171,10 @@ pub struct Deployment {
     pub error: Option<String>,
     /// Triggers this deployment absorbed while it was queued, itself included.
     pub trigger_count: i64,
+    /// A failure before the node: how many identical consecutive failures
+    /// were folded into this row, itself included, and when the last was.
+    pub repeat_count: i64,
+    pub last_seen_at: i64,
     pub policy_name: String,
     pub policy_version: String,
     pub policy_sha256: String,
@@ -192,6 +203,9 @@ pub struct TriggerWrite {
     pub policy_sha256: String,
     pub track_commit: Option<String>,
     pub track_digests: Option<BTreeMap<String, String>>,
+    /// The tracked commit this trigger was decided on: when set and the
+    /// project's differs, nothing is written ([`StoreError::Stale`]).
+    pub decided_on_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,8 +255,118 @@ pub struct Event {
     pub id: i64,
     pub at: i64,
     pub project_id: Option<i64>,
-    pub kind: String,
+    pub kind: EventKind,
     pub message: String,
+}
+
+/// Every kind of event the daemon records; stored and served as the string
+/// each variant renames to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "project.created")]
+    ProjectCreated,
+    #[serde(rename = "project.deleted")]
+    ProjectDeleted,
+    #[serde(rename = "auto-deploy.toggled")]
+    AutoDeployToggled,
+    #[serde(rename = "push-token.rotated")]
+    PushTokenRotated,
+    #[serde(rename = "settings.changed")]
+    SettingsChanged,
+    #[serde(rename = "policy.switched")]
+    PolicySwitched,
+    #[serde(rename = "policy.rolled-back")]
+    PolicyRolledBack,
+    #[serde(rename = "node.added")]
+    NodeAdded,
+    #[serde(rename = "node.deleted")]
+    NodeDeleted,
+    #[serde(rename = "project.unpinned")]
+    ProjectUnpinned,
+    #[serde(rename = "deploy.triggered")]
+    DeployTriggered,
+    #[serde(rename = "deploy.claimed")]
+    DeployClaimed,
+    #[serde(rename = "deploy.reported")]
+    DeployReported,
+    #[serde(rename = "deploy.failed")]
+    DeployFailed,
+    #[serde(rename = "push")]
+    Push,
+    #[serde(rename = "poll.failed")]
+    PollFailed,
+    #[serde(rename = "reconcile.failed")]
+    ReconcileFailed,
+    #[serde(rename = "image-watch.failed")]
+    ImageWatchFailed,
+}
+
+impl EventKind {
+    pub const ALL: &[EventKind] = &[
+        EventKind::ProjectCreated,
+        EventKind::ProjectDeleted,
+        EventKind::AutoDeployToggled,
+        EventKind::PushTokenRotated,
+        EventKind::SettingsChanged,
+        EventKind::PolicySwitched,
+        EventKind::PolicyRolledBack,
+        EventKind::NodeAdded,
+        EventKind::NodeDeleted,
+        EventKind::ProjectUnpinned,
+        EventKind::DeployTriggered,
+        EventKind::DeployClaimed,
+        EventKind::DeployReported,
+        EventKind::DeployFailed,
+        EventKind::Push,
+        EventKind::PollFailed,
+        EventKind::ReconcileFailed,
+        EventKind::ImageWatchFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ProjectCreated => "project.created",
+            EventKind::ProjectDeleted => "project.deleted",
+            EventKind::AutoDeployToggled => "auto-deploy.toggled",
+            EventKind::PushTokenRotated => "push-token.rotated",
+            EventKind::SettingsChanged => "settings.changed",
+            EventKind::PolicySwitched => "policy.switched",
+            EventKind::PolicyRolledBack => "policy.rolled-back",
+            EventKind::NodeAdded => "node.added",
+            EventKind::NodeDeleted => "node.deleted",
+            EventKind::ProjectUnpinned => "project.unpinned",
+            EventKind::DeployTriggered => "deploy.triggered",
+            EventKind::DeployClaimed => "deploy.claimed",
+            EventKind::DeployReported => "deploy.reported",
+            EventKind::DeployFailed => "deploy.failed",
+            EventKind::Push => "push",
+            EventKind::PollFailed => "poll.failed",
+            EventKind::ReconcileFailed => "reconcile.failed",
+            EventKind::ImageWatchFailed => "image-watch.failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown event kind {0:?}")]
+pub struct UnknownEventKind(pub String);
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownEventKind(s.to_string()))
+    }
 }
 
 #[async_trait]
@@ -274,9 +398,12 @@ pub trait Store: Send + Sync {
     async fn add_admin_token(&self, hash: &str) -> Result<()>;
     async fn admin_token_exists(&self, hash: &str) -> Result<bool>;
 
-    /// Writes a trigger: a failed deployment when `failure` is set; else it
-    /// updates the project's queued deployment if there is one, or queues a
-    /// new one; and records the tracked state. All in one transaction.
+    /// Writes a trigger in one transaction. A `failure` (before any node) is
+    /// a failed deployment, folded into the newest deployment when that one
+    /// failed the same way for the same target, and leaves the tracked state
+    /// alone so the next tick tries again. Otherwise the project's queued
+    /// deployment absorbs the trigger (keeping its first reason, adding the
+    /// source) or a new one is queued, and the tracked state is recorded.
     async fn record_trigger(&self, write: &TriggerWrite) -> Result<Deployment>;
     /// Records image digests that deploy nothing (a first watch, an added or
     /// removed image, a failed lookup keeping the old digest).
@@ -327,6 +454,11 @@ pub trait Store: Send + Sync {
     /// `seen_before`; returns them.
     async fn fail_deployments_of_offline_nodes(&self, seen_before: i64) -> Result<Vec<Deployment>>;
 
-    async fn log_event(&self, project_id: Option<i64>, kind: &str, message: &str) -> Result<()>;
+    async fn log_event(
+        &self,
+        project_id: Option<i64>,
+        kind: EventKind,
+        message: &str,
+    ) -> Result<()>;
     async fn events(&self, project_id: Option<i64>, limit: i64) -> Result<Vec<Event>>;
 }
