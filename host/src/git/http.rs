@@ -7,6 +7,8 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -22,6 +24,89 @@ use crate::app::App;
 use crate::git::{hosted_path, local_head, repos_dir};
 use crate::policy::GitSource;
 use crate::secrets::token_hash;
+
+static MAX_PUSH_BYTES: AtomicU64 = AtomicU64::new(100 << 20);
+static BODY_IDLE_MS: AtomicU64 = AtomicU64::new(60_000);
+
+/// Sets the largest push accepted (the receive-pack request body, and the
+/// pack inside it once inflated) and how long a client may stall while
+/// sending a body. Called once at start.
+pub fn set_limits(max_push_bytes: u64, body_idle: Duration) {
+    MAX_PUSH_BYTES.store(max_push_bytes.max(1), Ordering::Relaxed);
+    BODY_IDLE_MS.store(
+        body_idle.as_millis().clamp(1, u64::MAX as u128) as u64,
+        Ordering::Relaxed,
+    );
+}
+
+fn push_refused(limit: u64) -> Response {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!(
+            "push refused: it is larger than this server's limit of {limit} bytes \
+             (AUTODEPLOY_MAX_PUSH_BYTES); nothing was changed"
+        ),
+    )
+}
+
+/// How feeding a request body to git ended.
+enum Fed {
+    All,
+    /// More than the push limit arrived; the rest was drained, not fed.
+    TooLarge,
+    /// The client stopped sending, or its body failed.
+    Broken,
+}
+
+/// Streams `body` into git's stdin. With a `limit`, stops feeding once the
+/// body passes it and drains what follows (for a bounded time), so the
+/// client hears the refusal rather than a reset.
+async fn feed_body(
+    body: Body,
+    mut stdin: tokio::process::ChildStdin,
+    limit: Option<u64>,
+    idle: Duration,
+) -> Fed {
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    loop {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => return Fed::All,
+            Ok(Some(Err(_))) | Err(_) => return Fed::Broken,
+        };
+        total = total.saturating_add(chunk.len() as u64);
+        if limit.is_some_and(|limit| total > limit) {
+            drop(stdin);
+            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), drain).await;
+            return Fed::TooLarge;
+        }
+        if stdin.write_all(&chunk).await.is_err() {
+            // git stopped reading (it refused the push itself): what it
+            // answers says why.
+            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), drain).await;
+            return Fed::All;
+        }
+    }
+}
+
+/// Stops git and every process it started (they share its process group).
+async fn stop_git(child: &mut tokio::process::Child) {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: sends a signal to the process group this code created.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        let _ = child.kill().await;
+    }
+}
 
 fn plain(status: StatusCode, msg: &str) -> Response {
     (status, format!("{msg}\n")).into_response()
@@ -99,6 +184,22 @@ pub async fn serve(
         return plain(StatusCode::NOT_FOUND, "repository missing on disk");
     }
     let receive = method == Method::POST && rest == "git-receive-pack";
+    let max_push = MAX_PUSH_BYTES.load(Ordering::Relaxed);
+    let idle = Duration::from_millis(BODY_IDLE_MS.load(Ordering::Relaxed));
+    if receive
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > max_push)
+    {
+        let drain = async {
+            let mut stream = body.into_data_stream();
+            while let Some(Ok(_)) = stream.next().await {}
+        };
+        let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), drain).await;
+        return push_refused(max_push);
+    }
     let before = if receive {
         local_head(&path, &project.fields.git_branch).ok().flatten()
     } else {
@@ -123,7 +224,14 @@ pub async fn serve(
                 user
             },
         )
-        .env("REMOTE_ADDR", "127.0.0.1");
+        .env("REMOTE_ADDR", "127.0.0.1")
+        // The same limit on the inflated pack: a small gzip body cannot
+        // unpack into a large push.
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "receive.maxInputSize")
+        .env("GIT_CONFIG_VALUE_0", max_push.to_string())
+        // Its own group, so a refused push stops receive-pack too.
+        .process_group(0);
     for (name, var) in [
         (header::CONTENT_TYPE, "CONTENT_TYPE"),
         (header::CONTENT_LENGTH, "CONTENT_LENGTH"),
@@ -151,42 +259,74 @@ pub async fn serve(
             );
         }
     };
-    let mut stdin = child.stdin.take().expect("piped");
-    tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
-        while let Some(Ok(chunk)) = stream.next().await {
-            if stdin.write_all(&chunk).await.is_err() {
-                break;
+    let Some(stdin) = child.stdin.take() else {
+        return plain(StatusCode::BAD_GATEWAY, "git http-backend failed");
+    };
+    let feed = tokio::spawn(feed_body(body, stdin, receive.then_some(max_push), idle));
+    if let Some(mut stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            if !text.trim().is_empty() {
+                tracing::warn!(project = id, stderr = %text.trim(), "git http-backend");
+            }
+        });
+    }
+    let Some(stdout) = child.stdout.take() else {
+        return plain(StatusCode::BAD_GATEWAY, "git http-backend failed");
+    };
+    let (status, cgi_headers, body) = if receive {
+        // Small (the report-status): read it all beside the upload, let git
+        // finish, and run the trigger before the client hears the push is
+        // done.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = BufReader::new(stdout).read_to_end(&mut all).await;
+            all
+        });
+        match feed.await {
+            Ok(Fed::All) => {}
+            Ok(Fed::TooLarge) => {
+                stop_git(&mut child).await;
+                reader.abort();
+                tracing::warn!(
+                    project = id,
+                    limit = max_push,
+                    "push refused: larger than AUTODEPLOY_MAX_PUSH_BYTES"
+                );
+                return push_refused(max_push);
+            }
+            Ok(Fed::Broken) | Err(_) => {
+                stop_git(&mut child).await;
+                reader.abort();
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "the push body was cut off or stalled; nothing was changed",
+                );
             }
         }
-    });
-    let mut stderr = child.stderr.take().expect("piped");
-    tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        if !text.trim().is_empty() {
-            tracing::warn!(project = id, stderr = %text.trim(), "git http-backend");
-        }
-    });
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let (status, cgi_headers) = match read_cgi_headers(&mut out).await {
-        Some(h) => h,
-        None => return plain(StatusCode::BAD_GATEWAY, "git http-backend failed"),
-    };
-
-    let body = if receive {
-        // Small (the report-status): read it all, let git finish, and run
-        // the trigger before the client hears the push is done.
-        let mut rest = Vec::new();
-        let _ = out.read_to_end(&mut rest).await;
+        let all = reader.await.unwrap_or_default();
         let _ = child.wait().await;
+        let mut out = all.as_slice();
+        let Some((status, cgi_headers)) = read_cgi_headers(&mut out).await else {
+            return plain(StatusCode::BAD_GATEWAY, "git http-backend failed");
+        };
+        let rest = out.to_vec();
         crate::triggers::on_push(&app, id, before).await;
-        Body::from(rest)
+        (status, cgi_headers, Body::from(rest))
     } else {
+        let mut out = BufReader::new(stdout);
+        let Some((status, cgi_headers)) = read_cgi_headers(&mut out).await else {
+            return plain(StatusCode::BAD_GATEWAY, "git http-backend failed");
+        };
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        Body::from_stream(ReaderStream::new(out))
+        (
+            status,
+            cgi_headers,
+            Body::from_stream(ReaderStream::new(out)),
+        )
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
