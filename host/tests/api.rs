@@ -542,6 +542,9 @@ async fn send(
     )
 }
 
+/// method, path, content type, body, expected status.
+type RawCase = (Method, String, Option<&'static str>, Vec<u8>, StatusCode);
+
 #[tokio::test]
 async fn every_error_is_json() {
     let dir = temp_dir("api-json-errors");
@@ -549,7 +552,7 @@ async fn every_error_is_json() {
     let id = d.create_project(compose("p")).await;
     let big_json = format!("{{\"name\": \"{}\"}}", "x".repeat(3 << 20)).into_bytes();
     let json = Some("application/json");
-    let cases: Vec<(Method, String, Option<&str>, Vec<u8>, StatusCode)> = vec![
+    let cases: Vec<RawCase> = vec![
         // Query strings axum cannot parse into the handler's type.
         (
             Method::GET,

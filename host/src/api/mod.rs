@@ -213,8 +213,9 @@ fn stall_guard(body: axum::body::Body, idle: Duration) -> axum::body::Body {
     axum::body::Body::from_stream(stream)
 }
 
-/// Query keys and values and path segments, percent-decoded. Segments that
-/// are plain route words (`projects`, `push-token`) are the API's own.
+/// Query values, query keys that cannot be field names, and path segments,
+/// percent-decoded. Segments that are plain route words (`projects`,
+/// `push-token`) are the API's own.
 fn request_strings(uri: &axum::http::Uri) -> Vec<String> {
     let mut out: Vec<String> = uri
         .path()
@@ -230,7 +231,15 @@ fn request_strings(uri: &axum::http::Uri) -> Vec<String> {
     if let Some(q) = uri.query() {
         for pair in q.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            out.push(percent_decode(k));
+            let key = percent_decode(k);
+            // A key shaped like a field name may be named, as in bodies.
+            if key.len() > MAX_FIELD_NAME
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                out.push(key);
+            }
             out.push(percent_decode(v));
         }
     }
