@@ -287,7 +287,12 @@ async fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
     git(&work, &["add", "."]);
     git(&work, &["commit", "-q", "-m", "big"]);
     let err = push(&work, &url).expect_err("a 1 MiB push over a 300 kB limit");
-    assert!(err.contains("413"), "git should report the refusal: {err}");
+    // git prints the reason beside the refused branch.
+    assert!(
+        err.contains("[remote rejected] main -> main (push refused")
+            && err.contains("limit of 300000 bytes (AUTODEPLOY_MAX_PUSH_BYTES)"),
+        "git should report the refusal and the limit: {err}"
+    );
     assert_eq!(
         git(&bare, &["rev-parse", "refs/heads/main"]),
         head,
@@ -300,7 +305,7 @@ async fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
     );
     assert_eq!(d.deployments(id).await.len(), deployments);
 
-    // Said plainly to a client that declares its size.
+    // Said plainly to a client that declares its size and sends no commands.
     let resp = reqwest::Client::new()
         .post(format!("{}/git/{id}.git/git-receive-pack", d.url))
         .basic_auth("push", Some(token))

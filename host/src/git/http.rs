@@ -39,23 +39,129 @@ pub fn set_limits(max_push_bytes: u64, body_idle: Duration) {
     );
 }
 
-fn push_refused(limit: u64) -> Response {
-    plain(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!(
-            "push refused: it is larger than this server's limit of {limit} bytes \
-             (AUTODEPLOY_MAX_PUSH_BYTES); nothing was changed"
-        ),
-    )
+/// The refusal of a push over the limit. When the request's commands can
+/// be read (a body that is not gzip-compressed), the answer is a report git
+/// understands: the client prints the reason beside each refused branch.
+/// Otherwise it is a plain 413.
+fn push_refused(limit: u64, head: &[u8], gzipped: bool) -> Response {
+    let reason = format!(
+        "push refused: it is larger than this server's limit of {limit} bytes \
+         (AUTODEPLOY_MAX_PUSH_BYTES); nothing was changed"
+    );
+    let report = (!gzipped)
+        .then(|| push_commands(head))
+        .flatten()
+        .filter(|(refs, ..)| !refs.is_empty());
+    let Some((refs, sideband, report_status)) = report else {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, &reason);
+    };
+    let mut inner = Vec::new();
+    if report_status {
+        inner.extend(pkt(format!("unpack {reason}\n").as_bytes()));
+        for r in &refs {
+            inner.extend(pkt(format!("ng {r} {reason}\n").as_bytes()));
+        }
+        inner.extend_from_slice(b"0000");
+    }
+    let mut body = Vec::new();
+    if sideband {
+        body.extend(pkt(format!("\x02{reason}\n").as_bytes()));
+        // Band 1 carries the report, in pieces that fit a packet.
+        for piece in inner.chunks(65515 - 1) {
+            let mut band = vec![1u8];
+            band.extend_from_slice(piece);
+            body.extend(pkt(&band));
+        }
+        body.extend_from_slice(b"0000");
+    } else {
+        body = inner;
+    }
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-git-receive-pack-result"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// One pkt-line: four hex digits of length, then the data.
+fn pkt(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:04x}", data.len() + 4).into_bytes();
+    out.extend_from_slice(data);
+    out
+}
+
+/// The refs a receive-pack request updates, and whether the client asked
+/// for side-band-64k and report-status, read from the start of its body.
+fn push_commands(head: &[u8]) -> Option<(Vec<String>, bool, bool)> {
+    let mut refs = Vec::new();
+    let mut caps = String::new();
+    let mut rest = head;
+    loop {
+        let len = usize::from_str_radix(std::str::from_utf8(rest.get(..4)?).ok()?, 16).ok()?;
+        if len == 0 {
+            break;
+        }
+        let line = rest.get(4..len)?;
+        rest = &rest[len..];
+        let (command, capabilities) = match line.iter().position(|b| *b == 0) {
+            Some(nul) => (&line[..nul], Some(&line[nul + 1..])),
+            None => (line, None),
+        };
+        if let Some(c) = capabilities {
+            caps = String::from_utf8_lossy(c).into_owned();
+        }
+        let command = std::str::from_utf8(command).ok()?.trim_end();
+        // "<old> <new> <ref>"; a push certificate or shallow line is not one.
+        let mut parts = command.splitn(3, ' ');
+        let (Some(old), Some(new), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return None;
+        };
+        if old.len() < 40 || new.len() < 40 || !name.starts_with("refs/") {
+            return None;
+        }
+        refs.push(name.to_string());
+    }
+    let has = |c: &str| caps.split(' ').any(|x| x == c);
+    Some((
+        refs,
+        has("side-band-64k"),
+        has("report-status") || has("report-status-v2"),
+    ))
 }
 
 /// How feeding a request body to git ended.
 enum Fed {
     All,
     /// More than the push limit arrived; the rest was drained, not fed.
-    TooLarge,
+    /// Holds the body's first bytes (the commands).
+    TooLarge(Vec<u8>),
     /// The client stopped sending, or its body failed.
     Broken,
+}
+
+/// The body's first bytes kept for the refusal: room for many commands.
+const HEAD_KEPT: usize = 64 << 10;
+
+fn keep_head(head: &mut Vec<u8>, chunk: &[u8]) {
+    let room = HEAD_KEPT.saturating_sub(head.len());
+    head.extend_from_slice(&chunk[..room.min(chunk.len())]);
+}
+
+/// Reads and drops what is left of a body, for a bounded time, keeping its
+/// first bytes in `head`.
+async fn drain<S>(stream: &mut S, head: &mut Vec<u8>, idle: Duration)
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin,
+{
+    let all = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            keep_head(head, &chunk);
+        }
+    };
+    let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), all).await;
 }
 
 /// Streams `body` into git's stdin. With a `limit`, stops feeding once the
@@ -69,24 +175,26 @@ async fn feed_body(
 ) -> Fed {
     let mut stream = body.into_data_stream();
     let mut total: u64 = 0;
+    let mut head = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(idle, stream.next()).await {
             Ok(Some(Ok(chunk))) => chunk,
             Ok(None) => return Fed::All,
             Ok(Some(Err(_))) | Err(_) => return Fed::Broken,
         };
+        if limit.is_some() {
+            keep_head(&mut head, &chunk);
+        }
         total = total.saturating_add(chunk.len() as u64);
         if limit.is_some_and(|limit| total > limit) {
             drop(stdin);
-            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-            let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), drain).await;
-            return Fed::TooLarge;
+            drain(&mut stream, &mut head, idle).await;
+            return Fed::TooLarge(head);
         }
         if stdin.write_all(&chunk).await.is_err() {
             // git stopped reading (it refused the push itself): what it
             // answers says why.
-            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-            let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), drain).await;
+            drain(&mut stream, &mut head, idle).await;
             return Fed::All;
         }
     }
@@ -186,6 +294,9 @@ pub async fn serve(
     let receive = method == Method::POST && rest == "git-receive-pack";
     let max_push = MAX_PUSH_BYTES.load(Ordering::Relaxed);
     let idle = Duration::from_millis(BODY_IDLE_MS.load(Ordering::Relaxed));
+    let gzipped = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
     if receive
         && headers
             .get(header::CONTENT_LENGTH)
@@ -193,12 +304,9 @@ pub async fn serve(
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|len| len > max_push)
     {
-        let drain = async {
-            let mut stream = body.into_data_stream();
-            while let Some(Ok(_)) = stream.next().await {}
-        };
-        let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), drain).await;
-        return push_refused(max_push);
+        let mut head = Vec::new();
+        drain(&mut body.into_data_stream(), &mut head, idle).await;
+        return push_refused(max_push, &head, gzipped);
     }
     let before = if receive {
         local_head(&path, &project.fields.git_branch).ok().flatten()
@@ -286,7 +394,7 @@ pub async fn serve(
         });
         match feed.await {
             Ok(Fed::All) => {}
-            Ok(Fed::TooLarge) => {
+            Ok(Fed::TooLarge(head)) => {
                 stop_git(&mut child).await;
                 reader.abort();
                 tracing::warn!(
@@ -294,7 +402,7 @@ pub async fn serve(
                     limit = max_push,
                     "push refused: larger than AUTODEPLOY_MAX_PUSH_BYTES"
                 );
-                return push_refused(max_push);
+                return push_refused(max_push, &head, gzipped);
             }
             Ok(Fed::Broken) | Err(_) => {
                 stop_git(&mut child).await;
