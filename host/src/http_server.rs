@@ -158,7 +158,7 @@ pub async fn serve(
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        tracing::debug!(error = %error_chain(&e), "connection ended with an error");
                     }
                 }
                 _ = stop.cancelled() => {
@@ -178,6 +178,18 @@ pub async fn serve(
     {
         tracing::warn!("connections still open after the shutdown grace period; dropped");
     }
+}
+
+/// An error with its causes: hyper's own message says only which step failed.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Errors that concern one connection only (it was reset before we took it).

@@ -227,6 +227,85 @@ async fn connections_past_the_cap_get_503_until_slots_free() {
     assert!(d.stop().success());
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_an_answer_is_dropped() {
+    let dir = temp_dir("edges-slow-reader");
+    let d = start(&dir, &[("AUTODEPLOY_IDLE_TIMEOUT_SECONDS", "2")]);
+    let id = d
+        .create_project(json!({"name": "fat", "project_type": "deployment"}))
+        .await;
+    // A pack far larger than what the sockets on both sides can buffer.
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("big.bin"), noise(32 << 20)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "big"]);
+    let bare = dir.join(format!("repos/{id}.git"));
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+
+    // Ask for the pack, then read nothing.
+    let mut body = format!("0032want {sha}\n0000").into_bytes();
+    body.extend_from_slice(b"0009done\n");
+    let mut s = TcpStream::connect(addr(&d)).unwrap();
+    let auth = base64_basic("x", ADMIN);
+    s.write_all(
+        format!(
+            "POST /git/{id}.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\n\
+             Content-Type: application/x-git-upload-pack-request\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    wait_until(
+        "the daemon drops the connection whose client stopped reading",
+        Duration::from_secs(60),
+        || async { d.log().contains("the client stopped reading") },
+    )
+    .await;
+    // What was buffered ends early: the connection is closed, not stuck.
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(30));
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    assert!(closed, "the connection is closed");
+    assert!(
+        got.len() < 32 << 20,
+        "the whole pack was sent ({} bytes)",
+        got.len()
+    );
+    assert!(d.stop().success());
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}").into_bytes();
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Bytes that do not compress, so the pack is as large as the file.
 fn noise(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
