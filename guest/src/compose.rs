@@ -237,7 +237,8 @@ fn starts_value(prev: Option<u8>, prev_opened: bool) -> bool {
 pub const MAX_EXPANDED_VALUES: usize = 500_000;
 
 /// Counts the values the document expands to, aliases replayed, and stops at
-/// [`MAX_EXPANDED_VALUES`] before anything is built. Only a file with an alias
+/// [`MAX_EXPANDED_VALUES`] before anything is built. Errors that need a
+/// built value (duplicate keys, empty tags) are left to the real parse. Only a file with an alias
 /// (`*`) can expand, so the others skip this second pass over the events.
 fn check_alias_expansion(yaml: &str) -> Result<(), String> {
     use serde::de::DeserializeSeed;
@@ -252,10 +253,11 @@ fn check_alias_expansion(yaml: &str) -> Result<(), String> {
                 "invalid YAML: aliases expand the file to more than {MAX_EXPANDED_VALUES} values"
             ));
         }
-        // Any other error is serde_yaml's own, and the real parse below
-        // reports it in the usual words.
-        if result.is_err() {
-            break;
+        // Any other error is serde_yaml's own (syntax, repetition or
+        // recursion limit), in the words the real parse would use: report it
+        // now rather than pay for the whole parse again.
+        if let Err(e) = result {
+            return Err(format!("invalid YAML: {e}"));
         }
     }
     Ok(())
@@ -608,7 +610,8 @@ mod tests {
 
     /// Nine levels of `<<` merges, each of nine copies of the level below.
     fn merge_bomb() -> String {
-        let mut yaml = String::from("m0: &m0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9}\n");
+        let mut yaml =
+            String::from("m0: &m0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9}\n");
         for i in 1..10 {
             let refs = vec![format!("*m{}", i - 1); 9].join(", ");
             yaml.push_str(&format!("m{i}: &m{i} {{<<: [{refs}], k{i}: 1}}\n"));
@@ -637,7 +640,10 @@ mod tests {
             let yaml = format!("x-pad:\n{pad}{bomb}");
             assert!(yaml.len() < MAX_COMPOSE_BYTES);
             let err = parse_compose(&yaml).unwrap_err();
-            assert!(err.contains("aliases expand the file to more than"), "{err}");
+            assert!(
+                err.contains("aliases expand the file to more than"),
+                "{err}"
+            );
         }
     }
 
@@ -647,7 +653,9 @@ mod tests {
             "x-defaults: &defaults\n  restart: always\n  labels: {tier: web, team: a}\nservices:\n",
         );
         for i in 0..10_000 {
-            yaml.push_str(&format!("  s{i}:\n    <<: *defaults\n    image: app{i}:1\n"));
+            yaml.push_str(&format!(
+                "  s{i}:\n    <<: *defaults\n    image: app{i}:1\n"
+            ));
         }
         let (images, _) = parse(&yaml);
         assert_eq!(images.len(), 10_000);

@@ -123,7 +123,9 @@ async fn sighup_reloads_the_policy_file_and_keeps_the_old_one_if_the_new_fails()
     std::fs::write(&file, variant("two")).unwrap();
     d.signal("HUP");
     let mut now = one.clone();
-    for _ in 0..50 {
+    // A reload compiles the component and runs the self-test: seconds on a
+    // loaded debug build.
+    for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         now = active_sha(&d).await;
         if now != one {

@@ -49,14 +49,15 @@ const KEEP_RESIDENT: usize = 2 << 20;
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Instructions one call may run by default: [`MIN_FUEL`] and some more, for
-/// policies that do a little more than the bundled one. About four seconds
-/// of guest time on one core of the 2-core development machine.
+/// policies that do a little more than the bundled one. A few seconds of
+/// guest time on one core of the 2-core development machine.
 pub const DEFAULT_FUEL: u64 = 4_000_000_000;
 
 /// The smallest budget the command line accepts. The bundled policy needs up
 /// to ~2 billion instructions for a valid compose file at the 1 MiB size
 /// limit (a 10,000-service file: ~0.43 billion); below this some would fail.
 pub const MIN_FUEL: u64 = 2_500_000_000;
+const _: () = assert!(DEFAULT_FUEL >= MIN_FUEL);
 
 /// The default wall-clock backstop: several times what the default budget
 /// takes to burn on an idle core, so only a host stalled far beyond normal
@@ -469,8 +470,7 @@ fn classify(
             call,
             limit: config.memory_limit,
         }
-    } else if let (Some(Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref::<Trap>(), config.fuel)
-    {
+    } else if let (Some(Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref::<Trap>(), config.fuel) {
         PolicyError::Budget { call, fuel }
     } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         PolicyError::Deadline {
