@@ -48,7 +48,7 @@ async fn image_watch_tick_over_1000_projects() {
         &PolicyArgs {
             policy: None,
             policy_fuel: autodeploy::policy::DEFAULT_FUEL,
-            policy_deadline_ms: 10_000,
+            policy_deadline_ms: 30_000,
             policy_memory_mib: 64,
         },
     )
