@@ -67,6 +67,7 @@ async fn app(data_dir: &Path) -> Arc<App> {
         database_url: None,
         git_timeout_seconds: 30,
         registry: Default::default(),
+        git_transport: Default::default(),
     };
     let policy = PolicyArgs {
         policy: None,

@@ -19,6 +19,10 @@ pub const SQLITE: &[Migration] = &[
         name: "0002_image_projects.sql",
         sql: include_str!("../../../migrations/sqlite/0002_image_projects.sql"),
     },
+    Migration {
+        name: "0004_ssh_known_hosts.sql",
+        sql: include_str!("../../../migrations/sqlite/0004_ssh_known_hosts.sql"),
+    },
 ];
 
 pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {
