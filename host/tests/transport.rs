@@ -141,10 +141,7 @@ async fn autodeploy_git_ca_verifies_an_https_remote_and_its_name() {
     }
     let r = result(&tick, "wrong-name");
     assert_eq!(r["outcome"], "error", "{tick}");
-    assert!(
-        r["error"].as_str().unwrap().contains("certificate"),
-        "{r}"
-    );
+    assert!(r["error"].as_str().unwrap().contains("certificate"), "{r}");
     assert!(d.deployments(wrong_name).await.is_empty());
     let requests = nginx.requests();
     assert!(
@@ -242,8 +239,10 @@ async fn a_credential_on_plain_http_is_refused_unless_the_host_is_loopback_or_li
         .admin(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "anon", "project_type": "deployment", "git_source": "external",
-                        "git_url": "http://git.example.com/r.git"})),
+            Some(
+                json!({"name": "anon", "project_type": "deployment", "git_source": "external",
+                        "git_url": "http://git.example.com/r.git"}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -377,7 +376,9 @@ async fn a_password_in_git_url_is_refused_and_never_repeated_or_stored() {
         r["error"].as_str().unwrap_or("").contains("password"),
         "{r}"
     );
-    let shown = d.ok(Method::GET, &format!("/api/projects/{id}"), None).await;
+    let shown = d
+        .ok(Method::GET, &format!("/api/projects/{id}"), None)
+        .await;
     for (what, text) in [
         ("tick", tick.to_string()),
         ("project", shown.to_string()),
@@ -431,7 +432,9 @@ async fn pinned_ssh_host_keys_are_enforced_and_a_mismatch_deploys_nothing() {
         body
     };
     let pinned_text = format!("# the server's key\n{right}\n");
-    let pinned = d.create_project(project("pinned", Some(&pinned_text))).await;
+    let pinned = d
+        .create_project(project("pinned", Some(&pinned_text)))
+        .await;
     let mismatch = d.create_project(project("mismatch", Some(&wrong))).await;
     let unpinned = d.create_project(project("unpinned", None)).await;
     let shown = d
@@ -483,17 +486,9 @@ async fn pinned_ssh_host_keys_are_enforced_and_a_mismatch_deploys_nothing() {
     let elsewhere = format!("other.example {}", right.split_once(' ').unwrap().1);
     for (pins, body_url, expected) in [
         ("127.0.0.1 ssh-ed25519", url.as_str(), "line 1"),
-        (
-            "#c\n[127.0.0.1]:1 ssh-ed25519 %%%",
-            url.as_str(),
-            "line 2",
-        ),
+        ("#c\n[127.0.0.1]:1 ssh-ed25519 %%%", url.as_str(), "line 2"),
         (right.as_str(), "https://git.example/r.git", "ssh://"),
-        (
-            elsewhere.as_str(),
-            url.as_str(),
-            "no line for [127.0.0.1]",
-        ),
+        (elsewhere.as_str(), url.as_str(), "no line for [127.0.0.1]"),
     ] {
         let mut body = project("bad-pins", Some(pins));
         body["git_url"] = json!(body_url);

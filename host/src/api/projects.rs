@@ -471,8 +471,8 @@ fn check_known_hosts(f: &ProjectFields, known_hosts: Option<&str>) -> ApiResult<
             "ssh_known_hosts pins SSH host keys: it needs an external project with an ssh:// or user@host:path git_url",
         ));
     };
-    let pins = crate::git::KnownHosts::parse(text)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let pins =
+        crate::git::KnownHosts::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !pins.covers(&remote.host, remote.port) {
         return Err(ApiError::bad_request(format!(
             "ssh_known_hosts has no line for {} (use [host]:port for a port other than 22)",

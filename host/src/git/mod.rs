@@ -141,10 +141,16 @@ impl Verify {
         redact: &dyn Fn(String) -> String,
     ) -> GitError {
         let url = self.shown.clone();
-        if let Some(message) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(message) = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             return GitError::HostKey { url, message };
         }
-        if e.code() == git2::ErrorCode::Certificate {
+        // A TLS failure happens during the handshake, before any request.
+        if e.code() == git2::ErrorCode::Certificate || e.class() == git2::ErrorClass::Ssl {
             return GitError::Certificate {
                 url,
                 message: redact(e.message().to_string()),

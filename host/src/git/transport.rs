@@ -132,8 +132,7 @@ pub fn is_insecure(host: &str) -> bool {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .insecure_hosts
-        .iter()
-        .any(|h| *h == host)
+        .contains(&host)
 }
 
 fn normalize_host(host: &str) -> String {
@@ -355,7 +354,10 @@ impl KnownHosts {
             });
         }
         if entries.is_empty() {
-            return Err(err(0, "no host key lines (set null to accept any host key)"));
+            return Err(err(
+                0,
+                "no host key lines (set null to accept any host key)",
+            ));
         }
         Ok(KnownHosts { entries })
     }
