@@ -440,8 +440,10 @@ fn check_git_url(url: &str, credential: Option<&CredentialInput>) -> ApiResult<(
     let https = matches!(scheme, "https" | "http");
     let ssh = scheme == "ssh";
     if !(https || ssh || matches!(scheme, "git" | "file")) {
+        // Shown without any password (there is none here: it was refused above).
         return bad(format!(
-            "git_url must be https://, http://, ssh://, git://, file:// or user@host:path, not {scheme}://"
+            "git_url {:?} must be https://, http://, ssh://, git://, file:// or user@host:path",
+            crate::git::shown_url(url)
         ));
     }
     match credential {
