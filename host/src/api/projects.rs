@@ -1,6 +1,7 @@
 //! `/api/projects`: CRUD, the auto-deploy toggle (decided by the policy),
 //! write-only credentials, push tokens and deployments.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -42,6 +43,9 @@ pub struct CreateProject {
     container_port: Option<i64>,
     /// SSH host keys to pin, as known_hosts lines.
     ssh_known_hosts: Option<String>,
+    /// Node labels (all pairs) a node needs to claim this project.
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
 }
 
 /// Absent fields stay as they are; `null` clears a clearable one.
@@ -66,6 +70,9 @@ pub struct UpdateProject {
     container_port: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
     ssh_known_hosts: Option<Option<String>>,
+    /// `null` or `{}` clears it.
+    #[serde(default, deserialize_with = "present")]
+    node_selector: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -113,6 +120,7 @@ pub async fn create(
     };
     validate(&fields, req.credentials.as_ref())?;
     check_known_hosts(&fields, req.ssh_known_hosts.as_deref())?;
+    super::admin::check_labels("node_selector", &req.node_selector)?;
     let mut fields = fields;
     if req.auto_deploy_enabled {
         let view = fields.policy_view();
@@ -143,6 +151,18 @@ pub async fn create(
             return Err(e.into());
         }
         project.ssh_known_hosts = Some(lines);
+    }
+    if !req.node_selector.is_empty() {
+        if let Err(e) = app
+            .store
+            .set_node_selector(project.id, &req.node_selector)
+            .await
+        {
+            // No project without the selector it was asked with.
+            let _ = app.store.delete_project(project.id).await;
+            return Err(e.into());
+        }
+        project.node_selector = req.node_selector;
     }
     if project.fields.git_source == GitSource::Hosted {
         let path = crate::git::hosted_path(&app.data_dir, project.id);
@@ -225,6 +245,10 @@ pub async fn update(
         .clone()
         .unwrap_or_else(|| current.ssh_known_hosts.clone());
     check_known_hosts(&f, pins.as_deref())?;
+    let selector = req.node_selector.map(Option::unwrap_or_default);
+    if let Some(selector) = &selector {
+        check_selector_change(&app, &current, selector).await?;
+    }
     if let Some(enable) = req.auto_deploy_enabled
         && enable != current.fields.auto_deploy_enabled
     {
@@ -240,7 +264,7 @@ pub async fn update(
         app.store
             .log_event(
                 Some(id),
-                "auto-deploy.toggled",
+                crate::store::EventKind::AutoDeployToggled,
                 &format!("auto-deploy {word}"),
             )
             .await?;
@@ -259,10 +283,21 @@ pub async fn update(
             "ssh host key pins removed: any host key is accepted"
         };
         app.store
-            .log_event(Some(id), "ssh-known-hosts.changed", what)
+            .log_event(
+                Some(id),
+                crate::store::EventKind::SshKnownHostsChanged,
+                what,
+            )
             .await?;
     }
-    Ok(Json(app.store.update_project(id, &f).await?))
+    let updated = app.store.update_project(id, &f).await?;
+    match selector {
+        Some(selector) => {
+            app.store.set_node_selector(id, &selector).await?;
+            Ok(Json(app.store.project(id).await?))
+        }
+        None => Ok(Json(updated)),
+    }
 }
 
 pub async fn delete(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
@@ -296,7 +331,11 @@ pub async fn rotate_push_token(
         .set_push_token_hash(id, &token_hash(token.expose()))
         .await?;
     app.store
-        .log_event(Some(id), "push-token.rotated", "push token rotated")
+        .log_event(
+            Some(id),
+            crate::store::EventKind::PushTokenRotated,
+            "push token rotated",
+        )
         .await?;
     Ok(Json(PushToken {
         push_token: token.expose().to_string(),
@@ -326,6 +365,29 @@ pub async fn deploy(
     let project = app.store.project(id).await?;
     let d = pipeline::trigger(&app, &project, Trigger::manual()).await?;
     Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// A new node selector must be well formed and, for a project pinned to a
+/// node, match that node: the project cannot move (its volumes live there).
+async fn check_selector_change(
+    app: &App,
+    project: &ProjectRecord,
+    selector: &BTreeMap<String, String>,
+) -> ApiResult<()> {
+    super::admin::check_labels("node_selector", selector)?;
+    if let Some(pinned) = project.pinned_node_id {
+        let node = app.store.node(pinned).await?;
+        if !crate::store::selector_matches(selector, &node.labels) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "node_selector does not match node {}, which this project is pinned to (its named volumes live there); delete that node with ?force=true to unpin it",
+                    node.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {

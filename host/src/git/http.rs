@@ -1,6 +1,7 @@
 //! Hosted repositories over git's smart HTTP protocol, at
 //! `/git/{project_id}.git/...`. The daemon checks HTTP basic auth (the
-//! project's push token or the admin token as the password), then hands the
+//! project's push token or the admin token as the password; for fetches, a
+//! node token while that node runs one of the project's deployments), then hands the
 //! request to `git http-backend` as a CGI program: the protocol, including
 //! gzip request bodies, is git's own. After a push the tracked branch is
 //! compared and, if it moved, the trigger runs before the push returns.
@@ -69,8 +70,9 @@ pub async fn serve(
             "authentication required: use the project's push token as the password",
         );
     };
-    // Pushes take the project's push token (or the admin token); deploy
-    // nodes' agents may also fetch, with their node token.
+    // Pushes take the project's push token (or the admin token). A deploy
+    // node's token may fetch, never push, and only while that node runs a
+    // deployment of this project: a node sees no other project's code.
     let push = rest == "git-receive-pack"
         || query
             .as_deref()
@@ -83,7 +85,7 @@ pub async fn serve(
                 .project_by_push_token_hash(id, &hash)
                 .await
                 .unwrap_or(false)
-                || (!push && matches!(app.store.node_by_token_hash(&hash).await, Ok(Some(_))))
+                || (!push && node_may_fetch(&app, &hash, id).await)
         }
         Err(_) => false,
     };
@@ -199,6 +201,19 @@ pub async fn serve(
         }
     }
     response
+}
+
+/// Whether `hash` is a node token whose node holds a running deployment of
+/// the project. A store error refuses.
+async fn node_may_fetch(app: &App, hash: &str, project_id: i64) -> bool {
+    match app.store.node_by_token_hash(hash).await {
+        Ok(Some(node)) => app
+            .store
+            .node_holds_project(node.id, project_id)
+            .await
+            .unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// Reads a CGI response's header block: `Status:` sets the status; the rest
