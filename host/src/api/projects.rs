@@ -538,10 +538,10 @@ fn check_known_hosts(f: &ProjectFields, known_hosts: Option<&str>) -> ApiResult<
     let pins =
         crate::git::KnownHosts::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !pins.covers(&remote.host, remote.port) {
-        return Err(ApiError::bad_request(format!(
-            "ssh_known_hosts has no line for {} (use [host]:port for a port other than 22)",
-            crate::git::transport::known_hosts_name(&remote.host, remote.port)
-        )));
+        // The host is not named: error answers never repeat request values.
+        return Err(ApiError::bad_request(
+            "ssh_known_hosts has no line for the git_url's host (use [host]:port for a port other than 22)",
+        ));
     }
     Ok(())
 }

@@ -19,9 +19,9 @@ pub enum TransportError {
     )]
     PasswordInUrl,
     #[error(
-        "a credential is only sent over http:// to loopback hosts or hosts listed in AUTODEPLOY_INSECURE_GIT_HOSTS; use https:// for {0}"
+        "a credential is only sent over http:// to loopback hosts or hosts listed in AUTODEPLOY_INSECURE_GIT_HOSTS: use https://"
     )]
-    PlainHttpCredential(String),
+    PlainHttpCredential,
     #[error("AUTODEPLOY_GIT_CA {path}: {message}")]
     CaFile { path: String, message: String },
     #[error("AUTODEPLOY_INSECURE_GIT_HOSTS entry {0:?} is not a host name or IP address")]
@@ -227,7 +227,7 @@ pub fn check_remote(url: &str, has_credential: bool) -> Result<RemoteUrl, Transp
         && !is_loopback(&remote.host)
         && !is_insecure(&remote.host)
     {
-        return Err(TransportError::PlainHttpCredential(remote.host));
+        return Err(TransportError::PlainHttpCredential);
     }
     Ok(remote)
 }
@@ -528,7 +528,7 @@ mod tests {
         }
         let refused = check_remote("http://example.com/r.git", true);
         assert!(
-            matches!(refused, Err(TransportError::PlainHttpCredential(ref h)) if h == "example.com"),
+            matches!(refused, Err(TransportError::PlainHttpCredential)),
             "{refused:?}"
         );
         assert!(check_remote("http://example.com/r.git", false).is_ok());
