@@ -808,7 +808,7 @@ impl Store for SqlStore {
                 )
             } else {
                 // As for an offline node: the change is tried again later.
-                give_back_tracked_state(&mut *tx, dep).await?;
+                give_back_tracked_state(&mut tx, dep).await?;
                 format!(
                     "node {} was deleted while this deployment was queued for it",
                     node.name
@@ -1034,7 +1034,7 @@ impl Store for SqlStore {
                 // it was before this deployment, so the next tick (once the
                 // node is back) tries the change again. A queued deployment
                 // absorbs every later trigger, so nothing newer is undone.
-                give_back_tracked_state(&mut *tx, id).await?;
+                give_back_tracked_state(&mut tx, id).await?;
                 refuse_to_migrate(&node)
             };
             sqlx::query("UPDATE deployments SET status = 'failed', error = $1, updated_at = $2, finished_at = $3 WHERE id = $4")
