@@ -507,3 +507,89 @@ async fn pinned_ssh_host_keys_are_enforced_and_a_mismatch_deploys_nothing() {
         );
     }
 }
+
+/// A deploy agent, killed when dropped.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_agent_enforces_the_pins_on_its_checkout() {
+    let dir = temp_dir("transport-agent-pins");
+    let repos = dir.join("repos");
+    bare_with_commit(&repos.join("ssh.git"));
+    let (sshd, key) = sshd(&dir.join("sshd"));
+    let other = dir.join("other_key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let wrong = known_hosts_line(sshd.port, &other.with_extension("pub"));
+
+    let d = quiet_daemon(&dir.join("data"), &[]).await;
+    let id = d
+        .create_project(json!({"name": "pinned-compose", "project_type": "compose",
+            "git_source": "external", "expose_service": "web", "expose_port": 8080,
+            "git_url": format!("ssh://{}@127.0.0.1:{}{}", whoami(), sshd.port,
+                               repos.join("ssh.git").display()),
+            "credentials": {"kind": "ssh", "private_key": key},
+            "ssh_known_hosts": wrong}))
+        .await;
+    let node = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "edge"})))
+        .await;
+    let token = node["token"].as_str().unwrap().to_string();
+    let work = dir.join("agent");
+    std::fs::create_dir_all(&work).unwrap();
+    let _agent = Agent(
+        std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+            .args(["agent", "--control-plane", &d.url, "--token", &token])
+            .args(["--heartbeat-seconds", "1"])
+            .arg("--work-dir")
+            .arg(&work)
+            .env_remove("AUTODEPLOY_GIT_CA")
+            .env_remove("AUTODEPLOY_INSECURE_GIT_HOSTS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+            .spawn()
+            .expect("start the agent"),
+    );
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{id}/deployments"),
+        None,
+    )
+    .await;
+    let d = &d;
+    common::wait_until(
+        "the agent reports the deployment finished",
+        std::time::Duration::from_secs(60),
+        || async move {
+            let status = d.deployments(id).await[0]["status"].clone();
+            matches!(status.as_str(), Some("failed" | "succeeded"))
+        },
+    )
+    .await;
+    let last = d.deployments(id).await[0].clone();
+    assert_eq!(last["status"], "failed", "{last}");
+    let error = last["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("host key mismatch") && error.contains("nothing was sent"),
+        "{last}"
+    );
+    assert!(
+        !work
+            .join("projects")
+            .join(id.to_string())
+            .join("file.txt")
+            .exists(),
+        "nothing was checked out"
+    );
+}
