@@ -13,8 +13,9 @@ pub const MAX_COMPOSE_BYTES: usize = 1024 * 1024;
 /// resolved without the deploy node's environment, so they are not watched).
 ///
 /// Anchors, aliases and `<<` merge keys resolve as docker compose resolves
-/// them. Alias bombs and deep nesting end in an error from serde_yaml's
-/// repetition and recursion limits, never in a hang.
+/// them. Alias and merge bombs and deep nesting end in an error of their own
+/// (serde_yaml's repetition and recursion limits, or the checks below), never
+/// in a hang or in exhausting the host's instruction budget.
 pub fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
     if yaml.len() > MAX_COMPOSE_BYTES {
         return Err(format!(
@@ -23,10 +24,14 @@ pub fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
         ));
     }
     check_flow_nesting(yaml)?;
+    check_alias_expansion(yaml)?;
     let mut doc: Value = serde_yaml::from_str(yaml).map_err(|e| format!("invalid YAML: {e}"))?;
     resolve_merges(&mut doc)?;
 
     let mut out = ComposeImages::default();
+    // Seen images, for de-duplication in linear time: 10,000 services would
+    // cost ~2 billion instructions with a scan of the list per image.
+    let mut seen = std::collections::BTreeSet::new();
     let services = match untag(&doc) {
         Value::Null => return Ok(out),
         Value::Mapping(top) => match top.get("services").map(untag) {
@@ -79,8 +84,8 @@ pub fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
             continue;
         }
         match unescape(raw).map_err(|e| format!("services.{name}.image {raw:?}: {e}"))? {
-            Some(literal) => push_unique(&mut out.images, literal),
-            None => push_unique(&mut out.skipped, raw.to_string()),
+            Some(literal) => push_unique(&mut out.images, &mut seen, literal, false),
+            None => push_unique(&mut out.skipped, &mut seen, raw.to_string(), true),
         }
     }
     Ok(out)
@@ -136,6 +141,9 @@ pub const MAX_FLOW_DEPTH: usize = 128;
 /// [`MAX_FLOW_DEPTH`]. A bracket counts only where a collection can start
 /// (after `:`, `-`, `,`, `?`, another bracket, or at a line start), outside
 /// quotes and comments, so text like `command: echo [` is not miscounted.
+/// A node's properties (a `!tag` or an `&anchor`) sit between that position
+/// and the collection, so a bracket right after them counts too: `!t [` and
+/// `&a [` repeated nest as deep as `[` repeated.
 fn check_flow_nesting(yaml: &str) -> Result<(), String> {
     let (mut depth, mut line) = (0usize, 1usize);
     let mut quote: Option<u8> = None;
@@ -146,10 +154,15 @@ fn check_flow_nesting(yaml: &str) -> Result<(), String> {
     let mut after_blank = true;
     // Whether `prev` was a bracket that opened a counted collection.
     let mut prev_opened = false;
+    // Inside a node property, and whether one just ended: either way the
+    // position where a value may start carries on past it.
+    let mut in_property = false;
+    let mut after_property = false;
     let mut bytes = yaml.bytes();
     while let Some(b) = bytes.next() {
         if b == b'\n' {
             (line, comment, prev, after_blank) = (line + 1, false, None, true);
+            (in_property, after_property) = (false, false);
             continue;
         }
         if comment {
@@ -165,15 +178,33 @@ fn check_flow_nesting(yaml: &str) -> Result<(), String> {
             continue;
         }
         if b == b' ' || b == b'\t' {
+            if in_property {
+                (in_property, after_property) = (false, true);
+            }
             after_blank = true;
             continue;
         }
+        if in_property {
+            // A property ends at a blank; libyaml refuses a bracket glued to
+            // one, but counting it costs nothing and errs on the safe side.
+            if !matches!(b, b'[' | b'{') {
+                continue;
+            }
+            (in_property, after_property) = (false, true);
+        }
+        let at_value = after_property || starts_value(prev, prev_opened);
         match b {
             b'#' if after_blank => comment = true,
-            b'\'' | b'"' if starts_value(prev, prev_opened) => quote = Some(b),
-            b'[' | b'{' if starts_value(prev, prev_opened) => {
+            b'!' | b'&' if at_value => {
+                (in_property, after_property) = (true, false);
+                after_blank = false;
+                continue;
+            }
+            b'\'' | b'"' if at_value => quote = Some(b),
+            b'[' | b'{' if at_value => {
                 depth += 1;
                 prev_opened = true;
+                after_property = false;
                 prev = Some(b);
                 after_blank = false;
                 if depth > MAX_FLOW_DEPTH {
@@ -188,6 +219,7 @@ fn check_flow_nesting(yaml: &str) -> Result<(), String> {
         }
         prev = Some(b);
         prev_opened = false;
+        after_property = false;
         after_blank = false;
     }
     Ok(())
@@ -195,6 +227,115 @@ fn check_flow_nesting(yaml: &str) -> Result<(), String> {
 
 fn starts_value(prev: Option<u8>, prev_opened: bool) -> bool {
     prev_opened || matches!(prev, None | Some(b':' | b'-' | b',' | b'?'))
+}
+
+/// Values a document may expand to through aliases: about what 1 MiB can
+/// hold without any (`[a,a,...]`, ~520,000). serde_yaml bounds alias jumps
+/// only by 100 per event, which in a file padded towards 1 MiB allows
+/// hundreds of millions of values, far past any memory cap; docker compose
+/// (yaml.v3) refuses such "excessive aliasing" too.
+pub const MAX_EXPANDED_VALUES: usize = 500_000;
+
+/// Counts the values the document expands to, aliases replayed, and stops at
+/// [`MAX_EXPANDED_VALUES`] before anything is built. Errors that need a
+/// built value (duplicate keys, empty tags) are left to the real parse. Only a file with an alias
+/// (`*`) can expand, so the others skip this second pass over the events.
+fn check_alias_expansion(yaml: &str) -> Result<(), String> {
+    use serde::de::DeserializeSeed;
+    if !yaml.contains('*') {
+        return Ok(());
+    }
+    let left = std::cell::Cell::new(MAX_EXPANDED_VALUES);
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let result = Count(&left).deserialize(document);
+        if result.is_err() && left.get() == 0 {
+            return Err(format!(
+                "invalid YAML: aliases expand the file to more than {MAX_EXPANDED_VALUES} values"
+            ));
+        }
+        // Any other error is serde_yaml's own (syntax, repetition or
+        // recursion limit), in the words the real parse would use: report it
+        // now rather than pay for the whole parse again.
+        if let Err(e) = result {
+            return Err(format!("invalid YAML: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// A visitor that builds nothing and counts every value it is shown.
+struct Count<'a>(&'a std::cell::Cell<usize>);
+
+impl Count<'_> {
+    fn tick<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom("too many values")),
+            n => {
+                self.0.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        use serde::de::DeserializeSeed;
+        self.tick()?;
+        Count(self.0).deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while seq.next_element_seed(Count(self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while map.next_key_seed(Count(self.0))?.is_some() {
+            map.next_value_seed(Count(self.0))?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        // A tagged value: the tag is the variant, the value its content.
+        self.tick()?;
+        let (serde::de::IgnoredAny, content) = data.variant()?;
+        content.newtype_variant_seed(Count(self.0))
+    }
 }
 
 /// Applies `<<` merge keys the way docker compose (yaml.v3) does: a merge
@@ -252,8 +393,14 @@ fn resolve_merges(v: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
-fn push_unique(list: &mut Vec<String>, item: String) {
-    if !list.contains(&item) {
+/// `seen` holds both lists' entries, each marked with the list it is in.
+fn push_unique(
+    list: &mut Vec<String>,
+    seen: &mut std::collections::BTreeSet<(bool, String)>,
+    item: String,
+    skipped: bool,
+) {
+    if seen.insert((skipped, item.clone())) {
         list.push(item);
     }
 }
@@ -395,5 +542,123 @@ mod tests {
         );
         let big = "#".repeat(10 * 1024 * 1024);
         assert!(parse_compose(&big).unwrap_err().contains("limit"));
+    }
+
+    /// `open` repeated `depth` times around `x`, each closed again.
+    fn nested(open: &str, depth: usize) -> String {
+        let closers: String = open
+            .chars()
+            .rev()
+            .filter_map(|c| match c {
+                '[' => Some(']'),
+                '{' => Some('}'),
+                _ => None,
+            })
+            .collect();
+        format!("{}x{}", open.repeat(depth), closers.repeat(depth))
+    }
+
+    const BEHIND_PROPERTIES: [&str; 7] = [
+        "!t [",
+        "&a [",
+        "!t &a [",
+        "&a !!seq [",
+        "!t {k: ",
+        "&a {k: ",
+        "!t[",
+    ];
+
+    #[test]
+    fn nesting_behind_tags_and_anchors_is_counted() {
+        for open in BEHIND_PROPERTIES {
+            let yaml = format!(
+                "services:\n  web:\n    image: x:1\n    labels: {}\n",
+                nested(open, 10_000)
+            );
+            let err = parse_compose(&yaml).unwrap_err();
+            assert!(err.contains("deeper than 128"), "{open:?}: {err}");
+            // On a line of its own, after a sequence dash, and in flow.
+            for yaml in [
+                format!("x:\n{}\n", nested(open, 200)),
+                format!("x:\n  - {}\n", nested(open, 200)),
+                format!("x: [{}]\n", nested(open, 200)),
+            ] {
+                let err = parse_compose(&yaml).unwrap_err();
+                assert!(err.contains("deeper than 128"), "{open:?}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn tags_and_anchors_in_text_are_not_nesting() {
+        let yaml = format!(
+            "services:\n  a:\n    image: x:1\n    command: echo !t {} &a {}\n    labels: [\"!t {}\"]\n",
+            "[".repeat(200),
+            "[".repeat(200),
+            "[".repeat(200)
+        );
+        assert_eq!(parse(&yaml).0, ["x:1"]);
+        // Moderate nesting behind properties is valid and parses.
+        for open in ["!t [", "&a [", "!t {k: "] {
+            let yaml = format!(
+                "services:\n  a:\n    image: x:1\n    x-deep: {}\n",
+                nested(open, 40)
+            );
+            assert_eq!(parse(&yaml).0, ["x:1"], "{open:?}");
+        }
+    }
+
+    /// Nine levels of `<<` merges, each of nine copies of the level below.
+    fn merge_bomb() -> String {
+        let mut yaml =
+            String::from("m0: &m0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9}\n");
+        for i in 1..10 {
+            let refs = vec![format!("*m{}", i - 1); 9].join(", ");
+            yaml.push_str(&format!("m{i}: &m{i} {{<<: [{refs}], k{i}: 1}}\n"));
+        }
+        yaml.push_str("services:\n  web:\n    <<: *m9\n    image: x:1\n");
+        yaml
+    }
+
+    #[test]
+    fn merge_bombs_end_in_the_repetition_limit() {
+        let err = parse_compose(&merge_bomb()).unwrap_err();
+        assert!(err.contains("repetition limit"), "{err}");
+    }
+
+    #[test]
+    fn bombs_padded_towards_the_size_limit_end_in_the_expansion_limit() {
+        // Padding raises serde_yaml's own repetition limit (100 alias jumps
+        // per event) to tens of millions: the expansion cap must stop it.
+        let pad: String = "- a\n".repeat(200_000);
+        let mut laughs = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            laughs.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        for bomb in [laughs, merge_bomb()] {
+            let yaml = format!("x-pad:\n{pad}{bomb}");
+            assert!(yaml.len() < MAX_COMPOSE_BYTES);
+            let err = parse_compose(&yaml).unwrap_err();
+            assert!(
+                err.contains("aliases expand the file to more than"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn aliases_within_the_limit_parse() {
+        let mut yaml = String::from(
+            "x-defaults: &defaults\n  restart: always\n  labels: {tier: web, team: a}\nservices:\n",
+        );
+        for i in 0..10_000 {
+            yaml.push_str(&format!(
+                "  s{i}:\n    <<: *defaults\n    image: app{i}:1\n"
+            ));
+        }
+        let (images, _) = parse(&yaml);
+        assert_eq!(images.len(), 10_000);
+        assert_eq!(images[9_999], "app9999:1");
     }
 }

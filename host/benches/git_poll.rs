@@ -72,7 +72,8 @@ async fn app(data_dir: &Path) -> Arc<App> {
     };
     let policy = PolicyArgs {
         policy: None,
-        policy_deadline_ms: 100,
+        policy_fuel: autodeploy::policy::DEFAULT_FUEL,
+        policy_deadline_ms: 30_000,
         policy_memory_mib: 64,
     };
     open(&args, &policy).await.unwrap()

@@ -2,7 +2,9 @@
 //! (a) the guest's functions as native Rust,
 //! (b) through the component with a fresh instance per decision (what the
 //!     daemon does),
-//! (c) through the component on one reused instance.
+//! (c) through the component on one reused instance;
+//! (b) and (c) with the instruction budget (fuel, what the daemon runs) and
+//! with the wall-clock deadline alone, to show what metering costs.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -59,6 +61,20 @@ fn bench(c: &mut Criterion) {
 
     let runtime = PolicyRuntime::new(PolicyConfig::default()).unwrap();
     let policy = runtime.load_bundled().unwrap();
+    let unmetered_runtime = PolicyRuntime::new(PolicyConfig {
+        fuel: None,
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+    let unmetered = unmetered_runtime.load_bundled().unwrap();
+    {
+        let mut session = policy.session().unwrap();
+        session.parse_compose(&yaml).unwrap();
+        let parse = session.last_fuel().unwrap();
+        session.decide_images(&project, &prior, &lookups).unwrap();
+        let decide = session.last_fuel().unwrap();
+        println!("instructions: parse-compose {parse}, decide-images {decide}");
+    }
 
     let mut group = c.benchmark_group("parse-compose+decide-images/20 services");
     group.bench_function("a native", |b| {
@@ -87,6 +103,40 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("instantiate only", |b| b.iter(|| policy.session().unwrap()));
+    group.bench_function("b' fresh instance, deadline only (no fuel)", |b| {
+        b.iter(|| {
+            let found = unmetered.parse_compose(black_box(&yaml)).unwrap();
+            assert_eq!(found.images.len(), 20);
+            let d = unmetered.decide_images(&project, &prior, &lookups).unwrap();
+            assert!(d.trigger);
+        })
+    });
+    let mut bare = unmetered.session().unwrap();
+    group.bench_function("c' reused instance, deadline only (no fuel)", |b| {
+        b.iter(|| {
+            let found = bare.parse_compose(black_box(&yaml)).unwrap();
+            assert_eq!(found.images.len(), 20);
+            let d = bare.decide_images(&project, &prior, &lookups).unwrap();
+            assert!(d.trigger);
+        })
+    });
+    group.finish();
+
+    // A parse that runs ~430 million guest instructions: the host's share
+    // (instantiation, copying the file in) is negligible, so the ratio is
+    // what metering costs the guest's own code, even in a debug host build.
+    let mut big = String::from("services:\n");
+    for i in 0..10_000 {
+        big.push_str(&format!("  s{i}:\n    image: r/app{i}:1\n"));
+    }
+    let mut group = c.benchmark_group("parse-compose/10,000 services");
+    group.sample_size(10);
+    group.bench_function("fuel", |b| {
+        b.iter(|| assert_eq!(policy.parse_compose(&big).unwrap().images.len(), 10_000))
+    });
+    group.bench_function("deadline only (no fuel)", |b| {
+        b.iter(|| assert_eq!(unmetered.parse_compose(&big).unwrap().images.len(), 10_000))
+    });
     group.finish();
 }
 

@@ -548,7 +548,7 @@ type RawCase = (Method, String, Option<&'static str>, Vec<u8>, StatusCode);
 #[tokio::test]
 async fn every_error_is_json() {
     let dir = temp_dir("api-json-errors");
-    let d = Daemon::start_with(&dir, &[], &[("AUTODEPLOY_POLICY_DEADLINE_MS", "10000")]);
+    let d = Daemon::start(&dir);
     let id = d.create_project(compose("p")).await;
     let big_json = format!("{{\"name\": \"{}\"}}", "x".repeat(3 << 20)).into_bytes();
     let json = Some("application/json");
@@ -679,7 +679,7 @@ async fn every_error_is_json() {
 #[tokio::test]
 async fn no_request_value_is_echoed_in_an_error() {
     let dir = temp_dir("api-no-echo");
-    let d = Daemon::start_with(&dir, &[], &[("AUTODEPLOY_POLICY_DEADLINE_MS", "10000")]);
+    let d = Daemon::start(&dir);
     let secret = "ghp_LEAKEDLEAKEDLEAKED0123456789abcdefgh";
     let bodies = [
         // An escaped quote inside the value once ended the redaction early.

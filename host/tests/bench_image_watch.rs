@@ -49,7 +49,8 @@ async fn image_watch_tick_over_1000_projects() {
         &args,
         &PolicyArgs {
             policy: None,
-            policy_deadline_ms: 100,
+            policy_fuel: autodeploy::policy::DEFAULT_FUEL,
+            policy_deadline_ms: 30_000,
             policy_memory_mib: 64,
         },
     )

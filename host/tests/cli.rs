@@ -196,3 +196,28 @@ fn settings_below_their_minimum_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn policy_fuel_is_configurable_down_to_a_documented_minimum() {
+    let yaml = "services: {a: {image: x:1}}";
+    // The minimum itself is accepted, by flag and by environment.
+    let min = autodeploy::policy::MIN_FUEL.to_string();
+    let ok = json_out(&autodeploy(
+        &["policy", "parse-compose", "-", "--policy-fuel", &min],
+        yaml,
+    ));
+    assert_eq!(ok["images"], serde_json::json!(["x:1"]));
+    let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+        .args(["policy", "parse-compose", "-"])
+        .env_remove("AUTODEPLOY_POLICY")
+        .env("AUTODEPLOY_POLICY_FUEL", "1000")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("policy-fuel") && stderr.contains(&min),
+        "{stderr}"
+    );
+}

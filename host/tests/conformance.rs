@@ -3,7 +3,7 @@
 
 mod common;
 
-use autodeploy::policy::selftest::run_case;
+use autodeploy::policy::selftest::{run_case, self_test};
 use autodeploy_guest::vectors::{cases, check, run_native};
 
 #[test]
@@ -31,4 +31,23 @@ fn component_meets_every_vector_and_matches_native() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn every_vector_and_the_self_test_pass_with_both_cores_saturated() {
+    let policy = common::bundled();
+    let load = common::load::CpuLoad::saturate();
+    while load.spins() == 0 {
+        std::thread::yield_now();
+    }
+    let failures = self_test(&policy);
+    assert!(
+        failures.is_empty(),
+        "the self-test failed under load: {failures:?}"
+    );
+    for case in &cases() {
+        let component =
+            run_case(&policy, case).unwrap_or_else(|e| panic!("case {:?}: {e}", case.name));
+        assert_eq!(component, run_native(case), "case {:?}", case.name);
+    }
 }

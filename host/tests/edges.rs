@@ -16,13 +16,8 @@ use common::wait_until;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-/// Starts the daemon with `env`. The policy's wall-clock deadline is raised:
-/// on a loaded machine the default one can fail the start-up self-test, and
-/// these tests are about the edges, not the policy.
 fn start(dir: &Path, env: &[(&str, &str)]) -> Daemon {
-    let mut all = vec![("AUTODEPLOY_POLICY_DEADLINE_MS", "10000")];
-    all.extend_from_slice(env);
-    Daemon::start_with(dir, &[], &all)
+    Daemon::start_with(dir, &[], env)
 }
 
 fn nofile() -> (u64, u64) {

@@ -3,7 +3,13 @@
 
 mod common;
 
-use autodeploy::policy::{BUNDLED_POLICY, PolicyError, Project};
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy::policy::{
+    BUNDLED_POLICY, DEFAULT_FUEL, MIN_FUEL, PolicyConfig, PolicyError, PolicyRuntime, Project,
+};
+use common::load::CpuLoad;
 use common::*;
 use wit_component::DecodedWasm;
 
@@ -33,9 +39,21 @@ fn bundled_component_imports_nothing_and_exports_the_contract() {
     assert_eq!(exports, ["autodeploy:policy/decisions@0.1.0"]);
 }
 
+/// A runtime with an instruction budget of `fuel` and a wall-clock
+/// backstop of `deadline_ms`.
+fn metered(fuel: Option<u64>, deadline_ms: u64) -> Arc<PolicyRuntime> {
+    PolicyRuntime::new(PolicyConfig {
+        fuel,
+        deadline: Duration::from_millis(deadline_ms),
+        ..PolicyConfig::default()
+    })
+    .expect("policy runtime")
+}
+
 #[test]
-fn endless_loop_fails_one_call_and_the_host_goes_on() {
-    let rt = runtime(50, 64);
+fn endless_loop_ends_with_its_instruction_budget_and_the_host_goes_on() {
+    // A backstop of a minute: only the budget can end this loop in time.
+    let rt = metered(Some(50_000_000), 60_000);
     let hostile = rt
         .load(&hostile_policy(LOOP_BODY), "loop")
         .expect("loads: policy-info behaves");
@@ -45,14 +63,17 @@ fn endless_loop_fails_one_call_and_the_host_goes_on() {
         assert!(
             matches!(
                 err,
-                PolicyError::Deadline {
+                PolicyError::Budget {
                     call: "parse-compose",
-                    ..
+                    fuel: 50_000_000
                 }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("deadline of 50ms"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "policy call parse-compose exceeded its instruction budget of 50000000"
+        );
     }
     // The same policy still answers on a fresh instance, and so does another
     // policy on the same engine.
@@ -68,6 +89,36 @@ fn endless_loop_fails_one_call_and_the_host_goes_on() {
             .images,
         ["x:1"]
     );
+}
+
+#[test]
+fn the_wall_clock_backstop_still_ends_a_loop() {
+    // A budget too large to burn in 50 ms: the backstop decides.
+    let rt = metered(Some(1_000_000_000_000), 50);
+    let hostile = rt.load(&hostile_policy(LOOP_BODY), "loop").unwrap();
+    let err = hostile.parse_compose("services: {}").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PolicyError::Deadline {
+                call: "parse-compose",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("deadline of 50ms"), "{err}");
+    assert_eq!(
+        hostile.session().unwrap().policy_info().unwrap().0,
+        "hostile"
+    );
+}
+
+#[test]
+fn the_default_limits_are_a_budget_with_a_generous_backstop() {
+    let config = PolicyConfig::default();
+    assert_eq!(config.fuel, Some(DEFAULT_FUEL));
+    assert!(config.deadline >= Duration::from_secs(10), "{config:?}");
 }
 
 #[test]
@@ -225,38 +276,110 @@ fn bytes_that_are_not_a_component_are_refused() {
     ));
 }
 
-#[test]
-fn hostile_compose_files_fail_one_call_each() {
-    // A generous deadline: this asserts the policy's own answer, and a loaded
-    // CI machine must not turn it into a timeout.
-    let policy = runtime(5000, 64).load_bundled().unwrap();
-    let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+/// `open` repeated `depth` times around `x`, each closed again.
+fn nested(open: &str, depth: usize) -> String {
+    let closers: String = open
+        .chars()
+        .rev()
+        .filter_map(|c| match c {
+            '[' => Some(']'),
+            '{' => Some('}'),
+            _ => None,
+        })
+        .collect();
+    format!("{}x{}", open.repeat(depth), closers.repeat(depth))
+}
+
+/// Nine levels of anchors, each nine aliases of the level below; `merge`
+/// puts the aliases in `<<` merge lists instead of plain lists.
+fn bomb(merge: bool) -> String {
+    let mut yaml = if merge {
+        String::from("m0: &m0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9}\n")
+    } else {
+        String::from("m0: &m0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n")
+    };
     for i in 1..10 {
-        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
-        bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        let refs = vec![format!("*m{}", i - 1); 9].join(", ");
+        if merge {
+            yaml.push_str(&format!("m{i}: &m{i} {{<<: [{refs}], k{i}: 1}}\n"));
+        } else {
+            yaml.push_str(&format!("m{i}: &m{i} [{refs}]\n"));
+        }
     }
-    bomb.push_str("services:\n  web:\n    image: x:1\n    labels: *a9\n");
-    let deep = format!(
-        "services:\n  web: {}x{}\n",
-        "[".repeat(10_000),
-        "]".repeat(10_000)
-    );
+    yaml.push_str("services:\n  web:\n    image: x:1\n");
+    yaml
+}
+
+/// Every hostile shape the bundled policy must refuse with its own words,
+/// with what those words contain.
+fn hostile_files() -> Vec<(&'static str, String, &'static str)> {
+    let mut files = vec![
+        ("alias bomb", bomb(false), "repetition limit"),
+        ("merge bomb", bomb(true), "repetition limit"),
+    ];
+    // Padding raises serde_yaml's own repetition limit far past the memory
+    // cap; the policy's expansion limit must answer instead.
+    let pad = format!("x-pad:\n{}", "- a\n".repeat(200_000));
+    files.push((
+        "padded alias bomb",
+        format!("{pad}{}", bomb(false)),
+        "aliases expand the file to more than",
+    ));
+    files.push((
+        "padded merge bomb",
+        format!("{pad}{}", bomb(true)),
+        "aliases expand the file to more than",
+    ));
+    for (name, open) in [
+        ("deep flow nesting", "["),
+        ("deep flow nesting behind tags", "!t ["),
+        ("deep flow nesting behind anchors", "&a ["),
+        ("deep flow nesting behind both", "!t &a {k: "),
+    ] {
+        files.push((
+            name,
+            format!("services:\n  web: {}\n", nested(open, 10_000)),
+            "nest deeper than 128 levels",
+        ));
+    }
     // As deep as indentation allows within the 1 MiB cap.
     let block_deep: String = (0..1400)
         .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
         .collect();
     assert!(block_deep.len() < 1 << 20);
-    let huge = format!(
-        "services:\n  web:\n    image: x:1\n{}",
-        "# padding\n".repeat(1024 * 1024)
-    );
+    files.push(("deep block nesting", block_deep, "recursion limit"));
+    let tagged_block_deep: String = (0..1400)
+        .map(|i| format!("{}- !t &a{i}\n", " ".repeat(2 * i)))
+        .take_while({
+            let mut len = 0;
+            move |line| {
+                len += line.len();
+                len < 1 << 20
+            }
+        })
+        .collect();
+    files.push((
+        "deep block nesting behind tags and anchors",
+        tagged_block_deep,
+        "recursion limit",
+    ));
+    files.push((
+        "10 MB file",
+        format!(
+            "services:\n  web:\n    image: x:1\n{}",
+            "# padding\n".repeat(1024 * 1024)
+        ),
+        "the limit is 1048576 bytes",
+    ));
+    files
+}
 
-    for (name, yaml, wanted) in [
-        ("alias bomb", bomb, "repetition limit"),
-        ("deep flow nesting", deep, "nest deeper than 128 levels"),
-        ("deep block nesting", block_deep, "recursion limit"),
-        ("10 MB file", huge, "the limit is 1048576 bytes"),
-    ] {
+#[test]
+fn hostile_compose_files_fail_one_call_each_with_their_own_error() {
+    // The daemon's default limits: the answer must be the policy's own
+    // refusal, never its budget, memory cap or deadline.
+    let policy = bundled();
+    for (name, yaml, wanted) in hostile_files() {
         match policy.parse_compose(&yaml) {
             Err(PolicyError::Rejected { message, .. }) => {
                 assert!(message.contains(wanted), "{name}: {message}")
@@ -271,4 +394,105 @@ fn hostile_compose_files_fail_one_call_each() {
             .images,
         ["x:1"]
     );
+}
+
+/// `n` services, one short image each: 10,000 make ~300 KB.
+fn many_services(n: usize) -> String {
+    let mut yaml = String::from("services:\n");
+    for i in 0..n {
+        yaml.push_str(&format!("  s{i}:\n    image: r/app{i}:1\n"));
+    }
+    yaml
+}
+
+/// Services as people write them, as many as fit just under the 1 MiB limit.
+fn near_the_size_limit() -> (String, usize) {
+    let mut yaml = String::from(
+        "x-defaults: &defaults\n  restart: unless-stopped\n  logging: {driver: json-file}\nservices:\n",
+    );
+    let mut n = 0;
+    loop {
+        let service = format!(
+            "  svc{n}:\n    <<: *defaults\n    image: registry.example.com/team/svc{n}:1.{n}\n    \
+             environment:\n      PORT: \"8080\"\n      NAME: svc{n}\n    ports: [\"{}:8080\"]\n    \
+             labels: {{tier: web, index: \"{n}\"}}\n",
+            10_000 + n % 50_000
+        );
+        if yaml.len() + service.len() > (1 << 20) - 64 {
+            return (yaml, n);
+        }
+        yaml.push_str(&service);
+        n += 1;
+    }
+}
+
+/// One list of tiny items up to the 1 MiB limit: of the shapes measured,
+/// the one that costs the most instructions and still fits the default
+/// 64 MiB memory cap.
+fn one_long_list() -> String {
+    let mut yaml = String::from("services:\n  web:\n    image: x:1\nx-list:\n");
+    yaml.push_str(&"- a\n".repeat(((1 << 20) - 64 - yaml.len()) / 4));
+    yaml
+}
+
+#[test]
+fn every_valid_compose_file_up_to_the_size_limit_parses_within_the_budget() {
+    let policy = bundled();
+    let ten_thousand = many_services(10_000);
+    assert!(
+        (250_000..400_000).contains(&ten_thousand.len()),
+        "{}",
+        ten_thousand.len()
+    );
+    let (near, n) = near_the_size_limit();
+    assert!(
+        near.len() > 1_040_000 && near.len() <= 1 << 20,
+        "{}",
+        near.len()
+    );
+    let list = one_long_list();
+    for (name, yaml, images) in [
+        ("10,000 services", &ten_thousand, 10_000),
+        ("1 MiB of services", &near, n),
+        ("1 MiB of one list", &list, 1),
+    ] {
+        let mut session = policy.session().unwrap();
+        let found = session
+            .parse_compose(yaml)
+            .unwrap_or_else(|e| panic!("{name} ({} bytes): {e}", yaml.len()));
+        assert_eq!(found.images.len(), images, "{name}");
+        let fuel = session.last_fuel().expect("metered");
+        eprintln!("{name}: {} bytes, {fuel} instructions", yaml.len());
+        // The documented minimum budget covers it, and the default doubles
+        // that.
+        assert!(fuel < MIN_FUEL, "{name}: {fuel} instructions");
+    }
+}
+
+#[test]
+fn the_same_input_costs_the_same_instructions_idle_and_under_load() {
+    let policy = bundled();
+    let inputs = [
+        ("20 services", many_services(20)),
+        ("10,000 services", many_services(10_000)),
+        ("alias bomb", bomb(false)),
+        ("deep flow nesting behind tags", nested("!t [", 10_000)),
+    ];
+    let measure = || {
+        inputs
+            .iter()
+            .map(|(name, yaml)| {
+                let mut session = policy.session().unwrap();
+                let answer = format!("{:?}", session.parse_compose(yaml));
+                (*name, answer, session.last_fuel().expect("metered"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let idle = measure();
+    assert_eq!(idle, measure(), "two idle runs differ");
+    let load = CpuLoad::saturate();
+    let loaded = measure();
+    assert!(load.spins() > 0, "the load threads never ran");
+    drop(load);
+    assert_eq!(idle, loaded, "the answer or its cost changed under load");
 }

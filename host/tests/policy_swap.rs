@@ -56,7 +56,13 @@ async fn policies_swap_refuse_and_roll_back_without_a_restart() {
     let (status, v) = put_policy(&d, common::hostile_policy(common::LOOP_BODY)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(v["error"].as_str().unwrap().contains("self-test"), "{v}");
-    assert!(v["error"].as_str().unwrap().contains("deadline"), "{v}");
+    // The instruction budget ends the loop; only a host stalled for the
+    // whole wall-clock backstop would see the deadline instead.
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("instruction budget") || error.contains("deadline"),
+        "{v}"
+    );
     let (status, v) = put_policy(&d, b"\0asm junk".to_vec()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(

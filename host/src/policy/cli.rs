@@ -11,7 +11,13 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Lookup, Policy, PolicyConfig, PolicyRuntime, Project, ProjectKind};
+use super::{
+    DEFAULT_DEADLINE, DEFAULT_FUEL, Lookup, MIN_FUEL, Policy, PolicyConfig, PolicyRuntime, Project,
+    ProjectKind,
+};
+
+/// A budget this large would take minutes to burn: the backstop decides first.
+const MAX_FUEL: u64 = 1_000_000_000_000;
 
 /// Which policy to run and its bounds; shared by every command that decides.
 #[derive(Debug, Args)]
@@ -24,9 +30,16 @@ pub struct PolicyArgs {
         value_name = "GUEST.wasm"
     )]
     pub policy: Option<PathBuf>,
-    /// Wall time one policy call may take, in milliseconds.
-    #[arg(long, global = true, env = "AUTODEPLOY_POLICY_DEADLINE_MS", default_value_t = 100,
-          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    /// Instructions (wasmtime fuel) one policy call may run: the budget that
+    /// bounds a decision, the same on an idle or a loaded host.
+    #[arg(long, global = true, env = "AUTODEPLOY_POLICY_FUEL", default_value_t = DEFAULT_FUEL,
+          value_parser = clap::value_parser!(u64).range(MIN_FUEL..=MAX_FUEL))]
+    pub policy_fuel: u64,
+    /// Wall time one policy call may take, in milliseconds: a backstop behind
+    /// the instruction budget, for a host stalled far beyond normal load.
+    #[arg(long, global = true, env = "AUTODEPLOY_POLICY_DEADLINE_MS",
+          default_value_t = DEFAULT_DEADLINE.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub policy_deadline_ms: u64,
     /// Memory one policy instance may use, in MiB.
     #[arg(long, global = true, env = "AUTODEPLOY_POLICY_MEMORY_MIB", default_value_t = 64,
@@ -37,6 +50,7 @@ pub struct PolicyArgs {
 impl PolicyArgs {
     pub fn config(&self) -> PolicyConfig {
         PolicyConfig {
+            fuel: Some(self.policy_fuel),
             deadline: Duration::from_millis(self.policy_deadline_ms),
             memory_limit: (self.policy_memory_mib as usize) << 20,
             ..PolicyConfig::default()

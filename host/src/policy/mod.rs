@@ -3,8 +3,13 @@
 //!
 //! A policy is compiled once; every decision instantiates it anew from an
 //! `InstancePre` (a few microseconds with the pooling allocator) under an
-//! epoch deadline and a memory cap. A guest that loops, runs out of memory or
-//! traps fails that one call with a `PolicyError`; nothing else is affected.
+//! instruction budget (wasmtime fuel) and a memory cap. A guest that loops,
+//! runs out of memory or traps fails that one call with a `PolicyError`;
+//! nothing else is affected.
+//!
+//! The budget counts instructions, not time, so the same input gets the same
+//! answer on an idle host and on a saturated one. A wall-clock deadline (epoch
+//! interruption) stays as a generous backstop only.
 
 mod bindings;
 pub mod cli;
@@ -43,9 +48,29 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Instructions one call may run by default: [`MIN_FUEL`] and some more, for
+/// policies that do a little more than the bundled one. A few seconds of
+/// guest time on one core of the 2-core development machine.
+pub const DEFAULT_FUEL: u64 = 4_000_000_000;
+
+/// The smallest budget the command line accepts. The bundled policy needs up
+/// to ~2 billion instructions for a valid compose file at the 1 MiB size
+/// limit (a 10,000-service file: ~0.43 billion); below this some would fail.
+pub const MIN_FUEL: u64 = 2_500_000_000;
+const _: () = assert!(DEFAULT_FUEL >= MIN_FUEL);
+
+/// The default wall-clock backstop: several times what the default budget
+/// takes to burn on an idle core, so only a host stalled far beyond normal
+/// load ever reaches it, and the budget decides every outcome.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
-    /// Wall time one call may take.
+    /// Instructions (wasmtime fuel) one call may run; what bounds a decision.
+    /// `None` turns metering off and leaves only the deadline: the benchmark
+    /// uses it to measure what metering costs, the daemon never does.
+    pub fuel: Option<u64>,
+    /// Wall time one call may take: a backstop behind the fuel budget.
     pub deadline: Duration,
     /// Linear memory one instance may grow to, in bytes.
     pub memory_limit: usize,
@@ -56,7 +81,8 @@ pub struct PolicyConfig {
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            deadline: Duration::from_millis(100),
+            fuel: Some(DEFAULT_FUEL),
+            deadline: DEFAULT_DEADLINE,
             memory_limit: 64 << 20,
             max_instances: 64,
         }
@@ -78,6 +104,8 @@ pub enum PolicyError {
     Missing(Vec<String>),
     #[error("policy does not match {INTERFACE}: {0}")]
     Incompatible(String),
+    #[error("policy call {call} exceeded its instruction budget of {fuel}")]
+    Budget { call: &'static str, fuel: u64 },
     #[error("policy call {call} exceeded its deadline of {deadline:?}")]
     Deadline {
         call: &'static str,
@@ -115,6 +143,7 @@ impl PolicyRuntime {
             .table_keep_resident(64 << 10);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
+            .consume_fuel(config.fuel.is_some())
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
 
@@ -261,6 +290,7 @@ impl Policy {
         store.limiter(|state| state);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(config.deadline));
+        refuel(&mut store, config);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -270,6 +300,7 @@ impl Policy {
             instance,
             config: config.clone(),
             broken: false,
+            last_fuel: None,
         })
     }
 
@@ -312,9 +343,16 @@ pub struct PolicySession {
     instance: bindings::Instance,
     config: PolicyConfig,
     broken: bool,
+    last_fuel: Option<u64>,
 }
 
 impl PolicySession {
+    /// Instructions (fuel) the last call used, whatever its outcome; `None`
+    /// before the first call or when metering is off.
+    pub fn last_fuel(&self) -> Option<u64> {
+        self.last_fuel
+    }
+
     fn call<T>(
         &mut self,
         call: &'static str,
@@ -328,7 +366,13 @@ impl PolicySession {
         }
         self.store
             .set_epoch_deadline(deadline_ticks(self.config.deadline));
-        f(&self.instance, &mut self.store).map_err(|e| {
+        refuel(&mut self.store, &self.config);
+        let result = f(&self.instance, &mut self.store);
+        self.last_fuel = self.config.fuel.and_then(|budget| {
+            let left = self.store.get_fuel().ok()?;
+            Some(budget.saturating_sub(left))
+        });
+        result.map_err(|e| {
             self.broken = true;
             classify(call, e, &self.store, &self.config)
         })
@@ -426,6 +470,8 @@ fn classify(
             call,
             limit: config.memory_limit,
         }
+    } else if let (Some(Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref::<Trap>(), config.fuel) {
+        PolicyError::Budget { call, fuel }
     } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         PolicyError::Deadline {
             call,
@@ -436,6 +482,16 @@ fn classify(
             call,
             message: format!("{err:#}"),
         }
+    }
+}
+
+/// Each call starts with the whole budget: what an earlier call in the same
+/// session used does not count against the next one.
+fn refuel(store: &mut Store<CallState>, config: &PolicyConfig) {
+    if let Some(fuel) = config.fuel {
+        // Fails only when the engine does not meter, and `PolicyRuntime::new`
+        // enables metering whenever a budget is set.
+        let _ = store.set_fuel(fuel);
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{Policy, PolicyError};
 
 /// One case's answer from `policy`, in the vectors' terms. A failure of the
-/// component itself (trap, deadline) is returned as `Err`.
+/// component itself (trap, budget, deadline) is returned as `Err`.
 pub fn run_case(policy: &Policy, case: &Case) -> Result<Value, PolicyError> {
     fn answer<T: serde::Serialize>(r: Result<T, PolicyError>) -> Result<Value, PolicyError> {
         match r {
@@ -35,8 +35,8 @@ pub fn run_case(policy: &Policy, case: &Case) -> Result<Value, PolicyError> {
 
 /// Every failing case, described; empty when the policy passes. The
 /// `policy-info` name is the policy's own business and is not checked. The
-/// first trap or timeout ends the test: one is reason enough to refuse, and
-/// a looping policy would otherwise cost a deadline per case.
+/// first trap or exhausted budget ends the test: one is reason enough to
+/// refuse, and a looping policy would otherwise burn a budget per case.
 pub fn self_test(policy: &Policy) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases().iter().filter(|case| case.call != "policy-info") {

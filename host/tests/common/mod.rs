@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod fake_registry;
 pub mod git;
+pub mod load;
 pub mod registry;
 
 use std::future::Future;
@@ -24,7 +25,7 @@ pub const CONTRACT: &str = include_str!("../../../wit/policy@0.1.0/policy.wit");
 /// `policy-info` answers {name: "hostile", version: "0"} from a static record
 /// at address 16; the name and version bytes sit at 64 and 80.
 pub const POLICY_INFO_BODY: &str = "(i32.const 16)";
-/// Spins until the epoch deadline interrupts it.
+/// Spins until its instruction budget (or the deadline) stops it.
 pub const LOOP_BODY: &str = "(loop $spin (br $spin)) unreachable";
 /// Asks for 200 MiB more memory.
 pub const MEMORY_BOMB_BODY: &str = "(drop (memory.grow (i32.const 3200))) unreachable";
@@ -130,8 +131,10 @@ pub fn runtime(deadline_ms: u64, memory_mib: usize) -> Arc<PolicyRuntime> {
     .expect("policy runtime")
 }
 
+/// The bundled policy under the daemon's default limits.
 pub fn bundled() -> Policy {
-    runtime(100, 64)
+    PolicyRuntime::new(PolicyConfig::default())
+        .expect("policy runtime")
         .load_bundled()
         .expect("bundled policy loads")
 }
