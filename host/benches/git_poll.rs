@@ -68,6 +68,7 @@ async fn app(data_dir: &Path) -> Arc<App> {
         git_timeout_seconds: 30,
         http: Default::default(),
         registry: Default::default(),
+        git_transport: Default::default(),
     };
     let policy = PolicyArgs {
         policy: None,

@@ -37,6 +37,8 @@ pub struct ServeArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub git_transport: GitTransportArgs,
 }
 
 /// Limits of the HTTP listener and of pushes.
@@ -70,6 +72,41 @@ impl Default for HttpArgs {
             max_connections: limits.max_connections as u64,
             max_push_bytes: 100 << 20,
         }
+    }
+}
+
+/// How remote git repositories are reached.
+#[derive(Debug, Default, Args)]
+pub struct GitTransportArgs {
+    /// A PEM file of CA certificates trusted for HTTPS git remotes, beside
+    /// the system roots.
+    #[arg(long, env = "AUTODEPLOY_GIT_CA")]
+    pub git_ca: Option<PathBuf>,
+    /// Comma-separated git hosts whose HTTPS certificate is not verified and
+    /// that may receive credentials over plain http:// (loopback always may).
+    #[arg(long, env = "AUTODEPLOY_INSECURE_GIT_HOSTS", value_delimiter = ',')]
+    pub insecure_git_hosts: Vec<String>,
+}
+
+impl GitTransportArgs {
+    /// Checks the settings and makes them this process's transport policy.
+    pub fn apply(&self) -> Result<()> {
+        let config = crate::git::transport::TransportConfig::new(
+            self.git_ca.clone(),
+            self.insecure_git_hosts.iter().map(String::as_str),
+        )?;
+        let insecure = config.insecure_hosts.clone();
+        crate::git::transport::configure(config)?;
+        if !insecure.is_empty() {
+            tracing::warn!(
+                hosts = %insecure.join(","),
+                "AUTODEPLOY_INSECURE_GIT_HOSTS: HTTPS certificates of these git hosts are NOT verified, and they may receive credentials over plain http://"
+            );
+        }
+        if let Some(ca) = &self.git_ca {
+            tracing::info!(ca = %ca.display(), "HTTPS git remotes also trust AUTODEPLOY_GIT_CA");
+        }
+        Ok(())
     }
 }
 
@@ -135,6 +172,7 @@ impl RegistryArgs {
 /// Opens everything the daemon needs: data dir, store, secret key, admin
 /// token, policy. Used by `run` and by the benchmarks.
 pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>> {
+    args.git_transport.apply()?;
     create_private_dir(&args.data_dir)?;
     let url = match &args.database_url {
         Some(url) => url.clone(),

@@ -41,6 +41,7 @@ async fn image_watch_tick_over_1000_projects() {
         git_timeout_seconds: 30,
         http: Default::default(),
         registry: Default::default(),
+        git_transport: Default::default(),
     };
     // SAFETY: set before the daemon's threads start.
     unsafe { std::env::set_var("AUTODEPLOY_ADMIN_TOKEN", "bench-admin-token-0123456789") };

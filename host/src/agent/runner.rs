@@ -74,6 +74,8 @@ struct ClaimedProject {
     expose_port: Option<i64>,
     image_ref: Option<String>,
     container_port: Option<i64>,
+    #[serde(default)]
+    ssh_known_hosts: Option<String>,
 }
 
 struct Agent {
@@ -94,6 +96,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         token: args.token.clone(),
         args,
     });
+    // Checkouts verify HTTPS remotes as the control plane does.
+    crate::git::transport::configure(crate::git::transport::TransportConfig::from_env()?)?;
     agent.report_interrupted().await;
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
@@ -328,18 +332,30 @@ impl Agent {
                     token: Secret::new(self.token.clone()),
                 }),
             ),
-            GitSource::External => (
-                p.git_url.clone().unwrap_or_default(),
-                claim.credential.as_ref().map(to_credential),
-            ),
+            GitSource::External => {
+                let url = p.git_url.clone().unwrap_or_default();
+                let credential = claim.credential.as_ref().map(to_credential);
+                let https = matches!(credential, Some(Credential::Https { .. }));
+                crate::git::transport::check_remote(&url, https)
+                    .map_err(|e| DeployFailure::new(format!("cannot fetch the project: {e}")))?;
+                (url, credential)
+            }
         };
+        let pins = p.ssh_known_hosts.clone();
         let (branch, target, dir) = (
             p.git_branch.clone(),
             claim.deployment.target_commit.clone(),
             dir.to_path_buf(),
         );
         tokio::task::spawn_blocking(move || {
-            crate::git::checkout(&url, &branch, target.as_deref(), credential.as_ref(), &dir)
+            crate::git::checkout(
+                &url,
+                &branch,
+                target.as_deref(),
+                credential.as_ref(),
+                pins.as_deref(),
+                &dir,
+            )
         })
         .await
         .map_err(|e| DeployFailure::new(format!("checkout task failed: {e}")))?

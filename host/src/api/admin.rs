@@ -29,6 +29,10 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
             None => json!({"enabled": true}),
         },
         "registries": app.registry.stats(),
+        "git_transport": {
+            "insecure_hosts": crate::git::transport::insecure_hosts(),
+            "extra_ca": crate::git::transport::ca_file().is_some(),
+        },
     })))
 }
 

@@ -41,6 +41,8 @@ pub struct CreateProject {
     credentials: Option<CredentialInput>,
     image_ref: Option<String>,
     container_port: Option<i64>,
+    /// SSH host keys to pin, as known_hosts lines.
+    ssh_known_hosts: Option<String>,
     /// Node labels (all pairs) a node needs to claim this project.
     #[serde(default)]
     node_selector: BTreeMap<String, String>,
@@ -66,6 +68,8 @@ pub struct UpdateProject {
     image_ref: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     container_port: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    ssh_known_hosts: Option<Option<String>>,
     /// `null` or `{}` clears it.
     #[serde(default, deserialize_with = "present")]
     node_selector: Option<Option<BTreeMap<String, String>>>,
@@ -115,6 +119,7 @@ pub async fn create(
         container_port: req.container_port,
     };
     validate(&fields, req.credentials.as_ref())?;
+    check_known_hosts(&fields, req.ssh_known_hosts.as_deref())?;
     super::admin::check_labels("node_selector", &req.node_selector)?;
     let mut fields = fields;
     if req.auto_deploy_enabled {
@@ -135,6 +140,18 @@ pub async fn create(
             sealed.as_ref(),
         )
         .await?;
+    if let Some(lines) = req.ssh_known_hosts {
+        if let Err(e) = app
+            .store
+            .set_ssh_known_hosts(project.id, Some(&lines))
+            .await
+        {
+            // No project without the pins it was asked for.
+            let _ = app.store.delete_project(project.id).await;
+            return Err(e.into());
+        }
+        project.ssh_known_hosts = Some(lines);
+    }
     if !req.node_selector.is_empty() {
         if let Err(e) = app
             .store
@@ -209,6 +226,25 @@ pub async fn update(
     }
     let credentials = req.credentials;
     validate(&f, credentials.as_ref().and_then(Option::as_ref))?;
+    // A stored token counts as much as one sent now: it must not be moved
+    // onto a plain http:// remote either.
+    let stored_https = current
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.kind == CredentialKind::Https);
+    if credentials.is_none()
+        && stored_https
+        && f.git_source == GitSource::External
+        && let Some(url) = &f.git_url
+    {
+        crate::git::transport::check_remote(url, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let pins = req
+        .ssh_known_hosts
+        .clone()
+        .unwrap_or_else(|| current.ssh_known_hosts.clone());
+    check_known_hosts(&f, pins.as_deref())?;
     let selector = req.node_selector.map(Option::unwrap_or_default);
     if let Some(selector) = &selector {
         check_selector_change(&app, &current, selector).await?;
@@ -236,6 +272,23 @@ pub async fn update(
     if let Some(c) = credentials {
         let sealed = c.map(|c| seal(&app, c));
         app.store.set_credential(id, sealed.as_ref()).await?;
+    }
+    if let Some(lines) = req.ssh_known_hosts
+        && lines != current.ssh_known_hosts
+    {
+        app.store.set_ssh_known_hosts(id, lines.as_deref()).await?;
+        let what = if lines.is_some() {
+            "ssh host key pins set"
+        } else {
+            "ssh host key pins removed: any host key is accepted"
+        };
+        app.store
+            .log_event(
+                Some(id),
+                crate::store::EventKind::SshKnownHostsChanged,
+                what,
+            )
+            .await?;
     }
     let updated = app.store.update_project(id, &f).await?;
     match selector {
@@ -440,22 +493,20 @@ fn validate(f: &ProjectFields, credential: Option<&CredentialInput>) -> ApiResul
 
 fn check_git_url(url: &str, credential: Option<&CredentialInput>) -> ApiResult<()> {
     let bad = |m: String| Err(ApiError::bad_request(m));
-    let scheme = url.split_once("://").map(|(s, _)| s);
-    let scp_like = scheme.is_none() && url.contains('@') && url.contains(':');
-    let https = matches!(scheme, Some("https" | "http"));
-    let ssh = matches!(scheme, Some("ssh")) || scp_like;
-    if !(https || ssh || matches!(scheme, Some("git" | "file"))) {
+    let https_credential = matches!(credential, Some(CredentialInput::Https { .. }));
+    // Parsed with the url crate; the errors never repeat the URL, which may
+    // hold a password.
+    let remote = crate::git::transport::check_remote(url, https_credential)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let scheme = remote.scheme.as_str();
+    let https = matches!(scheme, "https" | "http");
+    let ssh = scheme == "ssh";
+    if !(https || ssh || matches!(scheme, "git" | "file")) {
+        // Shown without any password (there is none here: it was refused above).
         return bad(format!(
-            "git_url {url:?} must be https://, http://, ssh://, git://, file:// or user@host:path"
+            "git_url {:?} must be https://, http://, ssh://, git://, file:// or user@host:path",
+            crate::git::shown_url(url)
         ));
-    }
-    // A password in the URL would be stored and shown in clear.
-    if let Some((_, rest)) = url.split_once("://")
-        && rest.split('/').next().is_some_and(|authority| {
-            authority.contains('@') && authority.split('@').next().is_some_and(|u| u.contains(':'))
-        })
-    {
-        return bad("git_url must not contain a password: give it as credentials {\"kind\": \"https\", ...}".into());
     }
     match credential {
         Some(CredentialInput::Https { .. }) if !https => {
@@ -466,4 +517,31 @@ fn check_git_url(url: &str, credential: Option<&CredentialInput>) -> ApiResult<(
         }
         _ => Ok(()),
     }
+}
+
+/// Pins need an SSH remote, must parse, and must name the remote's host.
+fn check_known_hosts(f: &ProjectFields, known_hosts: Option<&str>) -> ApiResult<()> {
+    let Some(text) = known_hosts else {
+        return Ok(());
+    };
+    let remote = f
+        .git_url
+        .as_deref()
+        .filter(|_| f.git_source == GitSource::External)
+        .and_then(|u| crate::git::transport::parse_remote(u).ok())
+        .filter(|r| r.scheme == "ssh");
+    let Some(remote) = remote else {
+        return Err(ApiError::bad_request(
+            "ssh_known_hosts pins SSH host keys: it needs an external project with an ssh:// or user@host:path git_url",
+        ));
+    };
+    let pins =
+        crate::git::KnownHosts::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !pins.covers(&remote.host, remote.port) {
+        // The host is not named: error answers never repeat request values.
+        return Err(ApiError::bad_request(
+            "ssh_known_hosts has no line for the git_url's host (use [host]:port for a port other than 22)",
+        ));
+    }
+    Ok(())
 }

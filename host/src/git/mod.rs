@@ -3,14 +3,17 @@
 //! libgit2 from memory. No `git` subprocess is needed here.
 
 pub mod http;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use git2::{Cred, CredentialType, Direction, RemoteCallbacks, Repository};
+use git2::{CertificateCheckStatus, Cred, CredentialType, Direction, RemoteCallbacks, Repository};
 
 use crate::secrets::Secret;
+pub use transport::{KnownHosts, TransportError, shown_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -22,6 +25,14 @@ pub enum GitError {
     Auth(String),
     #[error("repository {path}: {message}")]
     Repo { path: String, message: String },
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error(
+        "{url}: the TLS certificate is not trusted ({message}); nothing was sent. Trust its CA with AUTODEPLOY_GIT_CA, or list the host in AUTODEPLOY_INSECURE_GIT_HOSTS"
+    )]
+    Certificate { url: String, message: String },
+    #[error("{url}: {message}; nothing was sent")]
+    HostKey { url: String, message: String },
 }
 
 /// How to authenticate to an external repository.
@@ -59,35 +70,97 @@ pub fn set_network_timeout(timeout: Duration) {
 
 /// The commit a remote branch points at, or `None` when the branch does not
 /// exist. Blocking: run it on a blocking thread.
+/// `known_hosts` pins the SSH host key (known_hosts lines); without it any
+/// host key is accepted. HTTPS certificates are always verified unless the
+/// host is listed in `AUTODEPLOY_INSECURE_GIT_HOSTS`.
 pub fn remote_head(
     url: &str,
     branch: &str,
     credential: Option<&Credential>,
+    known_hosts: Option<&str>,
 ) -> Result<Option<String>, GitError> {
     let redact = |m: String| credential.map_or(m.clone(), |c| c.redact(&m));
+    let verify = Verify::new(url, credential, known_hosts, true)?;
     let mut remote = git2::Remote::create_detached(url)
         .map_err(|e| GitError::Remote(redact(e.message().to_string())))?;
     let attempts = AtomicUsize::new(0);
-    let callbacks = callbacks(credential, &attempts);
+    let callbacks = callbacks(credential, &attempts, &verify);
     let connection = match remote.connect_auth(Direction::Fetch, Some(callbacks), None) {
         Ok(c) => c,
         Err(e) => {
             let refused = attempts.load(Ordering::SeqCst) > 1 || e.message().contains("401");
-            return Err(if refused {
-                GitError::Auth(url.to_string())
-            } else {
-                GitError::Remote(redact(format!("{url}: {}", e.message())))
-            });
+            return Err(verify.failure(&e, refused, &redact));
         }
     };
     let wanted = format!("refs/heads/{branch}");
+    let shown = &verify.shown;
     let heads = connection
         .list()
-        .map_err(|e| GitError::Remote(redact(format!("{url}: {}", e.message()))))?;
+        .map_err(|e| GitError::Remote(redact(format!("{shown}: {}", e.message()))))?;
     Ok(heads
         .iter()
         .find(|h| h.name() == wanted)
         .map(|h| h.oid().to_string()))
+}
+
+/// What a lookup checks before anything is sent: the URL (no password; a
+/// credential over http:// only to loopback or listed hosts) and the pinned
+/// SSH host keys; and, after a failure, why the server was refused.
+struct Verify {
+    /// The URL as messages show it (never with a password).
+    shown: String,
+    port: Option<u16>,
+    pins: Option<KnownHosts>,
+    refused: Mutex<Option<String>>,
+}
+
+impl Verify {
+    fn new(
+        url: &str,
+        credential: Option<&Credential>,
+        known_hosts: Option<&str>,
+        check_http: bool,
+    ) -> Result<Verify, GitError> {
+        let https_credential = matches!(credential, Some(Credential::Https { .. }));
+        let remote = transport::check_remote(url, https_credential && check_http)?;
+        let pins = known_hosts.map(KnownHosts::parse).transpose()?;
+        Ok(Verify {
+            shown: shown_url(url),
+            port: remote.port,
+            pins,
+            refused: Mutex::new(None),
+        })
+    }
+
+    /// The error for a failed connect or fetch: a refused host key or
+    /// certificate first (the server got nothing), then refused credentials.
+    fn failure(
+        &self,
+        e: &git2::Error,
+        auth_refused: bool,
+        redact: &dyn Fn(String) -> String,
+    ) -> GitError {
+        let url = self.shown.clone();
+        if let Some(message) = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return GitError::HostKey { url, message };
+        }
+        // A TLS failure happens during the handshake, before any request.
+        if e.code() == git2::ErrorCode::Certificate || e.class() == git2::ErrorClass::Ssl {
+            return GitError::Certificate {
+                url,
+                message: redact(e.message().to_string()),
+            };
+        }
+        if auth_refused {
+            return GitError::Auth(url);
+        }
+        GitError::Remote(redact(format!("{url}: {}", e.message())))
+    }
 }
 
 /// Credentials from memory; a second request for them means the first were
@@ -95,6 +168,7 @@ pub fn remote_head(
 fn callbacks<'a>(
     credential: Option<&'a Credential>,
     attempts: &'a AtomicUsize,
+    verify: &'a Verify,
 ) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     cb.credentials(move |_url, username, allowed| {
@@ -126,9 +200,34 @@ fn callbacks<'a>(
             )),
         }
     });
-    // As the spec's builder does (StrictHostKeyChecking=no): any host key
-    // and, for self-hosted HTTPS, any certificate is accepted.
-    cb.certificate_check(|_, _| Ok(git2::CertificateCheckStatus::CertificateOk));
+    // Runs before any credential is offered. TLS: libgit2 has verified the
+    // chain and name against the system roots and AUTODEPLOY_GIT_CA; its
+    // verdict stands ("passthrough") unless the host is listed as insecure.
+    // SSH: any host key, as the product promises, unless the project pins
+    // known_hosts lines.
+    cb.certificate_check(move |cert, host| {
+        if let Some(hostkey) = cert.as_hostkey() {
+            let Some(pins) = &verify.pins else {
+                return Ok(CertificateCheckStatus::CertificateOk);
+            };
+            let checked = match hostkey.hostkey() {
+                Some(key) => pins.check(host, verify.port, key),
+                None => Err(format!("{host} did not show its raw host key")),
+            };
+            return match checked {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(message) => {
+                    let error = git2::Error::from_str(&message);
+                    *verify.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                    Err(error)
+                }
+            };
+        }
+        if cert.as_x509().is_some() && transport::is_insecure(host) {
+            return Ok(CertificateCheckStatus::CertificateOk);
+        }
+        Ok(CertificateCheckStatus::CertificatePassthrough)
+    });
     cb
 }
 
@@ -225,9 +324,11 @@ pub fn remote_file(
     branch: &str,
     file: &str,
     credential: Option<&Credential>,
+    known_hosts: Option<&str>,
     scratch: &Path,
 ) -> Result<Option<String>, GitError> {
     let redact = |m: String| credential.map_or(m.clone(), |c| c.redact(&m));
+    let verify = Verify::new(url, credential, known_hosts, true)?;
     let dir = TempDir::new(scratch).map_err(|e| GitError::Repo {
         path: scratch.display().to_string(),
         message: e.to_string(),
@@ -242,7 +343,7 @@ pub fn remote_file(
     let mut fetch = |depth: i32| {
         let mut options = git2::FetchOptions::new();
         options
-            .remote_callbacks(callbacks(credential, &attempts))
+            .remote_callbacks(callbacks(credential, &attempts, &verify))
             .depth(depth);
         remote.fetch(&[refspec.as_str()], Some(&mut options), None)
     };
@@ -256,14 +357,7 @@ pub fn remote_file(
         fetched = fetch(0);
     }
     if let Err(e) = fetched {
-        return Err(if attempts.load(Ordering::SeqCst) > 1 {
-            GitError::Auth(url.to_string())
-        } else {
-            GitError::Remote(redact(format!(
-                "fetch {branch} from {url}: {}",
-                e.message()
-            )))
-        });
+        return Err(verify.failure(&e, attempts.load(Ordering::SeqCst) > 1, &redact));
     }
     file_at_ref(&repo, &format!("refs/remotes/origin/{branch}"), file)
 }
@@ -290,14 +384,19 @@ impl Drop for TempDir {
 /// Fetches `branch` of `url` into the working tree `dir` (cloned on first
 /// use) and checks out `target`, or the branch tip when there is none.
 /// Returns the commit checked out.
+///
+/// The http:// credential rule is the caller's to check (the agent sends its
+/// node token to the control plane over whatever URL it was given).
 pub fn checkout(
     url: &str,
     branch: &str,
     target: Option<&str>,
     credential: Option<&Credential>,
+    known_hosts: Option<&str>,
     dir: &Path,
 ) -> Result<String, GitError> {
     let redact = |m: String| credential.map_or(m.clone(), |c| c.redact(&m));
+    let verify = Verify::new(url, credential, known_hosts, false)?;
     let repo_err = |e: git2::Error| GitError::Repo {
         path: dir.display().to_string(),
         message: redact(e.message().to_string()),
@@ -312,7 +411,7 @@ pub fn checkout(
     };
     let attempts = AtomicUsize::new(0);
     let mut options = git2::FetchOptions::new();
-    options.remote_callbacks(callbacks(credential, &attempts));
+    options.remote_callbacks(callbacks(credential, &attempts, &verify));
     let mut remote = repo.remote_anonymous(url).map_err(repo_err)?;
     let tracking = format!("refs/remotes/origin/{branch}");
     remote
@@ -321,16 +420,7 @@ pub fn checkout(
             Some(&mut options),
             None,
         )
-        .map_err(|e| {
-            if attempts.load(Ordering::SeqCst) > 1 {
-                GitError::Auth(url.to_string())
-            } else {
-                GitError::Remote(redact(format!(
-                    "fetch {branch} from {url}: {}",
-                    e.message()
-                )))
-            }
-        })?;
+        .map_err(|e| verify.failure(&e, attempts.load(Ordering::SeqCst) > 1, &redact))?;
     let commit = match target {
         Some(sha) => git2::Oid::from_str(sha)
             .and_then(|oid| repo.find_commit(oid))

@@ -24,6 +24,10 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../../migrations/sqlite/0003_trigger_history.sql"),
     },
     Migration {
+        name: "0004_ssh_known_hosts.sql",
+        sql: include_str!("../../../migrations/sqlite/0004_ssh_known_hosts.sql"),
+    },
+    Migration {
         name: "0005_node_scope.sql",
         sql: include_str!("../../../migrations/sqlite/0005_node_scope.sql"),
     },

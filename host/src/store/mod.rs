@@ -67,6 +67,8 @@ pub struct ProjectRecord {
     /// deployments; empty: any node.
     pub node_selector: BTreeMap<String, String>,
     pub credentials: Option<CredentialInfo>,
+    /// SSH host keys pinned in known_hosts form; `None` accepts any.
+    pub ssh_known_hosts: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -88,6 +90,8 @@ pub struct ProjectFields {
     pub name: String,
     pub project_type: ProjectKind,
     pub git_source: GitSource,
+    /// Shown without any password a row from an older version may hold.
+    #[serde(serialize_with = "shown_git_url")]
     pub git_url: Option<String>,
     pub git_branch: String,
     pub compose_file_path: String,
@@ -97,6 +101,10 @@ pub struct ProjectFields {
     /// Image projects: the image to run and the port it serves on.
     pub image_ref: Option<String>,
     pub container_port: Option<i64>,
+}
+
+fn shown_git_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    url.as_deref().map(crate::git::shown_url).serialize(s)
 }
 
 impl ProjectFields {
@@ -299,6 +307,8 @@ pub enum EventKind {
     ReconcileFailed,
     #[serde(rename = "image-watch.failed")]
     ImageWatchFailed,
+    #[serde(rename = "ssh-known-hosts.changed")]
+    SshKnownHostsChanged,
 }
 
 impl EventKind {
@@ -321,6 +331,7 @@ impl EventKind {
         EventKind::PollFailed,
         EventKind::ReconcileFailed,
         EventKind::ImageWatchFailed,
+        EventKind::SshKnownHostsChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -343,6 +354,7 @@ impl EventKind {
             EventKind::PollFailed => "poll.failed",
             EventKind::ReconcileFailed => "reconcile.failed",
             EventKind::ImageWatchFailed => "image-watch.failed",
+            EventKind::SshKnownHostsChanged => "ssh-known-hosts.changed",
         }
     }
 }
@@ -388,6 +400,8 @@ pub trait Store: Send + Sync {
         credential: Option<&SealedCredential>,
     ) -> Result<()>;
     async fn credential(&self, project_id: i64) -> Result<Option<SealedCredential>>;
+    /// `None` accepts any SSH host key again.
+    async fn set_ssh_known_hosts(&self, project_id: i64, lines: Option<&str>) -> Result<()>;
     async fn set_push_token_hash(&self, project_id: i64, hash: &str) -> Result<()>;
     async fn project_by_push_token_hash(&self, project_id: i64, hash: &str) -> Result<bool>;
 

@@ -13,7 +13,7 @@ use super::*;
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
      p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
-     p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
+     p.ssh_known_hosts, p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
 const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
 const NODE_COLUMNS: &str = "id, name, labels, last_seen_at, created_at";
 const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, sources, status, target_commit, target_digests, reason, error, \
@@ -135,6 +135,7 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
             }),
             None => None,
         },
+        ssh_known_hosts: row.try_get("ssh_known_hosts")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -366,6 +367,18 @@ impl Store for SqlStore {
                 .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_ssh_known_hosts(&self, project_id: i64, lines: Option<&str>) -> Result<()> {
+        let done = sqlx::query("UPDATE projects SET ssh_known_hosts = $1 WHERE id = $2")
+            .bind(lines)
+            .bind(project_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("project {project_id}")));
+        }
         Ok(())
     }
 

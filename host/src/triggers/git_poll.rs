@@ -154,6 +154,7 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
     let head = match lookup(app, project, &url).await {
         Ok(head) => head,
         Err(e) => {
+            let url = crate::git::shown_url(&url);
             let error = format!("poll of {url} failed: {e}");
             return failed(app, project, EventKind::PollFailed, error).await;
         }
@@ -190,13 +191,15 @@ async fn reconcile(app: &App, project: &ProjectRecord) -> Checked {
 async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<String>, GitError> {
     let credential = super::credential(app, project.id).await?;
     let (owned_url, branch) = (url.to_string(), project.fields.git_branch.clone());
-    let blocking =
-        tokio::task::spawn_blocking(move || remote_head(&owned_url, &branch, credential.as_ref()));
+    let pins = project.ssh_known_hosts.clone();
+    let blocking = tokio::task::spawn_blocking(move || {
+        remote_head(&owned_url, &branch, credential.as_ref(), pins.as_deref())
+    });
     match tokio::time::timeout(app.git_timeout, blocking).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(GitError::Remote(format!("lookup task failed: {e}"))),
         Err(_) => Err(GitError::Timeout {
-            url: url.to_string(),
+            url: crate::git::shown_url(url),
             timeout: app.git_timeout,
         }),
     }

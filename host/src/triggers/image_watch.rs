@@ -287,8 +287,16 @@ async fn list_images(
                 .map_err(|e| e.to_string())?;
             let url = f.git_url.clone().unwrap_or_default();
             let scratch = app.data_dir.join("tmp");
+            let pins = project.ssh_known_hosts.clone();
             tokio::task::spawn_blocking(move || {
-                crate::git::remote_file(&url, &branch, &file, credential.as_ref(), &scratch)
+                crate::git::remote_file(
+                    &url,
+                    &branch,
+                    &file,
+                    credential.as_ref(),
+                    pins.as_deref(),
+                    &scratch,
+                )
             })
         }
     };

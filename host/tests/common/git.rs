@@ -243,6 +243,104 @@ pub struct Nginx {
     nginx: Server,
     fcgiwrap: Child,
     pub port: u16,
+    /// One line per request: `"GET /git/..." 200 user=NAME` (the basic-auth
+    /// user, `-` when the request carried none).
+    pub access_log: PathBuf,
+}
+
+impl Nginx {
+    /// The requests nginx has logged so far.
+    pub fn requests(&self) -> String {
+        std::fs::read_to_string(&self.access_log).unwrap_or_default()
+    }
+}
+
+/// A throw-away certificate authority and a server certificate it signed
+/// for `localhost` and 127.0.0.1 (only: 127.0.0.2 is deliberately left
+/// out), made with the `openssl` command.
+pub struct TestCa {
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+pub fn test_ca(dir: &Path) -> TestCa {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is missing: the test command installs it");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    openssl(
+        &[
+            &["req", "-x509", "-nodes", "-days", "2"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=autodeploy test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-nodes"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    TestCa {
+        ca_pem: dir.join("ca.pem"),
+        cert_pem: dir.join("server.pem"),
+        key_pem: dir.join("server.key"),
+    }
 }
 
 impl Drop for Nginx {
@@ -259,6 +357,22 @@ impl Drop for Nginx {
 }
 
 pub fn nginx_git(dir: &Path, repos: &Path, user: &str, password: &str) -> Nginx {
+    nginx_git_with(dir, repos, user, password, None)
+}
+
+/// The same over HTTPS with `tls`'s server certificate, listening on
+/// 127.0.0.1 and 127.0.0.2 (a name the certificate does not hold).
+pub fn nginx_git_tls(dir: &Path, repos: &Path, user: &str, password: &str, tls: &TestCa) -> Nginx {
+    nginx_git_with(dir, repos, user, password, Some(tls))
+}
+
+fn nginx_git_with(
+    dir: &Path,
+    repos: &Path,
+    user: &str,
+    password: &str,
+    tls: Option<&TestCa>,
+) -> Nginx {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let hash = Command::new("openssl")
@@ -296,6 +410,15 @@ pub fn nginx_git(dir: &Path, repos: &Path, user: &str, password: &str) -> Nginx 
     .find(|p| Path::new(p).exists())
     .expect("git-http-backend");
     let d = dir.display();
+    let listen = match tls {
+        None => format!("listen 127.0.0.1:{port};"),
+        Some(ca) => format!(
+            "listen 127.0.0.1:{port} ssl;\n    listen 127.0.0.2:{port} ssl;\n    \
+             ssl_certificate {};\n    ssl_certificate_key {};",
+            ca.cert_pem.display(),
+            ca.key_pem.display()
+        ),
+    };
     let config = format!(
         r#"daemon off;
 user root;
@@ -303,14 +426,15 @@ pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{}}
 http {{
-  access_log off;
+  log_format requests '"$request" $status user=$remote_user';
+  access_log {d}/access.log requests;
   client_body_temp_path {d}/tmp/body;
   proxy_temp_path {d}/tmp/proxy;
   fastcgi_temp_path {d}/tmp/fastcgi;
   uwsgi_temp_path {d}/tmp/uwsgi;
   scgi_temp_path {d}/tmp/scgi;
   server {{
-    listen 127.0.0.1:{port};
+    {listen}
     location ~ ^/git(/.*)$ {{
       auth_basic "git";
       auth_basic_user_file {d}/htpasswd;
@@ -344,5 +468,6 @@ http {{
         nginx: Server { child, port },
         fcgiwrap,
         port,
+        access_log: dir.join("access.log"),
     }
 }
