@@ -564,7 +564,7 @@ async fn every_change_deploys_exactly_once_through_chaos() {
 
         // A kill -9 at a random moment of this round, while it acts.
         let killer = rng.chance(60).then(|| {
-            let (cp, delay) = (cp.clone(), rng.below(1500));
+            let (cp, delay) = (cp.clone(), rng.below(6000));
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 tokio::task::spawn_blocking(move || cp.kill_and_restart())
@@ -572,9 +572,9 @@ async fn every_change_deploys_exactly_once_through_chaos() {
                     .unwrap();
             })
         });
-        // Each project's commit, each image's publish, a poll tick and two
-        // image-watch ticks, in a seeded order.
-        let mut actions: Vec<usize> = (0..projects.len() + IMAGES.len() + 3).collect();
+        // Each project's commit, each image's publish, a poll tick and
+        // three image-watch ticks, in a seeded order.
+        let mut actions: Vec<usize> = (0..projects.len() + IMAGES.len() + 4).collect();
         for i in (1..actions.len()).rev() {
             actions.swap(i, rng.below(i as u64 + 1) as usize);
         }
