@@ -237,6 +237,17 @@ where
     }
 }
 
+/// SIGKILLs the daemon after `delay_ms` and restarts it.
+fn kill_after(cp: &Arc<ControlPlane>, delay_ms: u64) -> tokio::task::JoinHandle<()> {
+    let cp = cp.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        tokio::task::spawn_blocking(move || cp.kill_and_restart())
+            .await
+            .unwrap();
+    })
+}
+
 fn short(s: &str) -> &str {
     &s[..s.len().min(10)]
 }
@@ -562,16 +573,17 @@ async fn every_change_deploys_exactly_once_through_chaos() {
             node_offline_rounds += 1;
         }
 
-        // A kill -9 at a random moment of this round, while it acts.
-        let killer = rng.chance(60).then(|| {
-            let (cp, delay) = (cp.clone(), rng.below(6000));
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                tokio::task::spawn_blocking(move || cp.kill_and_restart())
-                    .await
-                    .unwrap();
-            })
-        });
+        // A kill -9 in 60 % of the rounds: half of them at a random moment,
+        // half during the push to the hosted repository (between its ref
+        // update and its trigger is where a deploy can be lost).
+        let (mut killer, mut mid_push) = (None, None);
+        if rng.chance(60) {
+            if rng.chance(50) {
+                mid_push = Some(rng.below(400));
+            } else {
+                killer = Some(kill_after(&cp, rng.below(6000)));
+            }
+        }
         // Each project's commit, each image's publish, a poll tick and
         // three image-watch ticks, in a seeded order.
         let mut actions: Vec<usize> = (0..projects.len() + IMAGES.len() + 4).collect();
@@ -584,6 +596,11 @@ async fn every_change_deploys_exactly_once_through_chaos() {
                 p.final_commit = tokio::task::block_in_place(|| {
                     commit(p, &format!("round {round} seed {seed}"))
                 });
+                if p.name == "hosted"
+                    && let Some(delay) = mid_push
+                {
+                    killer = Some(kill_after(&cp, delay));
+                }
                 push_until_landed(p).await;
             } else if a < projects.len() + IMAGES.len() {
                 let name = IMAGES[a - projects.len()];
