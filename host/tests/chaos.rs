@@ -799,6 +799,15 @@ async fn every_change_deploys_exactly_once_through_chaos() {
     }
     drop(agent);
     let transcript = cp.transcript.lock().unwrap().clone();
+    // The search itself works: it finds what is meant to be there.
+    let mut control = Vec::new();
+    files_containing(&cp.dir, b"refusing to migrate", &mut control);
+    assert!(
+        control.iter().any(|f| f.contains("autodeploy.db"))
+            && transcript.contains("refusing to migrate")
+            && std::fs::read(&agent_log).is_ok_and(|l| !l.is_empty()),
+        "the secret search did not see the database, the answers and the agent's log: {control:?}"
+    );
     for (what, secret) in &secrets {
         let mut found = Vec::new();
         files_containing(&cp.dir, secret.as_bytes(), &mut found);
