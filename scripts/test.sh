@@ -9,6 +9,16 @@ cd "$(dirname "$0")/.."
 scripts/apt-install.sh gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server \
     nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose
 
+# The end-to-end tests drive a real Docker Engine; without one they would
+# fail late and one by one, so stop here first, saying why.
+echo "==> docker info (the end-to-end tests need a running Docker Engine)"
+if ! docker_err=$(docker info 2>&1 >/dev/null); then
+    echo "error: the Docker Engine does not answer: \`docker info\` failed:" >&2
+    echo "$docker_err" | tail -n 5 >&2
+    echo "Start the Docker Engine (e.g. \`service docker start\`), then run scripts/test.sh again." >&2
+    exit 1
+fi
+
 # The policy guest is built for this target by host/build.rs.
 rustup target add wasm32-unknown-unknown
 rustup component add rustfmt clippy

@@ -66,6 +66,7 @@ async fn app(data_dir: &Path) -> Arc<App> {
         data_dir: data_dir.to_path_buf(),
         database_url: None,
         git_timeout_seconds: 30,
+        http: Default::default(),
         registry: Default::default(),
     };
     let policy = PolicyArgs {

@@ -102,8 +102,17 @@ pub enum NodeCommand {
     /// Add a deploy node; prints its token once.
     Add {
         name: String,
+        /// A label KEY=VALUE, matched against projects' node_selector (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     List,
+    /// Delete a node; --force unpins the compose projects pinned to it.
+    Delete {
+        id: i64,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub struct Client {
@@ -263,15 +272,30 @@ pub async fn settings(args: &ClientArgs, cmd: &SettingsCommand) -> Result<()> {
 pub async fn node(args: &ClientArgs, cmd: &NodeCommand) -> Result<()> {
     let c = Client::new(args)?;
     let out = match cmd {
-        NodeCommand::Add { name } => {
+        NodeCommand::Add { name, labels } => {
+            let mut map = Map::new();
+            for pair in labels {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("label {pair:?} is not KEY=VALUE"))?;
+                map.insert(k.to_string(), Value::from(v));
+            }
             c.send(
                 reqwest::Method::POST,
                 "/api/nodes",
-                Some(json!({ "name": name })),
+                Some(json!({ "name": name, "labels": map })),
             )
             .await?
         }
         NodeCommand::List => c.get("/api/nodes").await?,
+        NodeCommand::Delete { id, force } => {
+            c.send(
+                reqwest::Method::DELETE,
+                &format!("/api/nodes/{id}?force={force}"),
+                None,
+            )
+            .await?
+        }
     };
     print(&out);
     Ok(())

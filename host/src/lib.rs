@@ -3,6 +3,7 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod git;
+pub mod http_server;
 pub mod pipeline;
 pub mod policy;
 pub mod registry;

@@ -4,7 +4,9 @@
 //! It asks the policy whether the project can be deployed, checks a pinned
 //! compose project's node, and hands the store one write that creates (or
 //! coalesces into) the deployment and records the new tracked state in the
-//! same transaction: a crash never loses or repeats a deploy.
+//! same transaction: a crash never loses or repeats a deploy. A deploy that
+//! fails here, before any node, records the failure but not the tracked
+//! state, so the next tick tries the same change again.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,9 @@ pub struct Trigger {
     pub reason: String,
     pub track_commit: Option<String>,
     pub track_digests: Option<BTreeMap<String, String>>,
+    /// The tracked commit the decision was made on; the store refuses the
+    /// write if another trigger moved it meanwhile.
+    pub decided_on_commit: Option<String>,
 }
 
 impl Trigger {
@@ -36,6 +41,7 @@ impl Trigger {
             reason: "manual deploy".into(),
             track_commit: None,
             track_digests: None,
+            decided_on_commit: None,
         }
     }
 }
@@ -80,10 +86,11 @@ pub async fn trigger(
             policy_sha256: policy.sha256,
             track_commit: t.track_commit,
             track_digests: t.track_digests,
+            decided_on_commit: t.decided_on_commit,
         };
         let deployment = app.store.record_trigger(&write).await?;
         match &deployment.error {
-            Some(e) => tracing::warn!(deployment = deployment.id, error = %e, "deployment failed before it started"),
+            Some(e) => tracing::warn!(deployment = deployment.id, repeats = deployment.repeat_count, error = %e, "deployment failed before it started; the tracked state stays, the next tick tries again"),
             None => tracing::info!(deployment = deployment.id, triggers = deployment.trigger_count, reason = %deployment.reason, "deployment queued"),
         }
         Ok(deployment)

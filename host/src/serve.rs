@@ -35,6 +35,42 @@ pub struct ServeArgs {
     pub git_timeout_seconds: u64,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Limits of the HTTP listener and of pushes.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Seconds a client has to send a request's head, from connecting or
+    /// from the end of the previous answer (so also the keep-alive idle time).
+    #[arg(long, env = "AUTODEPLOY_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_seconds: u64,
+    /// Seconds a client may stall while sending a body or reading an answer.
+    #[arg(long, env = "AUTODEPLOY_IDLE_TIMEOUT_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_seconds: u64,
+    /// Connections served at once; one more is answered 503.
+    #[arg(long, env = "AUTODEPLOY_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Largest push (the receive-pack request body), in bytes.
+    #[arg(long, env = "AUTODEPLOY_MAX_PUSH_BYTES", default_value_t = 100 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_push_bytes: u64,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        let limits = crate::http_server::Limits::default();
+        HttpArgs {
+            header_timeout_seconds: limits.header_timeout.as_secs(),
+            idle_timeout_seconds: limits.idle_timeout.as_secs(),
+            max_connections: limits.max_connections as u64,
+            max_push_bytes: 100 << 20,
+        }
+    }
 }
 
 /// Registry access for the image watcher.
@@ -104,7 +140,15 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         Some(url) => url.clone(),
         None => format!("sqlite://{}", args.data_dir.join("autodeploy.db").display()),
     };
+    let db_file = sqlite_file(&url);
+    if let Some(db) = &db_file {
+        private_database(db)?;
+    }
     let store = SqlStore::connect(&url).await.context("open the database")?;
+    if let Some(db) = &db_file {
+        // -wal and -shm exist now; one left from an older run keeps its mode.
+        private_database(db)?;
+    }
     let key = SecretKey::load(
         std::env::var("AUTODEPLOY_SECRET_KEY").ok().as_deref(),
         &args.data_dir,
@@ -137,6 +181,11 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     // The cap itself is a tokio timeout around each lookup (one clear error);
     // libgit2's own, a little longer, frees the thread a hung lookup holds.
     crate::git::set_network_timeout(git_timeout + Duration::from_secs(5));
+    crate::git::http::set_limits(
+        args.http.max_push_bytes,
+        Duration::from_secs(args.http.idle_timeout_seconds),
+    );
+    crate::api::set_body_idle_timeout(Duration::from_secs(args.http.idle_timeout_seconds));
     let app = Arc::new(App {
         store: Arc::new(store),
         data_dir: args.data_dir.clone(),
@@ -170,16 +219,35 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
         cancel.clone(),
     ));
 
+    let nofile = match crate::http_server::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            1024
+        }
+    };
+    let limits = crate::http_server::Limits {
+        header_timeout: Duration::from_secs(args.http.header_timeout_seconds),
+        idle_timeout: Duration::from_secs(args.http.idle_timeout_seconds),
+        max_connections: crate::http_server::fit_cap(
+            usize::try_from(args.http.max_connections).unwrap_or(usize::MAX),
+            nofile,
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("autodeploy listening on http://{addr}");
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, crate::api::router(app.clone()))
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .await
-        .context("serve the API")?;
+    tracing::info!(%addr, max_connections = limits.max_connections, open_files = nofile,
+        header_timeout = ?limits.header_timeout, idle_timeout = ?limits.idle_timeout, "listening");
+    crate::http_server::serve(
+        listener,
+        crate::api::router(app.clone()),
+        limits,
+        cancel.clone(),
+    )
+    .await;
     cancel.cancel();
     while loops.join_next().await.is_some() {}
     tracing::info!("stopped");
@@ -247,14 +315,93 @@ async fn reload_policy(app: &Arc<App>, file: Option<&Path>) {
     }
 }
 
+/// Creates the data dir only its owner may enter (0700). One that exists
+/// and lets others in (say 0755, made by hand or by an older version) is
+/// tightened, with a log line; if that is not allowed, the daemon refuses to
+/// start rather than keep its secrets there.
 fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("create data dir {}", dir.display()))?;
+    }
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("read data dir {}", dir.display()))?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "data dir {} is not a directory",
+        dir.display()
+    );
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "data dir {} is open to other users (mode {mode:04o}) and could not be \
+                     tightened; make it private (chmod 700) or choose another AUTODEPLOY_DATA_DIR",
+                    dir.display()
+                )
+            },
+        )?;
+        tracing::warn!(
+            dir = %dir.display(),
+            was = %format!("{mode:04o}"),
+            "data dir was open to other users; tightened to 0700"
+        );
+    }
+    Ok(())
+}
+
+/// The file behind a `sqlite:` URL, if it is one on disk.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// Makes the database private before SQLite opens it: a new file is created
+/// 0600 (SQLite gives its -wal and -shm files the database's mode), and an
+/// existing database, -wal or -shm file that others may read is tightened.
+fn private_database(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("create the database {}", db.display()));
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).with_context(
+                || {
+                    format!(
+                        "{} is open to other users (mode {mode:04o}) and could not be tightened",
+                        file.display()
+                    )
+                },
+            )?;
+            tracing::warn!(
+                file = %file.display(),
+                was = %format!("{mode:04o}"),
+                "database file was open to other users; tightened to 0600"
+            );
+        }
     }
     Ok(())
 }

@@ -39,6 +39,7 @@ async fn image_watch_tick_over_1000_projects() {
         data_dir: dir.join("data"),
         database_url: None,
         git_timeout_seconds: 30,
+        http: Default::default(),
         registry: Default::default(),
     };
     // SAFETY: set before the daemon's threads start.

@@ -431,10 +431,14 @@ async fn external_repositories_are_polled_over_every_transport() {
     let new_sha = commit_to(&repos.join("file.git"), "main", "second");
     let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
     assert_eq!(tick["triggered"], 1, "{tick}");
+    // Nobody claimed the first deployment: it absorbs the move, keeping the
+    // reason it was created with.
     let deps = d.deployments(ids["file"]).await;
+    assert_eq!(deps.len(), 1);
     assert_eq!(deps[0]["target_commit"], new_sha.as_str());
+    assert_eq!(deps[0]["trigger_count"], 2);
     assert!(
-        deps[0]["reason"].as_str().unwrap().contains("moved from"),
+        deps[0]["reason"].as_str().unwrap().contains("to align"),
         "{}",
         deps[0]["reason"]
     );
@@ -464,6 +468,210 @@ async fn external_repositories_are_polled_over_every_transport() {
                 && !text.contains(&hosted_token)
                 && !text.contains("PRIVATE KEY"),
             "a credential leaked"
+        );
+    }
+    d.stop();
+}
+
+#[tokio::test]
+async fn a_push_to_any_branch_compares_the_tracked_branch() {
+    let dir = temp_dir("git-align");
+    let d = Daemon::start(&dir);
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
+    )
+    .await;
+    let p = create(&d, json!({"name": "a", "project_type": "deployment"})).await;
+    let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    let first = commit(&work, "first");
+    try_push(&work, &remote(&d, id, token), "main").unwrap();
+    assert!(d.deployments(id).await.is_empty(), "auto-deploy is off");
+
+    // Turned on later: the next push, even of another branch, aligns main.
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"auto_deploy_enabled": true})),
+    )
+    .await;
+    git(&work, &["checkout", "-q", "-b", "feature"]);
+    commit(&work, "on a branch");
+    try_push(&work, &remote(&d, id, token), "feature").unwrap();
+    let deps = d.deployments(id).await;
+    assert_eq!(deps.len(), 1, "{deps:?}");
+    assert_eq!(
+        (
+            deps[0]["source"].as_str(),
+            deps[0]["target_commit"].as_str()
+        ),
+        (Some("auto-push"), Some(first.as_str()))
+    );
+    // Once aligned, another branch moves nothing.
+    commit(&work, "again on a branch");
+    try_push(&work, &remote(&d, id, token), "feature").unwrap();
+    assert_eq!(d.deployments(id).await[0]["trigger_count"], 1);
+    d.stop();
+}
+
+#[tokio::test]
+async fn failures_before_the_node_are_retried_each_tick_and_folded() {
+    let dir = temp_dir("git-retry");
+    // Only the ticks this test asks for run: the loop's own wait is an hour
+    // from the (second) start on.
+    let d = Daemon::start(&dir);
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
+    )
+    .await;
+    d.stop();
+    let d = Daemon::start(&dir);
+    // Compose projects without their expose fields: the policy refuses to deploy.
+    let h = create(
+        &d,
+        json!({"name": "h", "project_type": "compose", "auto_deploy_enabled": true}),
+    )
+    .await;
+    let (h_id, h_token) = (h["id"].as_i64().unwrap(), h["push_token"].as_str().unwrap());
+    let bare = dir.join("x.git");
+    let x_sha = bare_with_commit(&bare);
+    let x_id = create(
+        &d,
+        json!({"name": "x", "project_type": "compose", "git_source": "external",
+               "git_url": format!("file://{}", bare.display()), "auto_deploy_enabled": true}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    let h_sha = commit(&work, "first");
+    try_push(&work, &remote(&d, h_id, h_token), "main").unwrap();
+    let deps = d.deployments(h_id).await;
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0]["status"], "failed");
+    assert!(
+        deps[0]["error"].as_str().unwrap().contains("expose"),
+        "{}",
+        deps[0]
+    );
+    let tracked = |id: i64| {
+        let d = &d;
+        async move {
+            d.ok(Method::GET, &format!("/api/projects/{id}"), None)
+                .await["last_tracked_commit_sha"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(tracked(h_id).await, "", "a refused deploy is not tracked");
+
+    // Each tick tries again (the push through reconciliation, the external
+    // repository through its poll); the same failure folds into one row.
+    for round in 1..=2 {
+        let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+        assert_eq!(
+            (
+                tick["checked"].as_i64(),
+                tick["triggered"].as_i64(),
+                tick["failed"].as_i64(),
+                tick["errors"].as_i64()
+            ),
+            (Some(2), Some(0), Some(2), Some(0)),
+            "{tick}"
+        );
+        for p in tick["projects"].as_array().unwrap() {
+            assert_eq!(p["outcome"], "failed", "{p}");
+        }
+        for (id, repeats) in [(h_id, round + 1), (x_id, round)] {
+            let deps = d.deployments(id).await;
+            assert_eq!(deps.len(), 1, "{deps:?}");
+            assert_eq!(deps[0]["repeat_count"], repeats, "{}", deps[0]);
+            assert!(
+                deps[0]["last_seen_at"].as_i64().unwrap()
+                    >= deps[0]["created_at"].as_i64().unwrap()
+            );
+            assert_eq!(tracked(id).await, "");
+        }
+    }
+    assert_eq!(
+        d.deployments(h_id).await[0]["sources"],
+        json!(["auto-push"])
+    );
+
+    // The cause cleared: the next tick deploys what was pushed and polled.
+    for id in [h_id, x_id] {
+        d.ok(
+            Method::PATCH,
+            &format!("/api/projects/{id}"),
+            Some(json!({"expose_service": "web", "expose_port": 80})),
+        )
+        .await;
+    }
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    assert_eq!(
+        (tick["triggered"].as_i64(), tick["failed"].as_i64()),
+        (Some(2), Some(0)),
+        "{tick}"
+    );
+    for (id, sha) in [(h_id, &h_sha), (x_id, &x_sha)] {
+        let deps = d.deployments(id).await;
+        assert_eq!(
+            (
+                deps.len(),
+                deps[0]["status"].as_str(),
+                deps[0]["target_commit"].as_str()
+            ),
+            (2, Some("queued"), Some(sha.as_str()))
+        );
+        assert_eq!(tracked(id).await, *sha);
+    }
+
+    // A failure on the node is recorded and not retried.
+    let node = d
+        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
+        .await;
+    let node_token = node["token"].as_str().unwrap();
+    for _ in 0..2 {
+        let (status, claim) = d
+            .call(Method::POST, "/api/agent/claim", Some(node_token), None)
+            .await;
+        assert_eq!(status, 200, "{claim}");
+        let dep = claim["deployment"]["id"].as_i64().unwrap();
+        d.call(
+            Method::POST,
+            &format!("/api/agent/deployments/{dep}/report"),
+            Some(node_token),
+            Some(json!({"status": "failed", "error": "docker-compose up failed"})),
+        )
+        .await;
+    }
+    for _ in 0..2 {
+        let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+        assert_eq!(
+            (tick["triggered"].as_i64(), tick["failed"].as_i64()),
+            (Some(0), Some(0)),
+            "{tick}"
+        );
+    }
+    for id in [h_id, x_id] {
+        let deps = d.deployments(id).await;
+        assert_eq!(
+            (
+                deps.len(),
+                deps[0]["status"].as_str(),
+                deps[0]["error"].as_str()
+            ),
+            (2, Some("failed"), Some("docker-compose up failed"))
         );
     }
     d.stop();

@@ -490,3 +490,78 @@ async fn bearer_tokens_are_reused_and_a_429_backs_the_registry_off() {
     );
     d.stop();
 }
+
+#[tokio::test]
+async fn a_move_that_fails_before_the_node_counts_as_failed_and_is_retried() {
+    let dir = temp_dir("image-watch-failed");
+    let reg = TestRegistry::start(&dir.join("registry"), None, None);
+    let v1 = reg.push("app", "1", "version one");
+    let d = Daemon::start(&dir);
+    let image = format!("{}/app:1", reg.addr);
+    // No expose fields: the policy refuses to deploy this compose project.
+    let p = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "shop", "project_type": "compose"})),
+        )
+        .await;
+    let (id, token) = (
+        p["id"].as_i64().unwrap(),
+        p["push_token"].as_str().unwrap().to_string(),
+    );
+    push_compose(
+        &d,
+        &dir.join("work"),
+        id,
+        &token,
+        &format!("services:\n  web:\n    image: {image}\n"),
+    );
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"auto_deploy_enabled": true})),
+    )
+    .await;
+    assert_eq!(project(&tick(&d).await, id)["outcome"], "recorded");
+
+    let v2 = reg.push("app", "1", "version two");
+    for repeats in 1..=2 {
+        let t = tick(&d).await;
+        assert_eq!(
+            (t["triggered"].as_i64(), t["failed"].as_i64()),
+            (Some(0), Some(1)),
+            "{t}"
+        );
+        assert_eq!(project(&t, id)["outcome"], "failed", "{t}");
+        assert_eq!(
+            digests(&d, id).await,
+            json!({image.clone(): v1.clone()}),
+            "the refused move is not recorded"
+        );
+        // (A git poll tick may reconcile the push meanwhile: look at the
+        // image trigger's deployments only.)
+        let deps: Vec<Value> = d
+            .deployments(id)
+            .await
+            .into_iter()
+            .filter(|dep| dep["source"] == "auto-image")
+            .collect();
+        assert_eq!(deps.len(), 1, "{deps:?}");
+        assert_eq!(deps[0]["repeat_count"], repeats);
+    }
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"expose_service": "web", "expose_port": 80})),
+    )
+    .await;
+    let t = tick(&d).await;
+    assert_eq!(
+        (t["triggered"].as_i64(), t["failed"].as_i64()),
+        (Some(1), Some(0)),
+        "{t}"
+    );
+    assert_eq!(digests(&d, id).await, json!({image.clone(): v2}));
+    d.stop();
+}

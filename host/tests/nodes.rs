@@ -1,11 +1,15 @@
-//! Deploy nodes: claiming, pinning, reports, and what happens when a node
-//! goes offline. Uses `node_offline_after_seconds` = 5 (its minimum).
+//! Deploy nodes: claiming, pinning, reports, what happens when a node goes
+//! offline or is deleted, and what a node may see (hosted repositories only
+//! while it runs their deployment; only projects its labels match). Uses
+//! `node_offline_after_seconds` = 5 (its minimum).
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::daemon::{Daemon, temp_dir};
+use common::git::git;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -190,5 +194,440 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
         )
         .await;
     assert_eq!(back["status"], "queued", "{back}");
+    d.stop();
+}
+
+async fn add_labelled_node(d: &Daemon, name: &str, labels: Value) -> String {
+    let node = d
+        .ok(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"name": name, "labels": labels})),
+        )
+        .await;
+    assert_eq!(node["labels"], labels, "the answer shows the labels");
+    node["token"].as_str().unwrap().to_string()
+}
+
+/// The hosted repository's URL with `token` as the basic-auth password.
+fn hosted_url(d: &Daemon, id: i64, token: &str) -> String {
+    format!(
+        "http://node:{token}@{}/git/{id}.git",
+        d.url.trim_start_matches("http://")
+    )
+}
+
+/// Runs the real git client in `dir`; Ok(stdout) or Err(stderr).
+fn git_try(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("run git");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn refused(result: Result<String, String>, what: &str) {
+    match result {
+        Ok(out) => panic!("{what}: git succeeded ({out})"),
+        Err(e) => assert!(
+            e.contains("Authentication failed") || e.contains("401"),
+            "{what}: {e}"
+        ),
+    }
+}
+
+/// A hosted project with one pushed commit; returns (id, commit).
+async fn hosted_with_commit(d: &Daemon, work: &Path, name: &str) -> (i64, String) {
+    let p = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": name, "project_type": "deployment"})),
+        )
+        .await;
+    let id = p["id"].as_i64().unwrap();
+    let push = p["push_token"].as_str().unwrap();
+    std::fs::create_dir_all(work).unwrap();
+    git(work, &["init", "-q", "-b", "main"]);
+    git(work, &["commit", "-q", "--allow-empty", "-m", name]);
+    let sha = git(work, &["rev-parse", "HEAD"]);
+    git_try(work, &["push", "-q", &hosted_url(d, id, push), "main"]).expect("push");
+    (id, sha)
+}
+
+#[tokio::test]
+async fn a_node_token_fetches_only_repositories_of_deployments_it_runs() {
+    let dir = temp_dir("nodes-fetch");
+    let d = Daemon::start(&dir);
+    let (n1, n2) = (add_node(&d, "n1").await, add_node(&d, "n2").await);
+    let (web, sha) = hosted_with_commit(&d, &dir.join("web-work"), "web").await;
+    let (other, _) = hosted_with_commit(&d, &dir.join("other-work"), "other").await;
+
+    // No deployment held: the node token fetches nothing.
+    refused(
+        git_try(&dir, &["ls-remote", &hosted_url(&d, web, &n1)]),
+        "n1 before any claim",
+    );
+
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{web}/deployments"),
+        None,
+    )
+    .await;
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claim}");
+    assert_eq!(claim["project"]["id"], web);
+    let dep = claim["deployment"]["id"].as_i64().unwrap();
+
+    // While n1 runs web's deployment: it may clone web, nothing else; n2
+    // may not; and n1 still may not push.
+    let clone = dir.join("web-clone");
+    git_try(
+        &dir,
+        &[
+            "clone",
+            "-q",
+            &hosted_url(&d, web, &n1),
+            clone.to_str().unwrap(),
+        ],
+    )
+    .expect("n1 clones the repository of the deployment it runs");
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]), sha);
+    refused(
+        git_try(&dir, &["ls-remote", &hosted_url(&d, other, &n1)]),
+        "n1 on a project it runs nothing of",
+    );
+    refused(
+        git_try(&dir, &["ls-remote", &hosted_url(&d, web, &n2)]),
+        "n2 on web, which n1 runs",
+    );
+    git(
+        &clone,
+        &["commit", "-q", "--allow-empty", "-m", "from a node"],
+    );
+    refused(
+        git_try(&clone, &["push", "-q", &hosted_url(&d, web, &n1), "main"]),
+        "n1 pushing",
+    );
+
+    // Once the deployment is finished, the node's access ends with it.
+    let (status, v) = d
+        .call(
+            Method::POST,
+            &format!("/api/agent/deployments/{dep}/report"),
+            Some(&n1),
+            Some(json!({"status": "succeeded"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    refused(
+        git_try(&dir, &["ls-remote", &hosted_url(&d, web, &n1)]),
+        "n1 after its deployment finished",
+    );
+    d.stop();
+}
+
+#[tokio::test]
+async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
+    let dir = temp_dir("nodes-labels");
+    let d = Daemon::start(&dir);
+    let eu = add_labelled_node(&d, "eu", json!({"zone": "eu", "tier": "prod"})).await;
+    let us = add_labelled_node(&d, "us", json!({"zone": "us", "tier": "prod"})).await;
+    let bare = add_node(&d, "bare").await;
+    let listed = d.ok(Method::GET, "/api/nodes", None).await;
+    assert_eq!(listed[0]["labels"], json!({"zone": "eu", "tier": "prod"}));
+    assert_eq!(listed[2]["labels"], json!({}));
+
+    // Bad labels or selectors are refused, naming the field.
+    let (status, v) = d
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"name": "x", "labels": {"bad key": "v"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("labels"), "{v}");
+    let (status, v) = d
+        .admin(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "y", "project_type": "deployment", "node_selector": {"zone": "e u"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("node_selector"),
+        "{v}"
+    );
+
+    // An external project with a credential, for eu nodes only: the other
+    // nodes never get its deployment, so never its credential.
+    let secret = "planted-https-token-4711";
+    let p = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({
+                "name": "euapp", "project_type": "deployment", "git_source": "external",
+                "git_url": "https://git.example.invalid/euapp.git",
+                "credentials": {"kind": "https", "username": "u", "token": secret},
+                "node_selector": {"zone": "eu"},
+            })),
+        )
+        .await;
+    assert_eq!(p["node_selector"], json!({"zone": "eu"}));
+    let euapp = p["id"].as_i64().unwrap();
+    // Matches no node: stays queued.
+    let nowhere = d
+        .create_project(json!({"name": "nowhere", "project_type": "deployment", "node_selector": {"zone": "mars"}}))
+        .await;
+    for id in [euapp, nowhere] {
+        let q = d
+            .ok(
+                Method::POST,
+                &format!("/api/projects/{id}/deployments"),
+                None,
+            )
+            .await;
+        assert_eq!(q["status"], "queued", "{q}");
+    }
+    for (token, name) in [(&us, "us"), (&bare, "bare")] {
+        let (status, v) = d
+            .call(Method::POST, "/api/agent/claim", Some(token), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{name} got {v}");
+    }
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&eu), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claim["project"]["id"], euapp);
+    assert_eq!(claim["credential"]["secret"], secret);
+    for token in [&eu, &us, &bare] {
+        let (status, v) = d
+            .call(Method::POST, "/api/agent/claim", Some(token), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    assert_eq!(d.deployments(nowhere).await[0]["status"], "queued");
+
+    // Clearing the selector lets any node claim it.
+    let cleared = d
+        .ok(
+            Method::PATCH,
+            &format!("/api/projects/{nowhere}"),
+            Some(json!({"node_selector": null})),
+        )
+        .await;
+    assert_eq!(cleared["node_selector"], json!({}));
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&bare), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claim["project"]["id"], nowhere);
+
+    // A pinned compose project's selector must keep matching its node.
+    let web = d
+        .create_project(json!({"name": "web", "project_type": "compose", "expose_service": "web", "expose_port": 80, "node_selector": {"tier": "prod"}}))
+        .await;
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{web}/deployments"),
+        None,
+    )
+    .await;
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&us), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claim["project"]["id"], web);
+    let (status, v) = d
+        .admin(
+            Method::PATCH,
+            &format!("/api/projects/{web}"),
+            Some(json!({"node_selector": {"zone": "eu"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("node us"), "{v}");
+    assert!(
+        !d.log().contains(secret),
+        "the credential never reaches the log"
+    );
+    d.stop();
+}
+
+/// A compose project that `token`'s node claims (and so is pinned to);
+/// returns (project id, deployment id).
+async fn pinned_compose(d: &Daemon, name: &str, token: &str) -> (i64, i64) {
+    let id = d
+        .create_project(json!({"name": name, "project_type": "compose", "expose_service": "web", "expose_port": 80}))
+        .await;
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{id}/deployments"),
+        None,
+    )
+    .await;
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claim}");
+    assert_eq!(claim["project"]["id"], id);
+    (id, claim["deployment"]["id"].as_i64().unwrap())
+}
+
+#[tokio::test]
+async fn deleting_a_node_with_pinned_projects_answers_409_naming_them() {
+    let dir = temp_dir("nodes-delete-409");
+    let d = Daemon::start(&dir);
+    let n1 = add_node(&d, "n1").await;
+    let n1_id = d.ok(Method::GET, "/api/nodes", None).await[0]["id"]
+        .as_i64()
+        .unwrap();
+    let (web, dep) = pinned_compose(&d, "web", &n1).await;
+    d.call(
+        Method::POST,
+        &format!("/api/agent/deployments/{dep}/report"),
+        Some(&n1),
+        Some(json!({"status": "succeeded"})),
+    )
+    .await;
+    pinned_compose(&d, "db", &n1).await;
+
+    let (status, v) = d
+        .admin(Method::DELETE, &format!("/api/nodes/{n1_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("\"web\"") && error.contains("\"db\"") && error.contains("force=true"),
+        "{error}"
+    );
+    let (status, v) = d
+        .admin(
+            Method::DELETE,
+            &format!("/api/nodes/{n1_id}?force=maybe"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // Nothing changed: the node, the pin and its running deployment stay.
+    assert_eq!(
+        d.ok(Method::GET, "/api/nodes", None)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let p = d
+        .ok(Method::GET, &format!("/api/projects/{web}"), None)
+        .await;
+    assert_eq!(p["pinned_node_id"], n1_id);
+    let (status, _) = d
+        .call(Method::POST, "/api/agent/heartbeat", Some(&n1), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "the node's token still works"
+    );
+    d.stop();
+}
+
+#[tokio::test]
+async fn force_delete_unpins_and_fails_the_deployments_the_node_held() {
+    let dir = temp_dir("nodes-delete-force");
+    let d = Daemon::start(&dir);
+    let (n1, n2) = (add_node(&d, "n1").await, add_node(&d, "n2").await);
+    let n1_id = d.ok(Method::GET, "/api/nodes", None).await[0]["id"]
+        .as_i64()
+        .unwrap();
+    // web: one deployment running on n1, the next queued for n1 (pinned).
+    let (web, running) = pinned_compose(&d, "web", &n1).await;
+    let queued = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{web}/deployments"),
+            None,
+        )
+        .await;
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["node_id"], n1_id);
+    let queued = queued["id"].as_i64().unwrap();
+
+    let done = d
+        .ok(
+            Method::DELETE,
+            &format!("/api/nodes/{n1_id}?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(done["unpinned"], json!(["web"]), "{done}");
+    assert_eq!(
+        done["failed_deployments"],
+        json!([running, queued]),
+        "{done}"
+    );
+
+    let deps = d.deployments(web).await;
+    let by_id = |id: i64| deps.iter().find(|x| x["id"] == id).unwrap().clone();
+    let (r, q) = (by_id(running), by_id(queued));
+    assert_eq!(r["status"], "failed");
+    assert_eq!(
+        r["error"],
+        "node n1 was deleted while running this deployment; it was not finished"
+    );
+    assert_eq!(q["status"], "failed");
+    assert_eq!(
+        q["error"],
+        "node n1 was deleted while this deployment was queued for it"
+    );
+    let p = d
+        .ok(Method::GET, &format!("/api/projects/{web}"), None)
+        .await;
+    assert_eq!(p["pinned_node_id"], Value::Null);
+    let events = d
+        .ok(Method::GET, &format!("/api/events?project_id={web}"), None)
+        .await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "project.unpinned"
+                && e["message"].as_str().unwrap().contains("\"web\"")
+                && e["message"].as_str().unwrap().contains("node n1")),
+        "{events}"
+    );
+
+    // The deleted node's token is dead, and the project is not stuck: its
+    // next deployment goes to another node.
+    let (status, _) = d
+        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{web}/deployments"),
+        None,
+    )
+    .await;
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&n2), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claim}");
+    assert_eq!(claim["project"]["id"], web);
     d.stop();
 }

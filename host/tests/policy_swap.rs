@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use autodeploy::policy::BUNDLED_POLICY;
 use common::daemon::{ADMIN, Daemon, temp_dir};
+use common::wait_until;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -116,25 +117,29 @@ async fn sighup_reloads_the_policy_file_and_keeps_the_old_one_if_the_new_fails()
 
     std::fs::write(&file, variant("two")).unwrap();
     d.signal("HUP");
-    let mut now = one.clone();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        now = active_sha(&d).await;
-        if now != one {
-            break;
-        }
-    }
-    assert_ne!(now, one, "SIGHUP reloaded the file");
+    wait_until(
+        "SIGHUP reloaded the file",
+        Duration::from_secs(60),
+        || async { active_sha(&d).await != one },
+    )
+    .await;
+    let now = active_sha(&d).await;
 
+    // Waits for the daemon to have refused the broken file, then checks the
+    // running policy: no guess at how long a reload takes.
     std::fs::write(&file, b"broken").unwrap();
     d.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until(
+        "the daemon logged that it refused the broken file",
+        Duration::from_secs(60),
+        || async { d.log().contains("policy refused, the running one stays") },
+    )
+    .await;
     assert_eq!(
         active_sha(&d).await,
         now,
         "a broken file leaves the running policy"
     );
-    assert!(d.log().contains("policy refused, the running one stays"));
     assert!(d.stop().success());
 }
 

@@ -1,6 +1,7 @@
 //! The store on a real SQLite file: a trigger's deployment and the project's
-//! tracked state are written together, and a queued deployment moves to the
-//! newest target.
+//! tracked state are written together, a queued deployment moves to the
+//! newest target, a failure before the node leaves the tracked state alone
+//! and folds into one row, and history keeps every source.
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use autodeploy::store::{
-    DeploySource, GitSource, ProjectFields, ProjectKind, SqlStore, Store, TriggerWrite,
+    DeploySource, DeployStatus, EventKind, GitSource, ProjectFields, ProjectKind, SqlStore, Store,
+    StoreError, TriggerWrite,
 };
 
 fn fields(name: &str) -> ProjectFields {
@@ -41,7 +43,26 @@ fn push(project_id: i64, sha: &str) -> TriggerWrite {
         policy_sha256: "0".repeat(64),
         track_commit: Some(sha.into()),
         track_digests: None,
+        decided_on_commit: None,
     }
+}
+
+fn failing(project_id: i64, sha: &str, error: &str) -> TriggerWrite {
+    TriggerWrite {
+        failure: Some(error.into()),
+        ..push(project_id, sha)
+    }
+}
+
+async fn open(name: &str) -> (Arc<SqlStore>, i64) {
+    let dir = common::daemon::temp_dir(name);
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let p = store
+        .create_project(&fields("web"), None, None)
+        .await
+        .unwrap();
+    (store, p.id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,15 +97,19 @@ async fn tracked_state_and_deployments_move_together() {
         Some(project.last_tracked_commit_sha.as_str())
     );
 
-    // A failed trigger is its own deployment and still records the state,
-    // so the same commit does not fail again on every tick.
-    let mut failing = push(p.id, &"f".repeat(40));
-    failing.failure = Some("refused".into());
-    let failed = store.record_trigger(&failing).await.unwrap();
+    // A trigger that fails before the node is its own deployment and leaves
+    // the tracked state where it was, so the next tick tries that commit again.
+    let tracked = store.project(p.id).await.unwrap().last_tracked_commit_sha;
+    let failed = store
+        .record_trigger(&failing(p.id, &"f".repeat(40), "refused"))
+        .await
+        .unwrap();
     assert_eq!(failed.error.as_deref(), Some("refused"));
+    assert_eq!(failed.status, DeployStatus::Failed);
     assert_eq!(
         store.project(p.id).await.unwrap().last_tracked_commit_sha,
-        "f".repeat(40)
+        tracked,
+        "a failure before the node does not advance the tracked commit"
     );
     assert_eq!(store.deployments(p.id, 100).await.unwrap().len(), 2);
 
@@ -106,5 +131,227 @@ async fn tracked_state_and_deployments_move_together() {
             .unwrap()
             .last_tracked_image_digests,
         map
+    );
+
+    // A failed image trigger leaves the recorded digests alone too.
+    let mut image = failing(p.id, &"f".repeat(40), "node n1 is offline");
+    image.source = DeploySource::AutoImage;
+    image.target_commit = None;
+    image.track_commit = None;
+    let moved = BTreeMap::from([("redis:7".to_string(), format!("sha256:{}", "b".repeat(64)))]);
+    image.target_digests = Some(moved.clone());
+    image.track_digests = Some(moved);
+    store.record_trigger(&image).await.unwrap();
+    assert_eq!(
+        store
+            .project(p.id)
+            .await
+            .unwrap()
+            .last_tracked_image_digests,
+        map
+    );
+}
+
+#[tokio::test]
+async fn identical_failures_fold_into_one_row() {
+    let (store, id) = open("store-fold").await;
+    let sha = "a".repeat(40);
+    let first = store
+        .record_trigger(&failing(id, &sha, "compose projects need expose_service"))
+        .await
+        .unwrap();
+    assert_eq!((first.repeat_count, first.trigger_count), (1, 1));
+    for _ in 0..4 {
+        store
+            .record_trigger(&failing(id, &sha, "compose projects need expose_service"))
+            .await
+            .unwrap();
+    }
+    let mut manual = failing(id, &sha, "compose projects need expose_service");
+    manual.source = DeploySource::Manual;
+    let folded = store.record_trigger(&manual).await.unwrap();
+    assert_eq!(
+        folded.id, first.id,
+        "folded into the newest failed deployment"
+    );
+    assert_eq!(folded.repeat_count, 6);
+    assert!(folded.last_seen_at >= first.last_seen_at);
+    assert_eq!(
+        folded.sources,
+        vec![DeploySource::AutoPush, DeploySource::Manual]
+    );
+    assert_eq!(store.deployments(id, 100).await.unwrap().len(), 1);
+    let triggered = store
+        .events(Some(id), 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EventKind::DeployTriggered)
+        .count();
+    assert_eq!(triggered, 1, "a folded repeat adds no event");
+
+    // Another error, or another target, is a new row.
+    let other_error = store
+        .record_trigger(&failing(id, &sha, "node n1 is offline"))
+        .await
+        .unwrap();
+    assert_ne!(other_error.id, first.id);
+    let other_target = store
+        .record_trigger(&failing(id, &"b".repeat(40), "node n1 is offline"))
+        .await
+        .unwrap();
+    assert_ne!(other_target.id, other_error.id);
+    // Two causes taking turns (a push and an image watch, say) each fold
+    // into their own row.
+    let again = store
+        .record_trigger(&failing(id, &sha, "compose projects need expose_service"))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.repeat_count), (first.id, 7));
+    let again = store
+        .record_trigger(&failing(id, &"b".repeat(40), "node n1 is offline"))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.repeat_count), (other_target.id, 2));
+    // Only consecutive failures fold: a deployment in between breaks the run.
+    let queued = store
+        .record_trigger(&push(id, &"c".repeat(40)))
+        .await
+        .unwrap();
+    let after = store
+        .record_trigger(&failing(id, &"b".repeat(40), "node n1 is offline"))
+        .await
+        .unwrap();
+    assert!(after.id > queued.id && after.repeat_count == 1);
+    assert_eq!(store.deployments(id, 100).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn coalescing_keeps_the_first_source_and_reason_and_lists_every_source() {
+    let (store, id) = open("store-sources").await;
+    let first = store
+        .record_trigger(&push(id, &"1".repeat(40)))
+        .await
+        .unwrap();
+    assert_eq!(first.sources, vec![DeploySource::AutoPush]);
+    let mut manual = push(id, &"2".repeat(40));
+    manual.source = DeploySource::Manual;
+    manual.reason = "manual deploy".into();
+    manual.target_commit = None;
+    manual.track_commit = None;
+    store.record_trigger(&manual).await.unwrap();
+    let d = store
+        .record_trigger(&push(id, &"3".repeat(40)))
+        .await
+        .unwrap();
+    assert_eq!(d.id, first.id);
+    assert_eq!(d.trigger_count, 3);
+    assert_eq!(
+        d.source,
+        DeploySource::AutoPush,
+        "source stays the first one"
+    );
+    assert_eq!(
+        d.sources,
+        vec![DeploySource::AutoPush, DeploySource::Manual],
+        "every source once, in order"
+    );
+    assert_eq!(d.reason, format!("main moved to {}", "1".repeat(40)));
+    assert_eq!(d.target_commit.as_deref(), Some("3".repeat(40).as_str()));
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["sources"], serde_json::json!(["auto-push", "manual"]));
+    assert_eq!(json["source"], "auto-push");
+}
+
+#[tokio::test]
+async fn a_trigger_decided_on_a_stale_tracked_commit_writes_nothing() {
+    let (store, id) = open("store-stale").await;
+    store
+        .record_trigger(&push(id, &"1".repeat(40)))
+        .await
+        .unwrap();
+    let mut late = push(id, &"2".repeat(40));
+    late.decided_on_commit = Some(String::new());
+    let err = store.record_trigger(&late).await.unwrap_err();
+    assert!(matches!(err, StoreError::Stale(p) if p == id), "{err}");
+    assert_eq!(
+        store.project(id).await.unwrap().last_tracked_commit_sha,
+        "1".repeat(40)
+    );
+    late.decided_on_commit = Some("1".repeat(40));
+    let d = store.record_trigger(&late).await.unwrap();
+    assert_eq!(d.trigger_count, 2);
+}
+
+#[tokio::test]
+async fn event_kinds_are_a_typed_set() {
+    for kind in EventKind::ALL {
+        let text = kind.to_string();
+        assert_eq!(text.parse::<EventKind>().unwrap(), *kind);
+        assert_eq!(serde_json::to_value(kind).unwrap(), text.as_str());
+        assert_eq!(
+            serde_json::from_value::<EventKind>(serde_json::Value::String(text.clone())).unwrap(),
+            *kind
+        );
+    }
+    assert!("deploy.exploded".parse::<EventKind>().is_err());
+    let (store, id) = open("store-events").await;
+    store
+        .log_event(Some(id), EventKind::PollFailed, "unreachable")
+        .await
+        .unwrap();
+    let events = store.events(Some(id), 10).await.unwrap();
+    assert_eq!(events[0].kind, EventKind::PollFailed);
+    assert_eq!(events[1].kind, EventKind::ProjectCreated);
+}
+
+#[tokio::test]
+async fn a_queued_deployment_failed_by_an_offline_node_gives_its_change_back() {
+    let (store, id) = open("store-offline").await;
+    store
+        .record_trigger(&push(id, &"1".repeat(40)))
+        .await
+        .unwrap();
+    // The first deployment ran (claimed, succeeded) on n1.
+    let node = store
+        .add_node("n1", "hash", &Default::default())
+        .await
+        .unwrap();
+    let claim = store.claim(node.id).await.unwrap().expect("a claim");
+    store
+        .report(
+            node.id,
+            claim.deployment.id,
+            DeployStatus::Succeeded,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    // The next push is queued for the pinned node, which then goes silent.
+    let mut next = push(id, &"2".repeat(40));
+    next.node_id = Some(node.id);
+    let queued = store.record_trigger(&next).await.unwrap();
+    assert_eq!(
+        store.project(id).await.unwrap().last_tracked_commit_sha,
+        "2".repeat(40)
+    );
+    let failed = store
+        .fail_deployments_of_offline_nodes(autodeploy::store::now() + 1000)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, queued.id);
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("refusing to migrate")
+    );
+    assert_eq!(
+        store.project(id).await.unwrap().last_tracked_commit_sha,
+        "1".repeat(40),
+        "the change that never reached its node is tried again"
     );
 }

@@ -248,7 +248,18 @@ impl Agent {
 
     async fn deploy(&self, claim: Claimed) {
         let id = claim.deployment.id;
-        let _ = std::fs::write(self.inflight(id), b"");
+        let marker = self.inflight(id);
+        // The marker is how a crash mid-deploy gets reported after a restart:
+        // a deploy that cannot leave one is not started at all.
+        if let Err(e) = std::fs::write(&marker, b"") {
+            let error = format!(
+                "the deploy was not started: cannot record it as in flight at {}: {e}",
+                marker.display()
+            );
+            tracing::error!(deployment = id, error = %error, "deploy not started");
+            self.report(id, "failed", Some(&error), Some(&error)).await;
+            return;
+        }
         self.report(id, "running", None, None).await;
         let timeout = Duration::from_secs(self.args.deploy_timeout_seconds);
         let outcome = match tokio::time::timeout(timeout, self.run_deploy(&claim)).await {
@@ -265,7 +276,11 @@ impl Agent {
                     .await
             }
         }
-        let _ = std::fs::remove_file(self.inflight(id));
+        // A marker left behind would report this finished deploy as
+        // interrupted on the next start (the control plane refuses that).
+        if let Err(e) = std::fs::remove_file(&marker) {
+            tracing::warn!(deployment = id, error = %e, "cannot remove the in-flight marker");
+        }
     }
 
     async fn run_deploy(&self, claim: &Claimed) -> Result<String, DeployFailure> {

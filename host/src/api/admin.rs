@@ -1,9 +1,11 @@
 //! Status, settings, the policy, deploy nodes and the event log.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -13,7 +15,7 @@ use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
 use crate::policy::{PolicyInfo, SwapError};
 use crate::secrets::{new_token, token_hash};
-use crate::store::{Event, Node, Settings, now};
+use crate::store::{Event, Node, NodeDeletion, Settings, now};
 
 pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     let settings = app.store.settings().await?;
@@ -71,7 +73,7 @@ pub async fn put_policy(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<J
     app.store
         .log_event(
             None,
-            "policy.switched",
+            crate::store::EventKind::PolicySwitched,
             &format!("{} {} ({})", info.name, info.version, info.sha256),
         )
         .await?;
@@ -83,7 +85,7 @@ pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<Poli
     app.store
         .log_event(
             None,
-            "policy.rolled-back",
+            crate::store::EventKind::PolicyRolledBack,
             &format!("{} {} ({})", info.name, info.version, info.sha256),
         )
         .await?;
@@ -105,6 +107,35 @@ fn swap_error(e: SwapError) -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
     name: String,
+    /// Matched against projects' `node_selector`.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// Checks node labels or a node selector: at most 32 pairs; keys 1-63 and
+/// values 0-63 letters, digits, '-', '_', '.' or '/'. The error names the
+/// field and the offending key, never a value (it may be anything pasted).
+pub fn check_labels(field: &str, map: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    if map.len() > 32 {
+        return Err(ApiError::bad_request(format!(
+            "{field} has {} pairs; at most 32 are allowed",
+            map.len()
+        )));
+    }
+    for (k, v) in map {
+        if k.is_empty() || k.len() > 63 || !k.chars().all(ok) {
+            return Err(ApiError::bad_request(format!(
+                "{field}: every key must be 1-63 letters, digits, '-', '_', '.' or '/'"
+            )));
+        }
+        if v.len() > 63 || !v.chars().all(ok) {
+            return Err(ApiError::bad_request(format!(
+                "{field}: the value of {k:?} must be 0-63 letters, digits, '-', '_', '.' or '/'"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -144,13 +175,18 @@ pub async fn add_node(
             req.name
         )));
     }
+    check_labels("labels", &req.labels)?;
     let token = new_token("adn");
     let node = app
         .store
-        .add_node(&req.name, &token_hash(token.expose()))
+        .add_node(&req.name, &token_hash(token.expose()), &req.labels)
         .await?;
     app.store
-        .log_event(None, "node.added", &format!("node {} added", node.name))
+        .log_event(
+            None,
+            crate::store::EventKind::NodeAdded,
+            &format!("node {} added", node.name),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -162,9 +198,31 @@ pub async fn add_node(
     ))
 }
 
-pub async fn delete_node(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
-    app.store.delete_node(id).await?;
-    Ok(StatusCode::NO_CONTENT)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteNodeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// 409 naming the node's pinned projects, unless `?force=true`: then they
+/// are unpinned (each logged). Deployments the node held are failed.
+pub async fn delete_node(
+    State(app): State<Arc<App>>,
+    Id(id): Id,
+    query: Result<Query<DeleteNodeQuery>, QueryRejection>,
+) -> ApiResult<Json<NodeDeletion>> {
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::bad_request(
+            "the only query parameter is force=true or force=false",
+        ));
+    };
+    let done = app.store.delete_node(id, q.force).await?;
+    for name in &done.unpinned {
+        tracing::warn!(node = %done.node.name, project = %name, "node deleted with force: project unpinned");
+    }
+    tracing::info!(node = %done.node.name, failed = ?done.failed_deployments, "node deleted");
+    Ok(Json(done))
 }
 
 #[derive(Deserialize)]

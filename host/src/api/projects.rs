@@ -1,6 +1,7 @@
 //! `/api/projects`: CRUD, the auto-deploy toggle (decided by the policy),
 //! write-only credentials, push tokens and deployments.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -40,6 +41,9 @@ pub struct CreateProject {
     credentials: Option<CredentialInput>,
     image_ref: Option<String>,
     container_port: Option<i64>,
+    /// Node labels (all pairs) a node needs to claim this project.
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
 }
 
 /// Absent fields stay as they are; `null` clears a clearable one.
@@ -62,6 +66,9 @@ pub struct UpdateProject {
     image_ref: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     container_port: Option<Option<i64>>,
+    /// `null` or `{}` clears it.
+    #[serde(default, deserialize_with = "present")]
+    node_selector: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -108,6 +115,7 @@ pub async fn create(
         container_port: req.container_port,
     };
     validate(&fields, req.credentials.as_ref())?;
+    super::admin::check_labels("node_selector", &req.node_selector)?;
     let mut fields = fields;
     if req.auto_deploy_enabled {
         let view = fields.policy_view();
@@ -116,7 +124,7 @@ pub async fn create(
     }
     let push_token = (fields.git_source == GitSource::Hosted).then(|| new_token("adp"));
     let sealed = req.credentials.map(|c| seal(&app, c));
-    let project = app
+    let mut project = app
         .store
         .create_project(
             &fields,
@@ -127,6 +135,18 @@ pub async fn create(
             sealed.as_ref(),
         )
         .await?;
+    if !req.node_selector.is_empty() {
+        if let Err(e) = app
+            .store
+            .set_node_selector(project.id, &req.node_selector)
+            .await
+        {
+            // No project without the selector it was asked with.
+            let _ = app.store.delete_project(project.id).await;
+            return Err(e.into());
+        }
+        project.node_selector = req.node_selector;
+    }
     if project.fields.git_source == GitSource::Hosted {
         let path = crate::git::hosted_path(&app.data_dir, project.id);
         let branch = project.fields.git_branch.clone();
@@ -189,6 +209,10 @@ pub async fn update(
     }
     let credentials = req.credentials;
     validate(&f, credentials.as_ref().and_then(Option::as_ref))?;
+    let selector = req.node_selector.map(Option::unwrap_or_default);
+    if let Some(selector) = &selector {
+        check_selector_change(&app, &current, selector).await?;
+    }
     if let Some(enable) = req.auto_deploy_enabled
         && enable != current.fields.auto_deploy_enabled
     {
@@ -204,7 +228,7 @@ pub async fn update(
         app.store
             .log_event(
                 Some(id),
-                "auto-deploy.toggled",
+                crate::store::EventKind::AutoDeployToggled,
                 &format!("auto-deploy {word}"),
             )
             .await?;
@@ -213,7 +237,14 @@ pub async fn update(
         let sealed = c.map(|c| seal(&app, c));
         app.store.set_credential(id, sealed.as_ref()).await?;
     }
-    Ok(Json(app.store.update_project(id, &f).await?))
+    let updated = app.store.update_project(id, &f).await?;
+    match selector {
+        Some(selector) => {
+            app.store.set_node_selector(id, &selector).await?;
+            Ok(Json(app.store.project(id).await?))
+        }
+        None => Ok(Json(updated)),
+    }
 }
 
 pub async fn delete(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
@@ -247,7 +278,11 @@ pub async fn rotate_push_token(
         .set_push_token_hash(id, &token_hash(token.expose()))
         .await?;
     app.store
-        .log_event(Some(id), "push-token.rotated", "push token rotated")
+        .log_event(
+            Some(id),
+            crate::store::EventKind::PushTokenRotated,
+            "push token rotated",
+        )
         .await?;
     Ok(Json(PushToken {
         push_token: token.expose().to_string(),
@@ -277,6 +312,29 @@ pub async fn deploy(
     let project = app.store.project(id).await?;
     let d = pipeline::trigger(&app, &project, Trigger::manual()).await?;
     Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// A new node selector must be well formed and, for a project pinned to a
+/// node, match that node: the project cannot move (its volumes live there).
+async fn check_selector_change(
+    app: &App,
+    project: &ProjectRecord,
+    selector: &BTreeMap<String, String>,
+) -> ApiResult<()> {
+    super::admin::check_labels("node_selector", selector)?;
+    if let Some(pinned) = project.pinned_node_id {
+        let node = app.store.node(pinned).await?;
+        if !crate::store::selector_matches(selector, &node.labels) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "node_selector does not match node {}, which this project is pinned to (its named volumes live there); delete that node with ?force=true to unpin it",
+                    node.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {

@@ -52,6 +52,7 @@ impl PolicyHandle {
         runtime: &Arc<PolicyRuntime>,
         dir: &Path,
     ) -> Option<Result<Policy, PolicyError>> {
+        remove_stale_temp_files(dir);
         let sha = std::fs::read_to_string(dir.join("active")).ok()?;
         let path = dir.join(format!("{}.wasm", sha.trim()));
         Some(runtime.load_file(&path))
@@ -76,9 +77,8 @@ impl PolicyHandle {
                 source,
             };
             std::fs::create_dir_all(dir).map_err(io)?;
-            std::fs::write(dir.join(format!("{}.wasm", policy.info().sha256)), bytes)
-                .map_err(io)?;
-            std::fs::write(dir.join("active"), &policy.info().sha256).map_err(io)?;
+            write_atomic(&dir.join(format!("{}.wasm", policy.info().sha256)), bytes).map_err(io)?;
+            write_atomic(&dir.join("active"), policy.info().sha256.as_bytes()).map_err(io)?;
         }
         let info = policy.info().clone();
         let mut slots = self.state.write().expect("policy lock");
@@ -99,12 +99,68 @@ impl PolicyHandle {
             // The bundled policy has no file: starting from it needs no marker.
             let marker = dir.join("active");
             let _ = if dir.join(format!("{}.wasm", info.sha256)).exists() {
-                std::fs::write(&marker, &info.sha256)
+                write_atomic(&marker, info.sha256.as_bytes())
             } else {
                 std::fs::remove_file(&marker)
             };
         }
         tracing::info!(policy = %info.name, sha256 = %info.sha256, "policy rolled back");
         Ok(info)
+    }
+}
+
+static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const TEMP_MARK: &str = ".tmp-";
+
+/// Replaces `path` with `contents` so that a crash at any point leaves the
+/// old file or the new one, never a part of one: the bytes go to a temporary
+/// file beside it, are synced, and the temporary file is renamed over
+/// `path`; then the directory is synced so the rename itself is durable.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}{TEMP_MARK}{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Temporary files a crash left behind in `dir` (they were never renamed, so
+/// nothing reads them).
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(TEMP_MARK) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }

@@ -19,6 +19,14 @@ pub const SQLITE: &[Migration] = &[
         name: "0002_image_projects.sql",
         sql: include_str!("../../../migrations/sqlite/0002_image_projects.sql"),
     },
+    Migration {
+        name: "0003_trigger_history.sql",
+        sql: include_str!("../../../migrations/sqlite/0003_trigger_history.sql"),
+    },
+    Migration {
+        name: "0005_node_scope.sql",
+        sql: include_str!("../../../migrations/sqlite/0005_node_scope.sql"),
+    },
 ];
 
 pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {

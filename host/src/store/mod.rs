@@ -32,6 +32,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A trigger decided on a tracked state that another trigger has since
+    /// moved: nothing was written; decide again on the fresh state.
+    #[error("project {0}: the tracked state moved while this trigger was decided")]
+    Stale(i64),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -59,6 +63,9 @@ pub struct ProjectRecord {
     pub last_tracked_commit_sha: String,
     pub last_tracked_image_digests: BTreeMap<String, String>,
     pub pinned_node_id: Option<i64>,
+    /// Labels a node must carry (all pairs) to claim this project's
+    /// deployments; empty: any node.
+    pub node_selector: BTreeMap<String, String>,
     pub credentials: Option<CredentialInfo>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -153,7 +160,10 @@ pub enum DeployStatus {
 pub struct Deployment {
     pub id: i64,
     pub project_id: i64,
+    /// The first source that fed this deployment.
     pub source: DeploySource,
+    /// Every source that fed it, in the order they first did.
+    pub sources: Vec<DeploySource>,
     pub status: DeployStatus,
     pub target_commit: Option<String>,
     pub target_digests: Option<BTreeMap<String, String>>,
@@ -161,6 +171,10 @@ pub struct Deployment {
     pub error: Option<String>,
     /// Triggers this deployment absorbed while it was queued, itself included.
     pub trigger_count: i64,
+    /// A failure before the node: how many identical consecutive failures
+    /// were folded into this row, itself included, and when the last was.
+    pub repeat_count: i64,
+    pub last_seen_at: i64,
     pub policy_name: String,
     pub policy_version: String,
     pub policy_sha256: String,
@@ -189,12 +203,16 @@ pub struct TriggerWrite {
     pub policy_sha256: String,
     pub track_commit: Option<String>,
     pub track_digests: Option<BTreeMap<String, String>>,
+    /// The tracked commit this trigger was decided on: when set and the
+    /// project's differs, nothing is written ([`StoreError::Stale`]).
+    pub decided_on_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
     pub id: i64,
     pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub last_seen_at: Option<i64>,
     pub created_at: i64,
 }
@@ -204,6 +222,25 @@ impl Node {
         self.last_seen_at
             .is_some_and(|seen| now - seen <= offline_after)
     }
+}
+
+/// Whether a node with `labels` may run a project with `selector`: every
+/// pair of the selector is among the labels.
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// What deleting a node did.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeDeletion {
+    pub node: Node,
+    /// Names of the projects that were pinned to it (with `force` only).
+    pub unpinned: Vec<String>,
+    /// Ids of the deployments it held, now failed.
+    pub failed_deployments: Vec<i64>,
 }
 
 /// A claimed deployment with what the agent needs to run it.
@@ -218,8 +255,118 @@ pub struct Event {
     pub id: i64,
     pub at: i64,
     pub project_id: Option<i64>,
-    pub kind: String,
+    pub kind: EventKind,
     pub message: String,
+}
+
+/// Every kind of event the daemon records; stored and served as the string
+/// each variant renames to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "project.created")]
+    ProjectCreated,
+    #[serde(rename = "project.deleted")]
+    ProjectDeleted,
+    #[serde(rename = "auto-deploy.toggled")]
+    AutoDeployToggled,
+    #[serde(rename = "push-token.rotated")]
+    PushTokenRotated,
+    #[serde(rename = "settings.changed")]
+    SettingsChanged,
+    #[serde(rename = "policy.switched")]
+    PolicySwitched,
+    #[serde(rename = "policy.rolled-back")]
+    PolicyRolledBack,
+    #[serde(rename = "node.added")]
+    NodeAdded,
+    #[serde(rename = "node.deleted")]
+    NodeDeleted,
+    #[serde(rename = "project.unpinned")]
+    ProjectUnpinned,
+    #[serde(rename = "deploy.triggered")]
+    DeployTriggered,
+    #[serde(rename = "deploy.claimed")]
+    DeployClaimed,
+    #[serde(rename = "deploy.reported")]
+    DeployReported,
+    #[serde(rename = "deploy.failed")]
+    DeployFailed,
+    #[serde(rename = "push")]
+    Push,
+    #[serde(rename = "poll.failed")]
+    PollFailed,
+    #[serde(rename = "reconcile.failed")]
+    ReconcileFailed,
+    #[serde(rename = "image-watch.failed")]
+    ImageWatchFailed,
+}
+
+impl EventKind {
+    pub const ALL: &[EventKind] = &[
+        EventKind::ProjectCreated,
+        EventKind::ProjectDeleted,
+        EventKind::AutoDeployToggled,
+        EventKind::PushTokenRotated,
+        EventKind::SettingsChanged,
+        EventKind::PolicySwitched,
+        EventKind::PolicyRolledBack,
+        EventKind::NodeAdded,
+        EventKind::NodeDeleted,
+        EventKind::ProjectUnpinned,
+        EventKind::DeployTriggered,
+        EventKind::DeployClaimed,
+        EventKind::DeployReported,
+        EventKind::DeployFailed,
+        EventKind::Push,
+        EventKind::PollFailed,
+        EventKind::ReconcileFailed,
+        EventKind::ImageWatchFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ProjectCreated => "project.created",
+            EventKind::ProjectDeleted => "project.deleted",
+            EventKind::AutoDeployToggled => "auto-deploy.toggled",
+            EventKind::PushTokenRotated => "push-token.rotated",
+            EventKind::SettingsChanged => "settings.changed",
+            EventKind::PolicySwitched => "policy.switched",
+            EventKind::PolicyRolledBack => "policy.rolled-back",
+            EventKind::NodeAdded => "node.added",
+            EventKind::NodeDeleted => "node.deleted",
+            EventKind::ProjectUnpinned => "project.unpinned",
+            EventKind::DeployTriggered => "deploy.triggered",
+            EventKind::DeployClaimed => "deploy.claimed",
+            EventKind::DeployReported => "deploy.reported",
+            EventKind::DeployFailed => "deploy.failed",
+            EventKind::Push => "push",
+            EventKind::PollFailed => "poll.failed",
+            EventKind::ReconcileFailed => "reconcile.failed",
+            EventKind::ImageWatchFailed => "image-watch.failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown event kind {0:?}")]
+pub struct UnknownEventKind(pub String);
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownEventKind(s.to_string()))
+    }
 }
 
 #[async_trait]
@@ -251,9 +398,12 @@ pub trait Store: Send + Sync {
     async fn add_admin_token(&self, hash: &str) -> Result<()>;
     async fn admin_token_exists(&self, hash: &str) -> Result<bool>;
 
-    /// Writes a trigger: a failed deployment when `failure` is set; else it
-    /// updates the project's queued deployment if there is one, or queues a
-    /// new one; and records the tracked state. All in one transaction.
+    /// Writes a trigger in one transaction. A `failure` (before any node) is
+    /// a failed deployment, folded into the newest deployment when that one
+    /// failed the same way for the same target, and leaves the tracked state
+    /// alone so the next tick tries again. Otherwise the project's queued
+    /// deployment absorbs the trigger (keeping its first reason, adding the
+    /// source) or a new one is queued, and the tracked state is recorded.
     async fn record_trigger(&self, write: &TriggerWrite) -> Result<Deployment>;
     /// Records image digests that deploy nothing (a first watch, an added or
     /// removed image, a failed lookup keeping the old digest).
@@ -265,14 +415,32 @@ pub trait Store: Send + Sync {
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>>;
     async fn deployment(&self, id: i64) -> Result<Deployment>;
 
-    async fn add_node(&self, name: &str, token_hash: &str) -> Result<Node>;
+    async fn add_node(
+        &self,
+        name: &str,
+        token_hash: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Node>;
     async fn nodes(&self) -> Result<Vec<Node>>;
     async fn node(&self, id: i64) -> Result<Node>;
     async fn node_by_token_hash(&self, hash: &str) -> Result<Option<Node>>;
-    async fn delete_node(&self, id: i64) -> Result<()>;
+    /// Deletes a node. Projects pinned to it make this a conflict naming
+    /// them, unless `force`: then they are unpinned, each with an event. The
+    /// deployments it held (queued for it or running) are failed with a
+    /// reason. All in one transaction.
+    async fn delete_node(&self, id: i64, force: bool) -> Result<NodeDeletion>;
+    /// Whether the node runs a deployment of the project right now: only
+    /// then may its token fetch the project's hosted repository.
+    async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool>;
+    async fn set_node_selector(
+        &self,
+        project_id: i64,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<()>;
     async fn heartbeat(&self, node_id: i64, at: i64) -> Result<()>;
-    /// Hands the oldest deployment this node may run to it, pinning an
-    /// unpinned compose project to the node.
+    /// Hands the oldest deployment this node may run to it (its project's
+    /// node selector must match the node's labels), pinning an unpinned
+    /// compose project to the node.
     async fn claim(&self, node_id: i64) -> Result<Option<Claim>>;
     async fn report(
         &self,
@@ -286,6 +454,11 @@ pub trait Store: Send + Sync {
     /// `seen_before`; returns them.
     async fn fail_deployments_of_offline_nodes(&self, seen_before: i64) -> Result<Vec<Deployment>>;
 
-    async fn log_event(&self, project_id: Option<i64>, kind: &str, message: &str) -> Result<()>;
+    async fn log_event(
+        &self,
+        project_id: Option<i64>,
+        kind: EventKind,
+        message: &str,
+    ) -> Result<()>;
     async fn events(&self, project_id: Option<i64>, limit: i64) -> Result<Vec<Event>>;
 }

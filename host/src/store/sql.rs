@@ -12,11 +12,15 @@ use super::*;
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
-     p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, \
+     p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
      p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
 const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
-const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, status, target_commit, target_digests, reason, error, \
-     trigger_count, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at";
+const NODE_COLUMNS: &str = "id, name, labels, last_seen_at, created_at";
+const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, sources, status, target_commit, target_digests, reason, error, \
+     trigger_count, repeat_count, last_seen_at, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at";
+
+/// How many of a project's latest failures a new one may fold into.
+const FOLD_WINDOW: i64 = 16;
 
 pub struct SqlStore {
     pool: AnyPool,
@@ -92,6 +96,11 @@ fn digests_from(s: &str) -> Result<BTreeMap<String, String>> {
     serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("digest map {s:?}")))
 }
 
+/// A node's labels or a project's node selector.
+fn string_map(what: &str, s: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
+}
+
 fn digests_json(m: &BTreeMap<String, String>) -> String {
     serde_json::to_string(m).expect("string maps serialize")
 }
@@ -118,6 +127,7 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
             &row.try_get::<String, _>("last_tracked_image_digests")?,
         )?,
         pinned_node_id: row.try_get("pinned_node_id")?,
+        node_selector: string_map("node selector", &row.try_get::<String, _>("node_selector")?)?,
         credentials: match kind {
             Some(k) => Some(CredentialInfo {
                 kind: enum_from("credential kind", &k)?,
@@ -130,18 +140,34 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
     })
 }
 
+/// A deployment's sources as stored (a JSON list); rows written before the
+/// list existed have only their `source`.
+fn sources_from(s: &str, first: DeploySource) -> Result<Vec<DeploySource>> {
+    let list: Vec<DeploySource> =
+        serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("sources {s:?}")))?;
+    Ok(if list.is_empty() { vec![first] } else { list })
+}
+
+fn sources_json(list: &[DeploySource]) -> String {
+    serde_json::to_string(list).expect("unit enums serialize")
+}
+
 fn deployment_from(row: &AnyRow) -> Result<Deployment> {
     let digests: Option<String> = row.try_get("target_digests")?;
+    let source = enum_from("source", &row.try_get::<String, _>("source")?)?;
     Ok(Deployment {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
-        source: enum_from("source", &row.try_get::<String, _>("source")?)?,
+        source,
+        sources: sources_from(&row.try_get::<String, _>("sources")?, source)?,
         status: enum_from("status", &row.try_get::<String, _>("status")?)?,
         target_commit: row.try_get("target_commit")?,
         target_digests: digests.as_deref().map(digests_from).transpose()?,
         reason: row.try_get("reason")?,
         error: row.try_get("error")?,
         trigger_count: row.try_get("trigger_count")?,
+        repeat_count: row.try_get("repeat_count")?,
+        last_seen_at: row.try_get("last_seen_at")?,
         policy_name: row.try_get("policy_name")?,
         policy_version: row.try_get("policy_version")?,
         policy_sha256: row.try_get("policy_sha256")?,
@@ -157,6 +183,7 @@ fn node_from(row: &AnyRow) -> Result<Node> {
     Ok(Node {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
+        labels: string_map("node labels", &row.try_get::<String, _>("labels")?)?,
         last_seen_at: row.try_get("last_seen_at")?,
         created_at: row.try_get("created_at")?,
     })
@@ -192,16 +219,34 @@ fn unique(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
 async fn insert_event<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     exec: E,
     project_id: Option<i64>,
-    kind: &str,
+    kind: EventKind,
     message: &str,
 ) -> Result<()> {
     sqlx::query("INSERT INTO events (at, project_id, kind, message) VALUES ($1, $2, $3, $4)")
         .bind(now())
         .bind(project_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(message)
         .execute(exec)
         .await?;
+    Ok(())
+}
+
+/// A queued deployment that never reached its node gives the project back
+/// the tracked state it had before, so the next tick tries the change again.
+/// A queued deployment absorbs every later trigger, so nothing newer is undone.
+async fn give_back_tracked_state(conn: &mut sqlx::AnyConnection, deployment_id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE projects SET \
+         last_tracked_commit_sha = COALESCE((SELECT prior_commit FROM deployments WHERE id = $1), last_tracked_commit_sha), \
+         last_tracked_image_digests = COALESCE((SELECT prior_digests FROM deployments WHERE id = $2), last_tracked_image_digests) \
+         WHERE id = (SELECT project_id FROM deployments WHERE id = $3)",
+    )
+    .bind(deployment_id)
+    .bind(deployment_id)
+    .bind(deployment_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -240,7 +285,7 @@ impl Store for SqlStore {
         insert_event(
             &mut *tx,
             Some(id),
-            "project.created",
+            EventKind::ProjectCreated,
             &format!("project {:?} created", f.name),
         )
         .await?;
@@ -299,7 +344,7 @@ impl Store for SqlStore {
         insert_event(
             &self.pool,
             Some(id),
-            "project.deleted",
+            EventKind::ProjectDeleted,
             &format!("project {id} deleted"),
         )
         .await
@@ -393,7 +438,7 @@ impl Store for SqlStore {
             insert_event(
                 &mut *tx,
                 None,
-                "settings.changed",
+                EventKind::SettingsChanged,
                 &format!("{key} = {value}"),
             )
             .await?;
@@ -429,81 +474,168 @@ impl Store for SqlStore {
     async fn record_trigger(&self, w: &TriggerWrite) -> Result<Deployment> {
         let mut tx = self.begin_write().await?;
         let t = now();
+        let tracked = sqlx::query(
+            "SELECT last_tracked_commit_sha, last_tracked_image_digests FROM projects WHERE id = $1",
+        )
+        .bind(w.project_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("project {}", w.project_id)))?;
+        let (prior_commit, prior_digests): (String, String) = (
+            tracked.try_get("last_tracked_commit_sha")?,
+            tracked.try_get("last_tracked_image_digests")?,
+        );
+        if w.decided_on_commit
+            .as_ref()
+            .is_some_and(|decided_on| *decided_on != prior_commit)
+        {
+            return Err(StoreError::Stale(w.project_id));
+        }
         let digests = w.target_digests.as_ref().map(digests_json);
-        let queued: Option<i64> = if w.failure.is_some() {
-            None
-        } else {
-            sqlx::query("SELECT id FROM deployments WHERE project_id = $1 AND status = 'queued' ORDER BY id DESC LIMIT 1")
-                .bind(w.project_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("id"))
-                .transpose()?
+        let source = enum_str(&w.source);
+        // The deployment this trigger goes into, if one takes it: a queued
+        // one for a deploy, the newest one when it failed the same way.
+        let joined: Option<Deployment> = match &w.failure {
+            None => sqlx::query(AssertSqlSafe(format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 AND status = 'queued' \
+                 ORDER BY id DESC LIMIT 1"
+            )))
+            .bind(w.project_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(deployment_from)
+            .transpose()?,
+            // Failures since the project's last deployment that did not
+            // fail: the same failure again (error and target) folds into its
+            // row, even when another trigger's failure came in between.
+            Some(failure) => sqlx::query(AssertSqlSafe(format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 AND status = 'failed' \
+                 AND id > COALESCE((SELECT MAX(id) FROM deployments WHERE project_id = $2 AND status <> 'failed'), 0) \
+                 ORDER BY id DESC LIMIT {FOLD_WINDOW}"
+            )))
+            .bind(w.project_id)
+            .bind(w.project_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(deployment_from)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .find(|d| {
+                d.error.as_deref() == Some(failure.as_str())
+                    && d.target_commit == w.target_commit
+                    && d.target_digests == w.target_digests
+            }),
         };
-        let id: i64 = match queued {
-            // Not yet claimed: it absorbs this trigger and moves to the newest target.
-            Some(id) => {
+        let (id, event) = match (joined, &w.failure) {
+            // Not yet claimed: it absorbs this trigger and moves to the
+            // newest target, keeping the first source and reason.
+            (Some(d), None) => {
+                let mut sources = d.sources.clone();
+                if !sources.contains(&w.source) {
+                    sources.push(w.source);
+                }
                 sqlx::query(
-                    "UPDATE deployments SET source = $1, target_commit = COALESCE($2, target_commit), \
-                     target_digests = COALESCE($3, target_digests), reason = $4, trigger_count = trigger_count + 1, \
-                     policy_name = $5, policy_version = $6, policy_sha256 = $7, updated_at = $8 WHERE id = $9",
+                    "UPDATE deployments SET sources = $1, target_commit = COALESCE($2, target_commit), \
+                     target_digests = COALESCE($3, target_digests), trigger_count = trigger_count + 1, \
+                     policy_name = $4, policy_version = $5, policy_sha256 = $6, updated_at = $7, \
+                     last_seen_at = $8 WHERE id = $9",
                 )
-                .bind(enum_str(&w.source))
+                .bind(sources_json(&sources))
                 .bind(&w.target_commit)
                 .bind(&digests)
-                .bind(&w.reason)
                 .bind(&w.policy_name)
                 .bind(&w.policy_version)
                 .bind(&w.policy_sha256)
                 .bind(t)
-                .bind(id)
+                .bind(t)
+                .bind(d.id)
                 .execute(&mut *tx)
                 .await?;
-                id
+                (d.id, true)
             }
-            None => {
-                let (status, finished) = match w.failure {
+            // The same failure again: one row that counts it, not a new row
+            // (and no new event) every tick.
+            (Some(d), Some(_)) => {
+                let mut sources = d.sources.clone();
+                if !sources.contains(&w.source) {
+                    sources.push(w.source);
+                }
+                sqlx::query(
+                    "UPDATE deployments SET sources = $1, repeat_count = repeat_count + 1, \
+                     last_seen_at = $2, updated_at = $3 WHERE id = $4",
+                )
+                .bind(sources_json(&sources))
+                .bind(t)
+                .bind(t)
+                .bind(d.id)
+                .execute(&mut *tx)
+                .await?;
+                (d.id, false)
+            }
+            (None, failure) => {
+                let (status, finished) = match failure {
                     Some(_) => ("failed", Some(t)),
                     None => ("queued", None),
                 };
-                sqlx::query(
-                    "INSERT INTO deployments (project_id, source, status, target_commit, target_digests, reason, error, \
-                     policy_name, policy_version, policy_sha256, node_id, created_at, updated_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                let id = sqlx::query(
+                    "INSERT INTO deployments (project_id, source, sources, status, target_commit, target_digests, \
+                     reason, error, policy_name, policy_version, policy_sha256, node_id, created_at, updated_at, \
+                     last_seen_at, finished_at, prior_commit, prior_digests) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                     RETURNING id",
                 )
                 .bind(w.project_id)
-                .bind(enum_str(&w.source))
+                .bind(&source)
+                .bind(sources_json(&[w.source]))
                 .bind(status)
                 .bind(&w.target_commit)
                 .bind(&digests)
                 .bind(&w.reason)
-                .bind(&w.failure)
+                .bind(failure)
                 .bind(&w.policy_name)
                 .bind(&w.policy_version)
                 .bind(&w.policy_sha256)
                 .bind(w.node_id)
                 .bind(t)
                 .bind(t)
+                .bind(t)
                 .bind(finished)
+                .bind(&prior_commit)
+                .bind(&prior_digests)
                 .fetch_one(&mut *tx)
                 .await?
-                .try_get("id")?
+                .try_get("id")?;
+                (id, true)
             }
         };
-        sqlx::query(
-            "UPDATE projects SET last_tracked_commit_sha = COALESCE($1, last_tracked_commit_sha), \
-             last_tracked_image_digests = COALESCE($2, last_tracked_image_digests) WHERE id = $3",
-        )
-        .bind(&w.track_commit)
-        .bind(w.track_digests.as_ref().map(digests_json))
-        .bind(w.project_id)
-        .execute(&mut *tx)
-        .await?;
-        let message = match &w.failure {
-            Some(f) => format!("{} deployment {id} failed: {f}", enum_str(&w.source)),
-            None => format!("{} deployment {id}: {}", enum_str(&w.source), w.reason),
-        };
-        insert_event(&mut *tx, Some(w.project_id), "deploy.triggered", &message).await?;
+        // A deploy that cannot go ahead leaves the tracked state where it
+        // was: the next tick sees the same change and tries again.
+        if w.failure.is_none() {
+            sqlx::query(
+                "UPDATE projects SET last_tracked_commit_sha = COALESCE($1, last_tracked_commit_sha), \
+                 last_tracked_image_digests = COALESCE($2, last_tracked_image_digests) WHERE id = $3",
+            )
+            .bind(&w.track_commit)
+            .bind(w.track_digests.as_ref().map(digests_json))
+            .bind(w.project_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if event {
+            let message = match &w.failure {
+                Some(f) => format!("{source} deployment {id} failed: {f}"),
+                None => format!("{source} deployment {id}: {}", w.reason),
+            };
+            insert_event(
+                &mut *tx,
+                Some(w.project_id),
+                EventKind::DeployTriggered,
+                &message,
+            )
+            .await?;
+        }
         tx.commit().await?;
         self.deployment(id).await
     }
@@ -543,12 +675,18 @@ impl Store for SqlStore {
         deployment_from(&row)
     }
 
-    async fn add_node(&self, name: &str, token_hash: &str) -> Result<Node> {
+    async fn add_node(
+        &self,
+        name: &str,
+        token_hash: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Node> {
         let row = sqlx::query(
-            "INSERT INTO nodes (name, token_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO nodes (name, token_hash, labels, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(name)
         .bind(token_hash)
+        .bind(digests_json(labels))
         .bind(now())
         .fetch_one(&self.pool)
         .await
@@ -557,40 +695,172 @@ impl Store for SqlStore {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>> {
-        sqlx::query("SELECT id, name, last_seen_at, created_at FROM nodes ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(node_from)
-            .collect()
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(node_from)
+        .collect()
     }
 
     async fn node(&self, id: i64) -> Result<Node> {
-        let row = sqlx::query("SELECT id, name, last_seen_at, created_at FROM nodes WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
         node_from(&row)
     }
 
     async fn node_by_token_hash(&self, hash: &str) -> Result<Option<Node>> {
-        sqlx::query("SELECT id, name, last_seen_at, created_at FROM nodes WHERE token_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(node_from)
-            .transpose()
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE token_hash = $1"
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(node_from)
+        .transpose()
     }
 
-    async fn delete_node(&self, id: i64) -> Result<()> {
-        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
+    async fn delete_node(&self, id: i64, force: bool) -> Result<NodeDeletion> {
+        let mut tx = self.begin_write().await?;
+        let node = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+        let node = node_from(&node)?;
+        let pinned =
+            sqlx::query("SELECT id, name FROM projects WHERE pinned_node_id = $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<String, _>("name")?)))
+                .collect::<Result<Vec<_>>>()?;
+        if !pinned.is_empty() && !force {
+            let names: Vec<String> = pinned.iter().map(|(_, n)| format!("{n:?}")).collect();
+            return Err(StoreError::Conflict(format!(
+                "node {} has pinned compose projects: {}; their named volumes live on it. \
+                 Delete with ?force=true to unpin them: each then deploys on whichever node claims it next, without those volumes",
+                node.name,
+                names.join(", ")
+            )));
+        }
+        let t = now();
+        let mut unpinned = Vec::new();
+        for (project_id, name) in pinned {
+            sqlx::query("UPDATE projects SET pinned_node_id = NULL, updated_at = $1 WHERE id = $2")
+                .bind(t)
+                .bind(project_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(
+                &mut *tx,
+                Some(project_id),
+                EventKind::ProjectUnpinned,
+                &format!(
+                    "project {name:?} unpinned from node {} because the node was deleted with force; its named volumes stay there",
+                    node.name
+                ),
+            )
             .await?;
+            unpinned.push(name);
+        }
+        let held = sqlx::query(
+            "SELECT id, project_id, status FROM deployments WHERE node_id = $1 AND status IN ('queued', 'running') ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut failed_deployments = Vec::new();
+        for r in &held {
+            let (dep, project_id, status): (i64, i64, String) = (
+                r.try_get("id")?,
+                r.try_get("project_id")?,
+                r.try_get("status")?,
+            );
+            let error = if status == "running" {
+                format!(
+                    "node {} was deleted while running this deployment; it was not finished",
+                    node.name
+                )
+            } else {
+                // As for an offline node: the change is tried again later.
+                give_back_tracked_state(&mut *tx, dep).await?;
+                format!(
+                    "node {} was deleted while this deployment was queued for it",
+                    node.name
+                )
+            };
+            sqlx::query("UPDATE deployments SET status = 'failed', error = $1, updated_at = $2, finished_at = $3 WHERE id = $4")
+                .bind(&error)
+                .bind(t)
+                .bind(t)
+                .bind(dep)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(
+                &mut *tx,
+                Some(project_id),
+                EventKind::DeployFailed,
+                &format!("deployment {dep} failed: {error}"),
+            )
+            .await?;
+            failed_deployments.push(dep);
+        }
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut *tx,
+            None,
+            EventKind::NodeDeleted,
+            &format!("node {} deleted", node.name),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(NodeDeletion {
+            node,
+            unpinned,
+            failed_deployments,
+        })
+    }
+
+    async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT id FROM deployments WHERE project_id = $1 AND node_id = $2 AND status = 'running' LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn set_node_selector(
+        &self,
+        project_id: i64,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE projects SET node_selector = $1, updated_at = $2 WHERE id = $3")
+                .bind(digests_json(selector))
+                .bind(now())
+                .bind(project_id)
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("node {id}")));
+            return Err(StoreError::NotFound(format!("project {project_id}")));
         }
         Ok(())
     }
@@ -612,20 +882,45 @@ impl Store for SqlStore {
             .bind(node_id)
             .execute(&mut *tx)
             .await?;
+        let labels = sqlx::query("SELECT labels FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("node {node_id}")))?;
+        let labels = string_map("node labels", &labels.try_get::<String, _>("labels")?)?;
         // Assigned to this node, or free and of a project not pinned
         // elsewhere; never a second deploy of a project that is running one.
-        let row = sqlx::query(
-            "SELECT d.id, d.project_id, p.project_type, p.pinned_node_id FROM deployments d \
+        // The project's node selector is matched here, not in SQL: the maps
+        // are JSON text, read the same way on every backend.
+        let rows = sqlx::query(
+            "SELECT d.id, d.project_id, p.project_type, p.pinned_node_id, p.node_selector FROM deployments d \
              JOIN projects p ON p.id = d.project_id \
              WHERE d.status = 'queued' AND (d.node_id = $1 OR (d.node_id IS NULL AND \
              (p.pinned_node_id IS NULL OR p.pinned_node_id = $2))) \
              AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.project_id = d.project_id AND r.status = 'running') \
-             ORDER BY d.id LIMIT 1",
+             ORDER BY d.id",
         )
         .bind(node_id)
         .bind(node_id)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let mut row = None;
+        for r in rows {
+            let selector: String = r.try_get("node_selector")?;
+            match string_map("node selector", &selector) {
+                Ok(selector) if selector_matches(&selector, &labels) => {
+                    row = Some(r);
+                    break;
+                }
+                Ok(_) => {}
+                // A corrupt selector keeps its own project from deploying;
+                // it never hands the project to a node it might exclude.
+                Err(e) => {
+                    let project: i64 = r.try_get("project_id")?;
+                    tracing::warn!(project, error = %e, "skipping a deployment whose project cannot be read");
+                }
+            }
+        }
         let Some(row) = row else {
             tx.commit().await?;
             return Ok(None);
@@ -649,7 +944,7 @@ impl Store for SqlStore {
         insert_event(
             &mut *tx,
             Some(project_id),
-            "deploy.claimed",
+            EventKind::DeployClaimed,
             &format!("deployment {id} claimed by node {node_id}"),
         )
         .await?;
@@ -695,7 +990,7 @@ impl Store for SqlStore {
         insert_event(
             &self.pool,
             Some(d.project_id),
-            "deploy.reported",
+            EventKind::DeployReported,
             &format!("deployment {deployment_id}: {}", enum_str(&status)),
         )
         .await?;
@@ -705,7 +1000,8 @@ impl Store for SqlStore {
     async fn fail_deployments_of_offline_nodes(&self, seen_before: i64) -> Result<Vec<Deployment>> {
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
-            "SELECT d.id, d.status, n.name FROM deployments d JOIN nodes n ON n.id = d.node_id \
+            "SELECT d.id, d.status, n.name \
+             FROM deployments d JOIN nodes n ON n.id = d.node_id \
              WHERE d.status IN ('queued', 'running') AND (n.last_seen_at IS NULL OR n.last_seen_at < $1)",
         )
         .bind(seen_before)
@@ -721,6 +1017,11 @@ impl Store for SqlStore {
                     "node {node} went offline while running this deployment; it was not finished"
                 )
             } else {
+                // Never reached its node: the tracked state goes back to what
+                // it was before this deployment, so the next tick (once the
+                // node is back) tries the change again. A queued deployment
+                // absorbs every later trigger, so nothing newer is undone.
+                give_back_tracked_state(&mut *tx, id).await?;
                 refuse_to_migrate(&node)
             };
             sqlx::query("UPDATE deployments SET status = 'failed', error = $1, updated_at = $2, finished_at = $3 WHERE id = $4")
@@ -739,7 +1040,7 @@ impl Store for SqlStore {
             insert_event(
                 &self.pool,
                 Some(d.project_id),
-                "deploy.failed",
+                EventKind::DeployFailed,
                 d.error.as_deref().unwrap_or_default(),
             )
             .await?;
@@ -748,7 +1049,12 @@ impl Store for SqlStore {
         Ok(out)
     }
 
-    async fn log_event(&self, project_id: Option<i64>, kind: &str, message: &str) -> Result<()> {
+    async fn log_event(
+        &self,
+        project_id: Option<i64>,
+        kind: EventKind,
+        message: &str,
+    ) -> Result<()> {
         insert_event(&self.pool, project_id, kind, message).await
     }
 
@@ -774,7 +1080,10 @@ impl Store for SqlStore {
                     id: r.try_get("id")?,
                     at: r.try_get("at")?,
                     project_id: r.try_get("project_id")?,
-                    kind: r.try_get("kind")?,
+                    kind: r
+                        .try_get::<String, _>("kind")?
+                        .parse()
+                        .map_err(|e: UnknownEventKind| StoreError::Corrupt(e.to_string()))?,
                     message: r.try_get("message")?,
                 })
             })

@@ -1,8 +1,11 @@
-//! The external-repository poller: every `auto_deploy_poll_interval_seconds`
-//! (re-read each tick) it reads the tracked branch's head of each enabled
-//! external project and triggers `auto-poll` when it moved. Lookups run
-//! concurrently (`auto_deploy_poll_concurrency`), each capped, so one slow or
-//! hanging remote costs its own project the timeout and nothing else.
+//! The git poller: every `auto_deploy_poll_interval_seconds` (re-read each
+//! tick), starting at start-up, it reads the tracked branch's head of each
+//! enabled external project and triggers `auto-poll` when it moved. Lookups
+//! run concurrently (`auto_deploy_poll_concurrency`), each capped, so one
+//! slow or hanging remote costs its own project the timeout and nothing else.
+//! The same tick reconciles every enabled hosted project (a local read, as
+//! `auto-push`): a push cut off by a crash or whose trigger failed deploys
+//! here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,23 +16,29 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Checked, commit_moved};
+use super::{Checked, TriggerError, commit_moved};
 use crate::app::App;
 use crate::git::{GitError, remote_head};
 use crate::policy::GitSource;
-use crate::store::{DeploySource, ProjectRecord, StoreError};
+use crate::store::{DeploySource, EventKind, ProjectRecord, StoreError};
 
 pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on
 /// one host are not asked at the same instant.
 const MAX_JITTER_MS: u64 = 50;
+/// Hosted repositories reconciled at once (local reads and a decision each).
+const LOCAL_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Default, Serialize)]
 pub struct TickSummary {
     /// The master switch was off: nothing was checked.
     pub paused: bool,
     pub checked: usize,
+    /// Deployments queued (or coalesced into a queued one).
     pub triggered: usize,
+    /// Deployments that failed before reaching a node; retried next tick.
+    pub failed: usize,
+    /// Lookups or decisions that failed: nothing was deployed.
     pub errors: usize,
     pub elapsed_ms: u128,
     pub projects: Vec<ProjectResult>,
@@ -66,13 +75,12 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
     app.loops.set(GIT_POLL, "stopped", None);
 }
 
-/// One tick over every enabled external project. Ticks never overlap.
+/// One tick over every enabled project: external ones polled, hosted ones
+/// reconciled. Ticks never overlap.
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let Some((settings, projects)) =
-        super::enabled_projects(app, |p| p.fields.git_source == GitSource::External).await?
-    else {
+    let Some((settings, projects)) = super::enabled_projects(app, |_| true).await? else {
         return Ok(TickSummary {
             paused: true,
             ..TickSummary::default()
@@ -82,7 +90,28 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
         settings.auto_deploy_poll_concurrency as usize,
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    for project in projects {
+    let (hosted, external): (Vec<_>, Vec<_>) = projects
+        .into_iter()
+        .partition(|p| p.fields.git_source == GitSource::Hosted);
+    // Local reads: no jitter and slots of their own, so a hanging remote
+    // never holds them up.
+    let local = Arc::new(Semaphore::new(LOCAL_CONCURRENCY));
+    for project in hosted {
+        let (app, local) = (app.clone(), local.clone());
+        let span = tracing::info_span!("trigger", project = project.id, source = "auto-push");
+        tasks.spawn(
+            async move {
+                let _permit = local.acquire_owned().await.expect("semaphore open");
+                ProjectResult {
+                    project_id: project.id,
+                    name: project.fields.name.clone(),
+                    result: reconcile(&app, &project).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+    for project in external {
         let (app, permits) = (app.clone(), permits.clone());
         let span = tracing::info_span!("trigger", project = project.id, source = "auto-poll");
         tasks.spawn(
@@ -113,6 +142,7 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
         paused: false,
         checked: results.len(),
         triggered: count(|c| matches!(c, Checked::Triggered { .. })),
+        failed: count(|c| matches!(c, Checked::Failed { .. })),
         errors: count(|c| matches!(c, Checked::Error { .. })),
         elapsed_ms: started.elapsed().as_millis(),
         projects: results,
@@ -123,17 +153,37 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
     let url = project.fields.git_url.clone().unwrap_or_default();
     let head = match lookup(app, project, &url).await {
         Ok(head) => head,
-        Err(e) => return failed(app, project, format!("poll of {url} failed: {e}")).await,
+        Err(e) => {
+            let error = format!("poll of {url} failed: {e}");
+            return failed(app, project, EventKind::PollFailed, error).await;
+        }
     };
     match commit_moved(app, project, head, DeploySource::AutoPoll).await {
-        Ok(Some(d)) => Checked::Triggered {
-            deployment: d.id,
-            reason: d.reason,
-        },
+        Ok(Some(d)) => Checked::from_deployment(d),
         Ok(None) => Checked::Unchanged {
             reason: "the branch has not moved".into(),
         },
-        Err(e) => failed(app, project, e.to_string()).await,
+        // Ticks never overlap, so only a change to the project itself moved
+        // the tracked commit: the next tick decides on the new state.
+        Err(TriggerError::Store(StoreError::Stale(_))) => Checked::Unchanged {
+            reason: "the tracked commit moved meanwhile; the next tick looks again".into(),
+        },
+        Err(e) => failed(app, project, EventKind::PollFailed, e.to_string()).await,
+    }
+}
+
+/// A hosted project: its bare repository's branch head against the tracked
+/// commit.
+async fn reconcile(app: &App, project: &ProjectRecord) -> Checked {
+    match super::reconcile_hosted(app, project.id).await {
+        Ok(Some(d)) => Checked::from_deployment(d),
+        Ok(None) => Checked::Unchanged {
+            reason: "the branch has not moved".into(),
+        },
+        Err(e) => {
+            let error = format!("reconciling the hosted repository failed: {e}");
+            failed(app, project, EventKind::ReconcileFailed, error).await
+        }
     }
 }
 
@@ -152,11 +202,8 @@ async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<
     }
 }
 
-async fn failed(app: &App, project: &ProjectRecord, error: String) -> Checked {
-    tracing::warn!(error = %error, "poll failed");
-    let _ = app
-        .store
-        .log_event(Some(project.id), "poll.failed", &error)
-        .await;
+async fn failed(app: &App, project: &ProjectRecord, kind: EventKind, error: String) -> Checked {
+    tracing::warn!(error = %error, "{kind}");
+    let _ = app.store.log_event(Some(project.id), kind, &error).await;
     Checked::Error { error }
 }

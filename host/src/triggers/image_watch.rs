@@ -20,7 +20,7 @@ use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
 use crate::policy::{GitSource, Lookup, ProjectKind};
 use crate::registry::ImageRef;
-use crate::store::{DeploySource, ProjectRecord, StoreError};
+use crate::store::{DeploySource, DeployStatus, EventKind, ProjectRecord, StoreError};
 
 pub const IMAGE_WATCH: &str = "image-watch";
 /// Lookups (and compose-file reads) in flight at once.
@@ -40,7 +40,10 @@ pub struct ImageTick {
     /// Distinct images looked up (each once, whatever number of projects use it).
     pub lookups: usize,
     pub lookup_failures: usize,
+    /// Deployments queued (or coalesced into a queued one).
     pub triggered: usize,
+    /// Deployments that failed before reaching a node; retried next tick.
+    pub failed: usize,
     pub elapsed_ms: u128,
     pub projects: Vec<ProjectWatch>,
 }
@@ -55,10 +58,13 @@ pub struct ProjectWatch {
     pub outcome: Outcome,
 }
 
+/// What one project came to; `Failed`: its deployment failed before it
+/// reached a node, and the recorded digests stay so the next tick retries.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
     Triggered { deployment: i64, reason: String },
+    Failed { deployment: i64, error: String },
     Unchanged { reason: String },
     Recorded { reason: String },
     NoComposeFile { reason: String },
@@ -168,7 +174,7 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
             Err(error) => {
                 let _ = app
                     .store
-                    .log_event(Some(project.id), "image-watch.failed", &error)
+                    .log_event(Some(project.id), EventKind::ImageWatchFailed, &error)
                     .await;
                 results.push(result(&project, vec![], vec![], Outcome::Error { error }));
             }
@@ -237,6 +243,10 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
         triggered: results
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Triggered { .. }))
+            .count(),
+        failed: results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
             .count(),
         elapsed_ms: started.elapsed().as_millis(),
         projects: results,
@@ -335,8 +345,13 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
             reason: d.reason.clone(),
             track_commit: None,
             track_digests: Some(d.record),
+            decided_on_commit: None,
         };
         return match pipeline::trigger(app, &w.project, t).await {
+            Ok(dep) if dep.status == DeployStatus::Failed => Outcome::Failed {
+                deployment: dep.id,
+                error: dep.error.unwrap_or_default(),
+            },
             Ok(dep) => Outcome::Triggered {
                 deployment: dep.id,
                 reason: d.reason,

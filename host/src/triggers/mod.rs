@@ -1,6 +1,6 @@
 //! The triggers that turn a moved source into a deployment: pushes to hosted
-//! repositories, polls of external ones. Both end in `commit_moved`, which
-//! asks the policy and calls the one pipeline.
+//! repositories (and their reconciliation), polls of external ones. All end
+//! in `commit_moved`, which asks the policy and calls the one pipeline.
 
 pub mod git_poll;
 pub mod image_watch;
@@ -13,15 +13,39 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
-use crate::store::{CredentialKind, DeploySource, Deployment, ProjectRecord, Settings, StoreError};
+use crate::store::{
+    CredentialKind, DeploySource, DeployStatus, Deployment, EventKind, ProjectRecord, Settings,
+    StoreError,
+};
 
-/// What a trigger check came to.
+/// Decisions that lost a race with another trigger are made again on the
+/// fresh state this many times at most.
+const MAX_REDECIDE: usize = 5;
+
+/// What a trigger check came to; `Failed`: its deployment failed before it
+/// reached a node, and the tracked state stays so the next tick retries.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Checked {
     Unchanged { reason: String },
     Triggered { deployment: i64, reason: String },
+    Failed { deployment: i64, error: String },
     Error { error: String },
+}
+
+impl Checked {
+    pub fn from_deployment(d: Deployment) -> Checked {
+        match (d.status, d.error) {
+            (DeployStatus::Failed, error) => Checked::Failed {
+                deployment: d.id,
+                error: error.unwrap_or_default(),
+            },
+            _ => Checked::Triggered {
+                deployment: d.id,
+                reason: d.reason,
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +54,8 @@ pub enum TriggerError {
     Policy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Git(#[from] GitError),
 }
 
 /// The settings and the projects a tick looks at (auto-deploy on and
@@ -98,12 +124,46 @@ pub async fn commit_moved(
         reason: d.reason,
         track_commit: d.record,
         track_digests: None,
+        decided_on_commit: Some(project.last_tracked_commit_sha.clone()),
     };
     Ok(Some(pipeline::trigger(app, project, t).await?))
 }
 
-/// After a push to a hosted repository: if the tracked branch moved and
-/// auto-deploy is on (master switch and toggle), trigger `auto-push`. The
+/// Compares a hosted repository's tracked branch head (a local read) with
+/// the project's tracked commit, and triggers `auto-push` when the policy
+/// says it moved. Runs after every push, whichever branch it moved, and for
+/// every enabled hosted project at start-up and on each poll tick: a push
+/// whose trigger failed, or that a crash cut off after the ref moved, is
+/// deployed then. `Ok(None)` when nothing is to deploy, including a branch
+/// nothing was pushed to yet.
+pub async fn reconcile_hosted(
+    app: &App,
+    project_id: i64,
+) -> Result<Option<Deployment>, TriggerError> {
+    for _ in 0..MAX_REDECIDE {
+        let project = app.store.project(project_id).await?;
+        let path = crate::git::hosted_path(&app.data_dir, project_id);
+        let branch = project.fields.git_branch.clone();
+        let head = tokio::task::spawn_blocking(move || crate::git::local_head(&path, &branch))
+            .await
+            .map_err(|e| GitError::Remote(format!("reading the branch failed: {e}")))??;
+        if head.is_none() {
+            return Ok(None);
+        }
+        match commit_moved(app, &project, head, DeploySource::AutoPush).await {
+            // Another push recorded first: decide again on what it left.
+            Err(TriggerError::Store(StoreError::Stale(_))) => continue,
+            other => return other,
+        }
+    }
+    Err(TriggerError::Store(StoreError::Conflict(format!(
+        "project {project_id}: the tracked commit kept moving; the next tick tries again"
+    ))))
+}
+
+/// After a push to a hosted repository, whichever branch it moved: with
+/// auto-deploy on (master switch and toggle), the tracked branch's head is
+/// reconciled with the tracked commit (`auto-push` when they differ). The
 /// push itself has succeeded whatever happens here; failures are logged and
 /// recorded in the event log.
 pub async fn on_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
@@ -121,10 +181,9 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
         Ok(h) => h,
         Err(e) => return tracing::warn!(error = %e, "push: cannot read the branch"),
     };
-    if after == before {
-        // Another branch was pushed, or the push was refused.
-        return;
-    }
+    // Whichever branch was pushed, the tracked branch's head is compared
+    // with the tracked commit below; this only decides what is worth a note.
+    let moved = after != before;
     let branch = &project.fields.git_branch;
     let master = app
         .store
@@ -134,8 +193,14 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
         .unwrap_or(false);
     let note = |msg: String| async move {
         tracing::info!("{msg}");
-        let _ = app.store.log_event(Some(project_id), "push", &msg).await;
+        let _ = app
+            .store
+            .log_event(Some(project_id), EventKind::Push, &msg)
+            .await;
     };
+    if (!master || !project.fields.auto_deploy_enabled) && !moved {
+        return;
+    }
     if !master {
         return note(format!(
             "push to {branch}: auto-deploy is paused (master switch off); not deploying"
@@ -148,7 +213,7 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
         ))
         .await;
     }
-    match commit_moved(app, &project, after, DeploySource::AutoPush).await {
+    match reconcile_hosted(app, project_id).await {
         Ok(Some(d)) => tracing::info!(deployment = d.id, "push triggered a deployment"),
         Ok(None) => {}
         Err(e) => {

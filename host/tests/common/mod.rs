@@ -10,8 +10,9 @@ pub mod fake_registry;
 pub mod git;
 pub mod registry;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use autodeploy::policy::{Policy, PolicyConfig, PolicyRuntime};
 use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
@@ -151,4 +152,37 @@ pub fn http_500_server() -> u16 {
         }
     });
     port
+}
+
+/// Polls `f` every 50 ms until it holds; panics naming `what` after `timeout`.
+/// The timeout only bounds a hang: pick it generously, never as an assertion.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `wait_until` for code outside an async runtime.
+pub fn wait_until_blocking(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
