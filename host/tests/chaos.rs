@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::chaos::{
-    FlappingRegistry, NodeAgent, NodeLink, Rng, Trickle, authfile, burn_cpu, node_tools, wait_until,
+    FlappingRegistry, NodeAgent, NodeLink, Rng, Trickle, authfile, burn_cpu, node_tools,
 };
 use common::daemon::{ADMIN, Daemon, temp_dir};
 use common::git::{free_port, git, nginx_git};
 use common::registry::TestRegistry;
+use common::wait_until;
 use reqwest::Method;
 use serde_json::{Value, json};
 
