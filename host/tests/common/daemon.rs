@@ -34,6 +34,16 @@ impl Daemon {
 
     /// `args` go before `serve` (e.g. `--policy FILE`); `env` is added.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::try_start_with(data_dir, args, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start_with`, but a daemon that exits before listening is an
+    /// `Err` with its log, not a panic.
+    pub fn try_start_with(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         std::fs::create_dir_all(data_dir).unwrap();
         let stderr_log = data_dir.join(format!(
             "daemon-{}.log",
@@ -65,15 +75,18 @@ impl Daemon {
                         break addr.to_string();
                     }
                 }
-                _ => panic!(
-                    "daemon exited before listening: {}",
-                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
-                ),
+                _ => {
+                    let _ = child.wait();
+                    return Err(format!(
+                        "daemon exited before listening: {}",
+                        std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                    ));
+                }
             }
         };
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Daemon {
+        Ok(Daemon {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
@@ -82,7 +95,7 @@ impl Daemon {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-        }
+        })
     }
 
     pub async fn call(
