@@ -53,6 +53,9 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Internal: one network git lookup, asked by the daemon on stdin.
+    #[command(name = "git-lookup", hide = true)]
+    GitLookup,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Project { client, command } => block_on(client::project(client, command)),
         Command::Settings { client, command } => block_on(client::settings(client, command)),
         Command::Node { client, command } => block_on(client::node(client, command)),
+        Command::GitLookup => std::process::exit(autodeploy::git::isolated::child_main()),
     }
 }
 

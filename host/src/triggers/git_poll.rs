@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::{Checked, commit_moved};
 use crate::app::App;
-use crate::git::{GitError, remote_head};
+use crate::git::GitError;
 use crate::policy::GitSource;
 use crate::store::{DeploySource, ProjectRecord, StoreError};
 
@@ -70,16 +70,21 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let Some((settings, projects)) =
-        super::enabled_projects(app, |p| p.fields.git_source == GitSource::External).await?
+    let Some((settings, projects, broken)) = super::enabled_projects_checked(
+        app,
+        |p| p.fields.git_source == GitSource::External,
+        |b| b.git_source != Some(GitSource::Hosted),
+    )
+    .await?
     else {
         return Ok(TickSummary {
             paused: true,
             ..TickSummary::default()
         });
     };
+    // Clamped when read; `max(1)` keeps a zero from ever stalling the tick.
     let permits = Arc::new(Semaphore::new(
-        settings.auto_deploy_poll_concurrency as usize,
+        (settings.auto_deploy_poll_concurrency as usize).max(1),
     ));
     let mut tasks = tokio::task::JoinSet::new();
     for project in projects {
@@ -89,8 +94,12 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
             async move {
                 let jitter = rand::rng().random_range(0..=MAX_JITTER_MS);
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
-                let _permit = permits.acquire_owned().await.expect("semaphore open");
-                let result = check(&app, &project).await;
+                let result = match permits.acquire_owned().await {
+                    Ok(_permit) => check(&app, &project).await,
+                    Err(_) => Checked::Error {
+                        error: "the tick was stopped".into(),
+                    },
+                };
                 ProjectResult {
                     project_id: project.id,
                     name: project.fields.name.clone(),
@@ -101,6 +110,16 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
         );
     }
     let mut results = Vec::new();
+    // A row that does not decode is an error for its own project only.
+    for b in broken {
+        let error = format!("the project's stored row is unreadable: {}", b.error);
+        let _ = app.store.log_event(Some(b.id), "poll.failed", &error).await;
+        results.push(ProjectResult {
+            project_id: b.id,
+            name: b.name,
+            result: Checked::Error { error },
+        });
+    }
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(r) => results.push(r),
@@ -137,19 +156,18 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
     }
 }
 
+/// The remote head, looked up in a child process killed at the cap (see
+/// `git::isolated`): a remote that trickles holds its slot for the cap and
+/// no thread of the daemon.
 async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<String>, GitError> {
     let credential = super::credential(app, project.id).await?;
-    let (owned_url, branch) = (url.to_string(), project.fields.git_branch.clone());
-    let blocking =
-        tokio::task::spawn_blocking(move || remote_head(&owned_url, &branch, credential.as_ref()));
-    match tokio::time::timeout(app.git_timeout, blocking).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(GitError::Remote(format!("lookup task failed: {e}"))),
-        Err(_) => Err(GitError::Timeout {
-            url: url.to_string(),
-            timeout: app.git_timeout,
-        }),
-    }
+    crate::git::isolated::remote_head(
+        url,
+        &project.fields.git_branch,
+        credential.as_ref(),
+        app.git_timeout,
+    )
+    .await
 }
 
 async fn failed(app: &App, project: &ProjectRecord, error: String) -> Checked {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod fake_registry;
 pub mod git;
 pub mod registry;
+pub mod trickle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,4 +151,22 @@ pub fn http_500_server() -> u16 {
         }
     });
     port
+}
+
+/// Polls `f` every 50 ms until it is true; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

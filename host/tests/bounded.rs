@@ -1,0 +1,314 @@
+//! Bounded work and isolation of bad input, against the real daemon: remotes
+//! that trickle, settings and rows written straight into the database.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::daemon::{Daemon, temp_dir};
+use common::git::{bare_with_commit, git};
+use common::trickle::Trickle;
+use common::wait_until;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Runs SQL on the daemon's SQLite file with the sqlite3 command, as an
+/// operator (or a damaged disk) would.
+fn sqlite3(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3 (Debian package sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `Threads:` of a process, from /proc.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads line")
+}
+
+/// Live processes whose parent is `pid`.
+fn children(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid ...": comm may hold spaces, so split
+            // after its closing parenthesis.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .count()
+}
+
+fn project<'a>(tick: &'a Value, id: i64) -> &'a Value {
+    tick["projects"]
+        .as_array()
+        .expect("a project list")
+        .iter()
+        .find(|p| p["project_id"] == id)
+        .unwrap_or_else(|| panic!("project {id} in the tick: {tick}"))
+}
+
+const REMOTES: usize = 300;
+const TICKS: usize = 20;
+/// Lookups at once: the test's own choice, so a tick takes a few caps.
+const CONCURRENCY: usize = 100;
+/// The highest thread count the daemon may reach during the storm. Its
+/// own threads (runtime workers, SQLite connections, policy pool, blocking
+/// threads for local work) are a few dozen; one thread per stuck lookup
+/// would be hundreds.
+const MAX_THREADS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_completes() {
+    let dir = temp_dir("bounded-trickle");
+    // One byte every 300 ms: well inside libgit2's per-read timeout, so
+    // only the cap can end a lookup. Each connection lives at most 120 s.
+    let trickle = Trickle::start(Duration::from_millis(300), Duration::from_secs(120)).await;
+    let d = Daemon::start_with(&dir, &[], &[("AUTODEPLOY_GIT_TIMEOUT_SECONDS", "1")]);
+    let pid = d.child.id();
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_poll_interval_seconds": 86400, "auto_deploy_poll_concurrency": CONCURRENCY})),
+    )
+    .await;
+    for i in 0..REMOTES {
+        // Mostly smart HTTP, some SSH: both only ever see a trickle.
+        let url = if i % 10 == 0 {
+            format!("ssh://git@127.0.0.1:{}/r{i}.git", trickle.port)
+        } else {
+            format!("http://127.0.0.1:{}/r{i}.git", trickle.port)
+        };
+        d.create_project(json!({"name": format!("trickle-{i}"), "project_type": "deployment",
+            "git_source": "external", "git_url": url, "auto_deploy_enabled": true}))
+            .await;
+    }
+    // A hosted project, pushed once before the storm (its first deploy).
+    let hosted = d
+        .ok(Method::POST, "/api/projects", Some(json!({"name": "pushed", "project_type": "deployment"})))
+        .await;
+    let (hosted_id, token) = (
+        hosted["id"].as_i64().unwrap(),
+        hosted["push_token"].as_str().unwrap().to_string(),
+    );
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{hosted_id}"),
+        Some(json!({"auto_deploy_enabled": true})),
+    )
+    .await;
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["commit", "-q", "--allow-empty", "-m", "one"]);
+    let remote = format!(
+        "http://x:{token}@{}/git/{hosted_id}.git",
+        d.url.trim_start_matches("http://")
+    );
+    git(&work, &["push", "-q", &remote, "main"]);
+    assert_eq!(d.deployments(hosted_id).await.len(), 1, "the first push deploys");
+
+    // Sample the daemon's threads and children for the whole storm.
+    let (max_threads, max_children, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let sampler = {
+        let (mt, mc, stop) = (max_threads.clone(), max_children.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                mt.fetch_max(threads(pid), Ordering::SeqCst);
+                mc.fetch_max(children(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let d = Arc::new(d);
+    let mut pushed = None;
+    for t in 0..TICKS {
+        let tick = {
+            let d = d.clone();
+            tokio::spawn(async move { d.ok(Method::POST, "/api/ticks/git-poll", None).await })
+        };
+        if t == TICKS / 2 {
+            // Push while this tick's lookups hang on the trickle.
+            let before = trickle.accepted();
+            wait_until("the tick's lookups to reach the trickling server", Duration::from_secs(30), || {
+                let n = trickle.accepted();
+                async move { n >= before + CONCURRENCY / 2 }
+            })
+            .await;
+            git(&work, &["commit", "-q", "--allow-empty", "-m", "two"]);
+            let sha = git(&work, &["rev-parse", "HEAD"]);
+            let push = tokio::process::Command::new("git")
+                .current_dir(&work)
+                .args(["push", "-q", &remote, "main"])
+                .kill_on_drop(true)
+                .status();
+            let status = tokio::time::timeout(Duration::from_secs(2), push)
+                .await
+                .expect("a push completes within 2 s while 300 remotes trickle")
+                .expect("run git push");
+            assert!(status.success(), "the push succeeds");
+            pushed = Some(sha);
+        }
+        let summary = tick.await.expect("the tick task");
+        assert_eq!(summary["checked"], REMOTES as u64, "{summary:#}");
+        assert_eq!(summary["errors"], REMOTES as u64, "every trickling remote is an error");
+        let one = summary["projects"][0]["error"].as_str().unwrap_or_default();
+        assert!(one.contains("did not finish within 1s"), "{one}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+
+    let deps = d.deployments(hosted_id).await;
+    assert_eq!(
+        deps[0]["target_commit"].as_str(),
+        pushed.as_deref(),
+        "the push during the storm was recorded: {deps:#?}"
+    );
+    let (threads_seen, children_seen) = (
+        max_threads.load(Ordering::SeqCst),
+        max_children.load(Ordering::SeqCst),
+    );
+    eprintln!("storm: max {threads_seen} threads, max {children_seen} lookup processes");
+    assert!(
+        threads_seen <= MAX_THREADS,
+        "the daemon reached {threads_seen} threads during the storm (bound {MAX_THREADS})"
+    );
+    assert!(
+        children_seen <= CONCURRENCY + 4,
+        "{children_seen} lookup processes at once with a concurrency of {CONCURRENCY}"
+    );
+    // Each lookup was killed at its cap: nothing holds a connection now.
+    wait_until("every trickling connection to close", Duration::from_secs(15), || {
+        let open = trickle.open();
+        async move { open == 0 }
+    })
+    .await;
+    wait_until("every lookup process to be reaped", Duration::from_secs(15), || async move {
+        children(pid) == 0
+    })
+    .await;
+    match Arc::try_unwrap(d) {
+        Ok(d) => {
+            d.stop();
+        }
+        Err(_) => panic!("the daemon handle is still shared"),
+    }
+}
+
+#[tokio::test]
+async fn settings_written_into_the_database_are_clamped_when_read() {
+    let dir = temp_dir("bounded-settings");
+    let repo = dir.join("repos/a.git");
+    let sha = bare_with_commit(&repo);
+    let d = Daemon::start(&dir);
+    let id = d
+        .create_project(json!({"name": "a", "project_type": "deployment", "git_source": "external",
+            "git_url": format!("file://{}", repo.display()), "auto_deploy_enabled": true}))
+        .await;
+    sqlite3(
+        &dir.join("autodeploy.db"),
+        "DELETE FROM settings; INSERT INTO settings (key, value) VALUES \
+         ('auto_deploy_poll_concurrency', '0'), ('auto_deploy_poll_interval_seconds', '0'), \
+         ('auto_deploy_image_watch_interval_seconds', '-5'), ('node_offline_after_seconds', '99999999999');",
+    );
+    let s = d.ok(Method::GET, "/api/settings", None).await;
+    assert_eq!(
+        (
+            &s["auto_deploy_poll_concurrency"],
+            &s["auto_deploy_poll_interval_seconds"],
+            &s["auto_deploy_image_watch_interval_seconds"],
+            &s["node_offline_after_seconds"],
+        ),
+        (&json!(1), &json!(10), &json!(60), &json!(86400)),
+        "each stored value is clamped to its minimum or maximum: {s}"
+    );
+    // A concurrency of 0 stored in the database must not stall the tick.
+    let tick = tokio::time::timeout(
+        Duration::from_secs(60),
+        d.ok(Method::POST, "/api/ticks/git-poll", None),
+    )
+    .await
+    .expect("a git-poll tick finishes with a stored concurrency of 0");
+    assert_eq!(project(&tick, id)["outcome"], "triggered", "{tick}");
+    assert_eq!(
+        d.deployments(id).await[0]["target_commit"].as_str(),
+        Some(sha.as_str())
+    );
+    d.stop();
+}
+
+#[tokio::test]
+async fn a_corrupt_row_is_an_error_for_its_own_project_only() {
+    let dir = temp_dir("bounded-corrupt");
+    let (good_repo, bad_repo) = (dir.join("repos/good.git"), dir.join("repos/bad.git"));
+    bare_with_commit(&good_repo);
+    bare_with_commit(&bad_repo);
+    let d = Daemon::start(&dir);
+    let external = |name: &str, repo: &Path, kind: &str| {
+        json!({"name": name, "project_type": kind, "git_source": "external",
+            "git_url": format!("file://{}", repo.display()), "auto_deploy_enabled": true,
+            "expose_service": "web", "expose_port": 80})
+    };
+    let good = d.create_project(external("good", &good_repo, "deployment")).await;
+    let bad = d.create_project(external("bad", &bad_repo, "compose")).await;
+    let compose = d.create_project(external("compose", &good_repo, "compose")).await;
+    sqlite3(
+        &dir.join("autodeploy.db"),
+        &format!("UPDATE projects SET last_tracked_image_digests = '{{not json' WHERE id = {bad};"),
+    );
+
+    // The git trigger: the corrupt project errors, the other one deploys.
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    assert_eq!(project(&tick, good)["outcome"], "triggered", "{tick:#}");
+    let error = project(&tick, bad)["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("project {bad}")) && error.contains("last_tracked_image_digests"),
+        "the error names the project and the column: {error}"
+    );
+    assert_eq!(project(&tick, compose)["outcome"], "triggered", "{tick:#}");
+    assert_eq!(d.deployments(good).await.len(), 1);
+
+    // The image trigger: the corrupt project errors, the others are checked.
+    let tick = d.ok(Method::POST, "/api/ticks/image-watch", None).await;
+    assert_eq!(project(&tick, compose)["outcome"], "no_compose_file", "{tick:#}");
+    assert_eq!(project(&tick, bad)["outcome"], "error", "{tick:#}");
+
+    // The event log says which project, for each trigger.
+    let events = d
+        .ok(Method::GET, &format!("/api/events?project_id={bad}&limit=10"), None)
+        .await;
+    assert!(
+        events.to_string().contains("last_tracked_image_digests"),
+        "{events}"
+    );
+    // The healthy project is still served alone.
+    d.ok(Method::GET, &format!("/api/projects/{good}"), None).await;
+    d.stop();
+}
