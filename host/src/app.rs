@@ -33,6 +33,9 @@ pub struct App {
     pub image_watch_lock: tokio::sync::Mutex<()>,
     /// The threads policy decisions run on.
     pub decisions: DecisionPool,
+    /// The last poll error of each project, so a streak of the same error
+    /// is one event, not one per tick.
+    pub poll_errors: ErrorStreaks,
 }
 
 impl App {
@@ -63,6 +66,27 @@ impl App {
             return Ok(true);
         }
         self.store.admin_token_exists(&hash).await
+    }
+}
+
+/// The error each project is failing with right now.
+#[derive(Default)]
+pub struct ErrorStreaks(Mutex<std::collections::HashMap<i64, String>>);
+
+impl ErrorStreaks {
+    /// Records `error` for `id`; true when it differs from the last one.
+    pub fn is_new(&self, id: i64, error: &str) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.get(&id).is_some_and(|last| last == error) {
+            return false;
+        }
+        all.insert(id, error.to_string());
+        true
+    }
+
+    /// The project works again: its next error starts a new streak.
+    pub fn clear(&self, id: i64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 }
 

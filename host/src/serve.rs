@@ -157,6 +157,7 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         image_watch_off: Default::default(),
         image_watch_lock: Default::default(),
         decisions: Default::default(),
+        poll_errors: Default::default(),
     });
     Ok(app)
 }

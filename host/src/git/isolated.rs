@@ -250,14 +250,14 @@ async fn run_child(url: &str, request: &Request, cap: Duration) -> Result<Answer
         GitError::Remote(format!("git lookup process for {url}: {what}: {e}"))
     };
     let body = serde_json::to_vec(request).map_err(|e| failed("encode", &e))?;
-    let mut child = tokio::process::Command::new(own_executable().map_err(|e| failed("find", &e))?)
+    let mut command = tokio::process::Command::new(own_executable().map_err(|e| failed("find", &e))?);
+    command
         .arg(SUBCOMMAND)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| failed("start", &e))?;
+        .kill_on_drop(true);
+    let mut child = spawn(command).await.map_err(|e| failed("start", &e))?;
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(GitError::Remote(format!(
             "git lookup process for {url}: no pipes"
@@ -293,6 +293,20 @@ async fn run_child(url: &str, request: &Request, cap: Duration) -> Result<Answer
             "git lookup process for {url} ended without an answer"
         ))
     })
+}
+
+/// Starting a process waits until the child has executed (vfork): on a
+/// busy host that is milliseconds, which must not hold the async workers
+/// (the API runs there). Two blocking threads at most do it.
+async fn spawn(mut command: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _turn = SPAWNING
+        .acquire()
+        .await
+        .map_err(|_| std::io::Error::other("closed"))?;
+    tokio::task::spawn_blocking(move || command.spawn())
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The child's side: one request on stdin, one answer on stdout. Returns

@@ -23,6 +23,10 @@ pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on
 /// one host are not asked at the same instant.
 const MAX_JITTER_MS: u64 = 50;
+/// Database connections a tick's lookups use at once for their own reads
+/// and writes: fewer than the pool holds, so pushes and the API never queue
+/// behind a tick of many remotes.
+static DB_SLOTS: Semaphore = Semaphore::const_new(4);
 
 #[derive(Debug, Default, Serialize)]
 pub struct TickSummary {
@@ -113,7 +117,9 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     // A row that does not decode is an error for its own project only.
     for b in broken {
         let error = format!("the project's stored row is unreadable: {}", b.error);
-        let _ = app.store.log_event(Some(b.id), "poll.failed", &error).await;
+        if app.poll_errors.is_new(b.id, &error) {
+            let _ = app.store.log_event(Some(b.id), "poll.failed", &error).await;
+        }
         results.push(ProjectResult {
             project_id: b.id,
             name: b.name,
@@ -145,13 +151,19 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
         Err(e) => return failed(app, project, format!("poll of {url} failed: {e}")).await,
     };
     match commit_moved(app, project, head, DeploySource::AutoPoll).await {
-        Ok(Some(d)) => Checked::Triggered {
-            deployment: d.id,
-            reason: d.reason,
-        },
-        Ok(None) => Checked::Unchanged {
-            reason: "the branch has not moved".into(),
-        },
+        Ok(Some(d)) => {
+            app.poll_errors.clear(project.id);
+            Checked::Triggered {
+                deployment: d.id,
+                reason: d.reason,
+            }
+        }
+        Ok(None) => {
+            app.poll_errors.clear(project.id);
+            Checked::Unchanged {
+                reason: "the branch has not moved".into(),
+            }
+        }
         Err(e) => failed(app, project, e.to_string()).await,
     }
 }
@@ -160,7 +172,10 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
 /// `git::isolated`): a remote that trickles holds its slot for the cap and
 /// no thread of the daemon.
 async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<String>, GitError> {
-    let credential = super::credential(app, project.id).await?;
+    let credential = {
+        let _slot = DB_SLOTS.acquire().await;
+        super::credential(app, project.id).await?
+    };
     crate::git::isolated::remote_head(
         url,
         &project.fields.git_branch,
@@ -172,9 +187,15 @@ async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<
 
 async fn failed(app: &App, project: &ProjectRecord, error: String) -> Checked {
     tracing::warn!(error = %error, "poll failed");
-    let _ = app
-        .store
-        .log_event(Some(project.id), "poll.failed", &error)
-        .await;
+    // One event per streak of the same error: a remote down for a day is
+    // not a row per tick, and a tick over many failing remotes does not
+    // queue on database writes.
+    if app.poll_errors.is_new(project.id, &error) {
+        let _slot = DB_SLOTS.acquire().await;
+        let _ = app
+            .store
+            .log_event(Some(project.id), "poll.failed", &error)
+            .await;
+    }
     Checked::Error { error }
 }

@@ -2,7 +2,9 @@
 //! line, then one byte every `every` of a header that never ends, so a git
 //! client's per-read timeout never fires. Bounded: each connection is
 //! closed after `max_life`, at most `MAX_OPEN` are open at once (more are
-//! closed at once), and everything stops when the server is dropped.
+//! closed at once), and everything stops when the server is dropped. It
+//! runs on a thread and runtime of its own, so a busy test runtime never
+//! slows its accepts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,17 +21,25 @@ pub struct Trickle {
     pub accepted: Arc<AtomicUsize>,
     /// Connections open now.
     pub open: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Trickle {
-    pub async fn start(every: Duration, max_life: Duration) -> Trickle {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+    pub fn start(every: Duration, max_life: Duration) -> Trickle {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let (acc, op) = (accepted.clone(), open.clone());
-        let task = tokio::spawn(async move {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let serve = async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
             // Dropped with this task: aborts every connection.
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -61,14 +71,17 @@ impl Trickle {
                         });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    _ = &mut stopped => return,
                 }
             }
-        });
+        };
+        let thread = std::thread::spawn(move || runtime.block_on(serve));
         Trickle {
             port,
             accepted,
             open,
-            task,
+            stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
@@ -83,6 +96,12 @@ impl Trickle {
 
 impl Drop for Trickle {
     fn drop(&mut self) {
-        self.task.abort();
+        // Returning from the serving future drops every connection.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
