@@ -59,6 +59,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The daemon starts one of these per network git lookup: skip building
+    // the whole command line parser for it.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("git-lookup")) {
+        std::process::exit(autodeploy::git::isolated::child_main());
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,11 @@ use crate::secrets::Secret;
 
 /// The hidden subcommand the child runs.
 pub const SUBCOMMAND: &str = "git-lookup";
+/// What the child writes first, once it runs: the cap starts then, so a
+/// slow start on a busy host is not counted against the remote.
+const READY: u8 = b'R';
+/// Bound on how long a child may take to start.
+const STARTUP: Duration = Duration::from_secs(30);
 /// Bound on what is read from either side of the pipe: a file answer is at
 /// most `MAX_FILE_BYTES`, JSON-escaped.
 const MAX_MESSAGE_BYTES: u64 = (MAX_FILE_BYTES as u64) * 7 + 64 * 1024;
@@ -258,11 +263,24 @@ async fn run_child(url: &str, request: &Request, cap: Duration) -> Result<Answer
         .stderr(Stdio::null())
         .kill_on_drop(true);
     let mut child = spawn(command).await.map_err(|e| failed("start", &e))?;
-    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+    let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(GitError::Remote(format!(
             "git lookup process for {url}: no pipes"
         )));
     };
+    let mut ready = [0u8; 1];
+    match tokio::time::timeout(STARTUP, stdout.read_exact(&mut ready)).await {
+        Ok(Ok(_)) if ready[0] == READY => {}
+        started => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(match started {
+                Err(_) => failed("start", &format!("not running after {STARTUP:?}")),
+                Ok(Err(e)) => failed("start", &e),
+                Ok(Ok(_)) => failed("start", &"an unexpected first byte"),
+            });
+        }
+    }
     let exchange = async {
         stdin.write_all(&body).await?;
         drop(stdin);
@@ -312,6 +330,12 @@ async fn spawn(mut command: tokio::process::Command) -> std::io::Result<tokio::p
 /// The child's side: one request on stdin, one answer on stdout. Returns
 /// the process exit code.
 pub fn child_main() -> i32 {
+    {
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(&[READY]).and_then(|()| stdout.flush()).is_err() {
+            return 2;
+        }
+    }
     let mut input = Vec::new();
     if std::io::stdin()
         .take(MAX_MESSAGE_BYTES)
