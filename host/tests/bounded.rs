@@ -51,7 +51,12 @@ fn children(pid: u32) -> usize {
         return 0;
     };
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {
             // "pid (comm) state ppid ...": comm may hold spaces, so split
@@ -64,7 +69,7 @@ fn children(pid: u32) -> usize {
         .count()
 }
 
-fn project<'a>(tick: &'a Value, id: i64) -> &'a Value {
+fn project(tick: &Value, id: i64) -> &Value {
     tick["projects"]
         .as_array()
         .expect("a project list")
@@ -104,13 +109,19 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
         } else {
             format!("http://127.0.0.1:{}/r{i}.git", trickle.port)
         };
-        d.create_project(json!({"name": format!("trickle-{i}"), "project_type": "deployment",
-            "git_source": "external", "git_url": url, "auto_deploy_enabled": true}))
-            .await;
+        d.create_project(
+            json!({"name": format!("trickle-{i}"), "project_type": "deployment",
+            "git_source": "external", "git_url": url, "auto_deploy_enabled": true}),
+        )
+        .await;
     }
     // A hosted project, pushed once before the storm (its first deploy).
     let hosted = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": "pushed", "project_type": "deployment"})))
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "pushed", "project_type": "deployment"})),
+        )
         .await;
     let (hosted_id, token) = (
         hosted["id"].as_i64().unwrap(),
@@ -131,7 +142,11 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
         d.url.trim_start_matches("http://")
     );
     git(&work, &["push", "-q", &remote, "main"]);
-    assert_eq!(d.deployments(hosted_id).await.len(), 1, "the first push deploys");
+    assert_eq!(
+        d.deployments(hosted_id).await.len(),
+        1,
+        "the first push deploys"
+    );
 
     // Sample the daemon's threads and children for the whole storm.
     let (max_threads, max_children, stop) = (
@@ -156,14 +171,29 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
     let mut push_outcome = Err("no push was made".to_string());
     for t in 0..TICKS {
         let tick = {
-            let d = d.clone();
-            tokio::spawn(async move { d.ok(Method::POST, "/api/ticks/git-poll", None).await })
+            let url = format!("{}/api/ticks/git-poll", d.url);
+            tokio::spawn(async move {
+                // Each lookup process costs a start-up on top of its cap,
+                // which on a loaded host adds up over 300 remotes: a generous
+                // bound on one tick.
+                let answer = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(common::daemon::ADMIN)
+                    .timeout(Duration::from_secs(600))
+                    .send()
+                    .await
+                    .expect("the tick answers");
+                assert!(answer.status().is_success(), "tick: {}", answer.status());
+                answer.json::<Value>().await.expect("a JSON summary")
+            })
         };
         if t == TICKS / 2 {
             // Push while this tick's lookups hang on the trickle.
-            wait_until("the tick's lookup processes to start", Duration::from_secs(30), || async move {
-                children(pid) >= 10
-            })
+            wait_until(
+                "the tick's lookup processes to start",
+                Duration::from_secs(30),
+                || async move { children(pid) >= 10 },
+            )
             .await;
             git(&work, &["commit", "-q", "--allow-empty", "-m", "two"]);
             let sha = git(&work, &["rev-parse", "HEAD"]);
@@ -184,7 +214,10 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
         }
         let summary = tick.await.expect("the tick task");
         assert_eq!(summary["checked"], REMOTES as u64, "{summary:#}");
-        assert_eq!(summary["errors"], REMOTES as u64, "every trickling remote is an error");
+        assert_eq!(
+            summary["errors"], REMOTES as u64,
+            "every trickling remote is an error"
+        );
         let one = summary["projects"][0]["error"].as_str().unwrap_or_default();
         assert!(one.contains("did not finish within 1s"), "{one}");
     }
@@ -232,14 +265,20 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
         "the push during the storm was recorded: {deps:#?}"
     );
     // Each lookup was killed at its cap: nothing holds a connection now.
-    wait_until("every trickling connection to close", Duration::from_secs(15), || {
-        let open = trickle.open();
-        async move { open == 0 }
-    })
+    wait_until(
+        "every trickling connection to close",
+        Duration::from_secs(15),
+        || {
+            let open = trickle.open();
+            async move { open == 0 }
+        },
+    )
     .await;
-    wait_until("every lookup process to be reaped", Duration::from_secs(15), || async move {
-        children(pid) == 0
-    })
+    wait_until(
+        "every lookup process to be reaped",
+        Duration::from_secs(15),
+        || async move { children(pid) == 0 },
+    )
     .await;
     match Arc::try_unwrap(d) {
         Ok(d) => {
@@ -256,8 +295,10 @@ async fn settings_written_into_the_database_are_clamped_when_read() {
     let sha = bare_with_commit(&repo);
     let d = Daemon::start(&dir);
     let id = d
-        .create_project(json!({"name": "a", "project_type": "deployment", "git_source": "external",
-            "git_url": format!("file://{}", repo.display()), "auto_deploy_enabled": true}))
+        .create_project(
+            json!({"name": "a", "project_type": "deployment", "git_source": "external",
+            "git_url": format!("file://{}", repo.display()), "auto_deploy_enabled": true}),
+        )
         .await;
     sqlite3(
         &dir.join("autodeploy.db"),
@@ -303,9 +344,15 @@ async fn a_corrupt_row_is_an_error_for_its_own_project_only() {
             "git_url": format!("file://{}", repo.display()), "auto_deploy_enabled": true,
             "expose_service": "web", "expose_port": 80})
     };
-    let good = d.create_project(external("good", &good_repo, "deployment")).await;
-    let bad = d.create_project(external("bad", &bad_repo, "compose")).await;
-    let compose = d.create_project(external("compose", &good_repo, "compose")).await;
+    let good = d
+        .create_project(external("good", &good_repo, "deployment"))
+        .await;
+    let bad = d
+        .create_project(external("bad", &bad_repo, "compose"))
+        .await;
+    let compose = d
+        .create_project(external("compose", &good_repo, "compose"))
+        .await;
     sqlite3(
         &dir.join("autodeploy.db"),
         &format!("UPDATE projects SET last_tracked_image_digests = '{{not json' WHERE id = {bad};"),
@@ -324,18 +371,27 @@ async fn a_corrupt_row_is_an_error_for_its_own_project_only() {
 
     // The image trigger: the corrupt project errors, the others are checked.
     let tick = d.ok(Method::POST, "/api/ticks/image-watch", None).await;
-    assert_eq!(project(&tick, compose)["outcome"], "no_compose_file", "{tick:#}");
+    assert_eq!(
+        project(&tick, compose)["outcome"],
+        "no_compose_file",
+        "{tick:#}"
+    );
     assert_eq!(project(&tick, bad)["outcome"], "error", "{tick:#}");
 
     // The event log says which project, for each trigger.
     let events = d
-        .ok(Method::GET, &format!("/api/events?project_id={bad}&limit=10"), None)
+        .ok(
+            Method::GET,
+            &format!("/api/events?project_id={bad}&limit=10"),
+            None,
+        )
         .await;
     assert!(
         events.to_string().contains("last_tracked_image_digests"),
         "{events}"
     );
     // The healthy project is still served alone.
-    d.ok(Method::GET, &format!("/api/projects/{good}"), None).await;
+    d.ok(Method::GET, &format!("/api/projects/{good}"), None)
+        .await;
     d.stop();
 }

@@ -4,8 +4,9 @@
 //! that trickles one byte at a time holds the calling thread for as long as
 //! it likes. So every lookup that touches the network runs in a child
 //! (`autodeploy git-lookup`, a hidden subcommand), which is killed when the
-//! cap is reached. A trickling remote then costs its cap and one concurrency
-//! slot, never a thread of the daemon. The request, credential included,
+//! cap is reached (counted from the moment the child runs, so a slow start
+//! on a busy host is not charged to the remote). A trickling remote then
+//! costs its cap and one concurrency slot, never a thread of the daemon. The request, credential included,
 //! goes over the child's stdin (never its arguments or environment, which
 //! other users may read); the answer comes back on its stdout as JSON.
 //! `file://` and local paths need no network and stay in-process.
@@ -56,7 +57,9 @@ impl ChildSettings {
     fn apply(&self) {
         // libgit2's own per-read timeout, a little past the cap: the parent
         // kills this process at the cap anyway.
-        super::set_network_timeout(Duration::from_millis(self.network_timeout_ms) + Duration::from_secs(5));
+        super::set_network_timeout(
+            Duration::from_millis(self.network_timeout_ms) + Duration::from_secs(5),
+        );
     }
 }
 
@@ -255,7 +258,8 @@ async fn run_child(url: &str, request: &Request, cap: Duration) -> Result<Answer
         GitError::Remote(format!("git lookup process for {url}: {what}: {e}"))
     };
     let body = serde_json::to_vec(request).map_err(|e| failed("encode", &e))?;
-    let mut command = tokio::process::Command::new(own_executable().map_err(|e| failed("find", &e))?);
+    let mut command =
+        tokio::process::Command::new(own_executable().map_err(|e| failed("find", &e))?);
     command
         .arg(SUBCOMMAND)
         .stdin(Stdio::piped())
@@ -332,7 +336,11 @@ async fn spawn(mut command: tokio::process::Command) -> std::io::Result<tokio::p
 pub fn child_main() -> i32 {
     {
         let mut stdout = std::io::stdout().lock();
-        if stdout.write_all(&[READY]).and_then(|()| stdout.flush()).is_err() {
+        if stdout
+            .write_all(&[READY])
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             return 2;
         }
     }

@@ -102,7 +102,8 @@ impl Settings {
         for (key, value) in rows {
             let value = value.trim();
             if key == MASTER {
-                s.auto_deploy_master_enabled = value.parse().unwrap_or(s.auto_deploy_master_enabled);
+                s.auto_deploy_master_enabled =
+                    value.parse().unwrap_or(s.auto_deploy_master_enabled);
                 continue;
             }
             let Some(&(name, min, max)) = NUMBERS.iter().find(|(name, ..)| *name == key) else {
@@ -195,7 +196,10 @@ mod tests {
         let s = rows(&[
             ("auto_deploy_poll_concurrency", "0"),
             ("auto_deploy_poll_interval_seconds", "-3"),
-            ("auto_deploy_image_watch_interval_seconds", "99999999999999999999999"),
+            (
+                "auto_deploy_image_watch_interval_seconds",
+                "99999999999999999999999",
+            ),
             ("node_offline_after_seconds", "1"),
         ]);
         assert_eq!(s.auto_deploy_poll_concurrency, 1);
@@ -203,6 +207,9 @@ mod tests {
         assert_eq!(s.auto_deploy_image_watch_interval_seconds, 86_400);
         assert_eq!(s.node_offline_after_seconds, 5);
         let s = rows(&[("auto_deploy_poll_concurrency", "many")]);
-        assert_eq!(s.auto_deploy_poll_concurrency, 16, "unparsable: the default");
+        assert_eq!(
+            s.auto_deploy_poll_concurrency, 16,
+            "unparsable: the default"
+        );
     }
 }

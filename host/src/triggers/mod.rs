@@ -13,7 +13,9 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
-use crate::store::{BrokenProject, CredentialKind, DeploySource, Deployment, ProjectRecord, Settings, StoreError};
+use crate::store::{
+    BrokenProject, CredentialKind, DeploySource, Deployment, ProjectRecord, Settings, StoreError,
+};
 
 /// What a trigger check came to.
 #[derive(Debug, Serialize)]
