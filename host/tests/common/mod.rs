@@ -10,6 +10,7 @@ pub mod fake_registry;
 pub mod git;
 pub mod load;
 pub mod registry;
+pub mod trickle;
 
 use std::future::Future;
 use std::sync::Arc;
