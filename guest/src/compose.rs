@@ -538,7 +538,10 @@ mod tests {
         let mut doc: Value = serde_yaml::from_str(yaml).unwrap();
         remove_resets(&mut doc);
         let other = &doc["services"]["other"];
-        assert_eq!(other["labels"], serde_yaml::from_str::<Value>("[b]").unwrap());
+        assert_eq!(
+            other["labels"],
+            serde_yaml::from_str::<Value>("[b]").unwrap()
+        );
         assert!(doc["services"].get("dropped").is_none());
         // `!!reset` is another tag, not compose's.
         assert_eq!(parse("services:\n  a: {image: !!reset x:1}\n").0, ["x:1"]);
@@ -547,7 +550,8 @@ mod tests {
     #[test]
     fn resets_are_removed_before_merges_resolve() {
         // In the anchor: gone from every service that merges it.
-        let yaml = "x-b: &b {image: !reset b:1}\nservices:\n  a: {<<: *b}\n  c: {<<: *b, image: own:1}\n";
+        let yaml =
+            "x-b: &b {image: !reset b:1}\nservices:\n  a: {<<: *b}\n  c: {<<: *b, image: own:1}\n";
         assert_eq!(parse(yaml).0, ["own:1"]);
         // Beside `<<`: only the own key goes, the merged value stays.
         let yaml = "x-b: &b {image: b:1}\nservices:\n  a: {<<: *b, image: !reset own:1}\n";
@@ -556,7 +560,8 @@ mod tests {
         let yaml = "x-b: &b {image: b:1}\nservices:\n  a: {<<: !reset {image: r:1}}\n  c: {<<: [!reset {image: r:1}, *b]}\n";
         assert_eq!(parse(yaml).0, ["b:1"]);
         // Tagged merge sources merge like untagged ones.
-        let yaml = "services:\n  a: {<<: !override {image: o:1}}\n  c: {<<: [!override {image: p:1}]}\n";
+        let yaml =
+            "services:\n  a: {<<: !override {image: o:1}}\n  c: {<<: [!override {image: p:1}]}\n";
         assert_eq!(parse(yaml).0, ["o:1", "p:1"]);
     }
 
