@@ -252,20 +252,31 @@ async fn an_external_https_repository_is_checked_out_with_the_claims_credentials
 
     let agent = Agent::start(&d.url, &token, &dir.join("agent"), &[ca_env]);
     // Mid-deploy: running, checked out, and docker compose pulling (held
-    // at the gate) as a child of the agent.
+    // at the gate) as a child of the agent. A deploy that ends first (say,
+    // the fetch was refused) stops the wait and is shown below.
+    let seen = Mutex::new(Value::Null);
     wait_until(
-        "the agent's docker compose pull is under way",
+        "the agent's docker compose pull is under way, or the deployment finished",
         DEPLOY_TIMEOUT,
         || async {
-            let running = d.deployments(id).await[0]["status"] == "running";
-            running
-                && gate.held() > 0
-                && process_tree(agent.pid())
-                    .iter()
-                    .any(|p| p.pid != agent.pid() && p.cmdline.contains(" pull"))
+            let dep = d.deployments(id).await[0].clone();
+            let ended = matches!(dep["status"].as_str(), Some("succeeded" | "failed"));
+            let running = dep["status"] == "running";
+            *seen.lock().unwrap() = dep;
+            ended
+                || (running
+                    && gate.held() > 0
+                    && process_tree(agent.pid())
+                        .iter()
+                        .any(|p| p.pid != agent.pid() && p.cmdline.contains(" pull")))
         },
     )
     .await;
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(
+        seen["status"], "running",
+        "the deploy is mid-way, pulling: {seen}"
+    );
     let everyone = processes();
     for p in &everyone {
         assert!(
