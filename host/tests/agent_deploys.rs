@@ -7,13 +7,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
 use common::agent::{
-    Agent, Cleanup, Gate, build_and_push, files_containing, process_tree, processes, require_docker,
+    Agent, Cleanup, Gate, RemoveImages, build_and_push, files_containing, process_tree, processes,
+    require_docker,
 };
 use common::daemon::{Daemon, temp_dir};
 use common::git::{free_port, git, nginx_git_tls, test_ca};
@@ -133,6 +133,7 @@ async fn the_agent_deploys_the_target_commit_after_the_branch_moved_on() {
     let reg = TestRegistry::start(&dir.join("registry"), None, None);
     let image = format!("{}/target-{}:1", reg.addr, std::process::id());
     build_and_push(&dir, &image, &[("a", "commit A"), ("b", "commit B")]);
+    let _pulled = RemoveImages(vec![image.clone()]);
     let d = Daemon::start(&dir.join("cp"));
     let token = node_token(&d).await;
     let name = format!("target{}", std::process::id());
@@ -209,6 +210,7 @@ async fn an_external_https_repository_is_checked_out_with_the_claims_credentials
     // looked at the agent's processes.
     let gate = Gate::start(reg.port);
     let image = format!("127.0.0.1:{}/{image_name}", gate.port);
+    let _pulled = RemoveImages(vec![image.clone()]);
 
     // An external repository over HTTPS (a test CA), behind basic auth.
     let ca = test_ca(&dir.join("ca"));
@@ -339,5 +341,4 @@ async fn an_external_https_repository_is_checked_out_with_the_claims_credentials
     );
     drop(agent);
     d.stop();
-    let _ = Command::new("docker").args(["rmi", &image]).output();
 }

@@ -141,6 +141,17 @@ impl Drop for Cleanup {
     }
 }
 
+/// Removes the named local images (those a deploy pulled).
+pub struct RemoveImages(pub Vec<String>);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+    }
+}
+
 /// A process on this machine, as /proc shows it.
 pub struct Process {
     pub pid: u32,
