@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod chaos;
 pub mod daemon;
 pub mod fake_registry;
