@@ -87,6 +87,8 @@ const CONCURRENCY: usize = 64;
 /// threads for local work) are a few dozen; one thread per stuck lookup
 /// would be hundreds.
 const MAX_THREADS: usize = 64;
+/// A bound on a hang, not a speed: see where the push is made.
+const PUSH_BOUND: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_completes() {
@@ -203,17 +205,23 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
                 .kill_on_drop(true)
                 .status();
             let pushing = std::time::Instant::now();
-            // Checked after the storm, beside the thread bound.
-            push_outcome = match tokio::time::timeout(Duration::from_secs(2), push).await {
+            // Checked after the storm, beside the thread bound. Before the
+            // lookups were isolated a push hung for over a minute here; an
+            // idle host pushes in well under 2 s (the figure is printed), and
+            // the bound is wider so that a busy host does not fail the test
+            // on speed alone.
+            push_outcome = match tokio::time::timeout(PUSH_BOUND, push).await {
                 Ok(Ok(status)) if status.success() => Ok(pushing.elapsed()),
                 Ok(Ok(status)) => Err(format!("the push failed: {status}")),
                 Ok(Err(e)) => Err(format!("cannot run git push: {e}")),
-                Err(_) => Err("the push did not complete within 2 s".to_string()),
+                Err(_) => Err(format!("the push did not complete within {PUSH_BOUND:?}")),
             };
             pushed = Some(sha);
         }
         let summary = tick.await.expect("the tick task");
-        assert_eq!(summary["checked"], REMOTES as u64, "{summary:#}");
+        // The remotes, and the hosted project the push goes to (reconciled
+        // on every tick).
+        assert_eq!(summary["checked"], REMOTES as u64 + 1, "{summary:#}");
         assert_eq!(
             summary["errors"], REMOTES as u64,
             "every trickling remote is an error"
@@ -240,7 +248,7 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
         children_seen <= CONCURRENCY + 4,
         "{children_seen} lookup processes at once with a concurrency of {CONCURRENCY}"
     );
-    push_outcome.expect("a push completes within 2 s while 300 remotes trickle");
+    push_outcome.expect("a push completes while 300 remotes trickle");
     // On a loaded host many lookup processes reach their cap before they
     // connect; enough must connect for the trickle to be what is tested.
     assert!(
