@@ -103,13 +103,14 @@ async fn a_changed_poll_interval_applies_from_the_next_tick() {
     let bare = dir.join("repo.git");
     let first = bare_with_commit(&bare);
     let d = Daemon::start(&dir);
-    // Set after the first tick (at start) already ran: the loop reschedules.
-    settings(&d, json!({"auto_deploy_poll_interval_seconds": 3600})).await;
-    wait_until("the next poll is an hour away", HANG, || async {
-        let s = loop_state(&d, "git-poll").await;
-        s["ticks"].as_u64() >= Some(1) && s["next_tick_at"].as_i64() > Some(unix_now() + 3000)
-    })
+    wait_until(
+        "the poll loop's first tick (at start) ran",
+        HANG,
+        || async { !loop_state(&d, "git-poll").await["last_tick_at"].is_null() },
+    )
     .await;
+    // Set while the loop already waits for its next tick.
+    settings(&d, json!({"auto_deploy_poll_interval_seconds": 3600})).await;
     let id = external(&d, &bare).await;
 
     // Lowered to 10 s: the next tick is 10 s after the previous one began,
@@ -165,34 +166,26 @@ async fn the_master_switch_pauses_the_loops_themselves() {
     );
 
     settings(&d, json!({"auto_deploy_master_enabled": false})).await;
-    wait_until("both trigger loops say they are paused", HANG, || async {
-        let (git, image) = (
-            loop_state(&d, "git-poll").await,
-            loop_state(&d, "image-watch").await,
-        );
-        [git, image]
-            .iter()
-            .all(|s| s["state"] == "paused" && s["next_tick_at"].is_null())
+    wait_until("the poll loop says it is paused", HANG, || async {
+        loop_state(&d, "git-poll").await["state"] == "paused"
     })
     .await;
-    let before = (
-        loop_state(&d, "git-poll").await["ticks"].clone(),
-        loop_state(&d, "image-watch").await["ticks"].clone(),
-    );
+    let ticked = |s: Value| (s["last_tick_at"].clone(), s["ticks"].clone());
+    let before = ticked(loop_state(&d, "git-poll").await);
     let second = commit_to(&bare, "main", "second");
     hold_still().await;
-    // Paused, the loops do not tick at all (not ticks that find the switch off).
-    assert_eq!(
-        (
-            loop_state(&d, "git-poll").await["ticks"].clone(),
-            loop_state(&d, "image-watch").await["ticks"].clone(),
-        ),
-        before
-    );
+    // Paused, the loop does not tick at all (not ticks that find the switch
+    // off), and waits for the switch rather than for a time.
+    let paused = loop_state(&d, "git-poll").await;
+    assert_eq!(ticked(paused.clone()), before, "{paused}");
+    assert!(paused["next_tick_at"].is_null(), "{paused}");
     assert_eq!(
         newest(&d, id).await.unwrap()["target_commit"],
         first.as_str()
     );
+    let image = loop_state(&d, "image-watch").await;
+    assert_eq!(image["state"], "paused", "{image}");
+    assert!(image["next_tick_at"].is_null(), "{image}");
     let project = d
         .ok(Method::GET, &format!("/api/projects/{id}"), None)
         .await;
@@ -315,6 +308,19 @@ async fn the_image_watcher_fires_on_its_own_at_its_minimum_interval() {
     );
     let state = loop_state(&d, "image-watch").await;
     assert!(state["ticks"].as_u64().unwrap() >= 2, "{state}");
+
+    // The master switch pauses the watcher itself: no tick, so no lookup.
+    settings(&d, json!({"auto_deploy_master_enabled": false})).await;
+    wait_until("the image watcher says it is paused", HANG, || async {
+        let s = loop_state(&d, "image-watch").await;
+        s["state"] == "paused" && s["next_tick_at"].is_null()
+    })
+    .await;
+    let ticks = loop_state(&d, "image-watch").await["ticks"].clone();
+    reg.push("app", "1", "version three");
+    hold_still().await;
+    assert_eq!(loop_state(&d, "image-watch").await["ticks"], ticks);
+    assert_eq!(d.deployments(id).await.len(), 1);
     d.stop();
 }
 
