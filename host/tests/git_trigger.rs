@@ -521,8 +521,8 @@ async fn a_push_to_any_branch_compares_the_tracked_branch() {
 #[tokio::test]
 async fn failures_before_the_node_are_retried_each_tick_and_folded() {
     let dir = temp_dir("git-retry");
-    // Only the ticks this test asks for run: the loop's own wait is an hour
-    // from the (second) start on.
+    // Only the ticks this test asks for run: the loop ticked at start, and a
+    // changed interval applies from its next tick, an hour after that one.
     let d = Daemon::start(&dir);
     d.ok(
         Method::PUT,
@@ -530,8 +530,15 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
         Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
     )
     .await;
-    d.stop();
-    let d = Daemon::start(&dir);
+    common::wait_until(
+        "the poll loop's tick at start ran",
+        std::time::Duration::from_secs(60),
+        || async {
+            !d.ok(Method::GET, "/api/status", None).await["loops"]["git-poll"]["last_tick_at"]
+                .is_null()
+        },
+    )
+    .await;
     // Compose projects without their expose fields: the policy refuses to deploy.
     let h = create(
         &d,
