@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::daemon::{Daemon, temp_dir};
-use common::git::{bare_with_commit, commit_to, git};
+use common::git::{bare_with_commit, commit_to, git, nginx_git};
 use common::registry::TestRegistry;
 use common::wait_until;
 use reqwest::{Method, StatusCode};
@@ -151,15 +151,26 @@ async fn a_changed_poll_interval_applies_from_the_next_tick() {
 #[tokio::test]
 async fn the_master_switch_pauses_the_loops_themselves() {
     let dir = temp_dir("loops-master");
-    let bare = dir.join("repo.git");
+    let repos = dir.join("repos");
+    let bare = repos.join("repo.git");
     let first = bare_with_commit(&bare);
+    // The remote logs every request: what the loop asks is counted there.
+    let nginx = nginx_git(&dir.join("nginx"), &repos, "deploy", "loops-remote-token");
+    let asked = || nginx.requests().lines().count();
     let d = Daemon::start(&dir);
     settings(&d, json!({"auto_deploy_poll_interval_seconds": INTERVAL})).await;
-    let id = external(&d, &bare).await;
+    let id = d
+        .create_project(json!({"name": "ext", "project_type": "deployment",
+            "git_source": "external",
+            "git_url": format!("http://127.0.0.1:{}/git/repo.git", nginx.port),
+            "credentials": {"kind": "https", "username": "deploy", "token": "loops-remote-token"},
+            "auto_deploy_enabled": true}))
+        .await;
     wait_until("the poll loop deploys the project's head", HANG, || async {
         newest(&d, id).await.is_some()
     })
     .await;
+    assert!(asked() > 0, "the loop looked the head up at the remote");
     assert_eq!(
         newest(&d, id).await.unwrap()["target_commit"],
         first.as_str()
@@ -172,8 +183,10 @@ async fn the_master_switch_pauses_the_loops_themselves() {
     .await;
     let ticked = |s: Value| (s["last_tick_at"].clone(), s["ticks"].clone());
     let before = ticked(loop_state(&d, "git-poll").await);
+    let requests = asked();
     let second = commit_to(&bare, "main", "second");
     hold_still().await;
+    assert_eq!(asked(), requests, "paused, nothing reaches the remote");
     // Paused, the loop does not tick at all (not ticks that find the switch
     // off), and waits for the switch rather than for a time.
     let paused = loop_state(&d, "git-poll").await;
@@ -207,6 +220,10 @@ async fn the_master_switch_pauses_the_loops_themselves() {
         at - resumed
     );
     assert_eq!(loop_state(&d, "git-poll").await["state"], "running");
+    assert!(
+        asked() > requests,
+        "resumed, the loop asks the remote again"
+    );
     d.stop();
 }
 
