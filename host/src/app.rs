@@ -36,6 +36,12 @@ pub struct App {
     /// The last poll error of each project, so a streak of the same error
     /// is one event, not one per tick.
     pub poll_errors: ErrorStreaks,
+    /// Bumped on every settings change, so a loop waiting for its next tick
+    /// re-reads its interval and the master switch at once.
+    pub settings_changed: tokio::sync::watch::Sender<()>,
+    /// The lowest image watch interval accepted: 60 s, unless the test-only
+    /// `AUTODEPLOY_TEST_ONLY_MIN_IMAGE_WATCH_INTERVAL_SECONDS` lowers it.
+    pub image_watch_min_seconds: u64,
 }
 
 impl App {
@@ -149,6 +155,11 @@ pub struct LoopState {
     pub state: String,
     pub last_tick_at: Option<i64>,
     pub last_error: Option<String>,
+    /// Ticks the loop ran on its own (ticks asked for through the API not
+    /// counted).
+    pub ticks: u64,
+    /// When the next tick is due (Unix seconds); `None` while paused.
+    pub next_tick_at: Option<i64>,
 }
 
 impl LoopStates {
@@ -158,6 +169,37 @@ impl LoopStates {
         entry.state = state.to_string();
         entry.last_tick_at = Some(crate::store::now());
         entry.last_error = error;
+    }
+
+    /// A tick the loop ran on its own has ended.
+    pub fn ticked(&self, name: &'static str, paused: bool, error: Option<String>) {
+        let mut all = self.0.lock().expect("loop state lock");
+        let entry = all.entry(name).or_default();
+        entry.state = if paused { "paused" } else { "running" }.to_string();
+        entry.last_tick_at = Some(crate::store::now());
+        entry.last_error = error;
+        entry.ticks += 1;
+        entry.next_tick_at = None;
+    }
+
+    /// The loop waits: for its next tick at `next` (Unix seconds), or, with
+    /// `None`, for the master switch to be turned on again.
+    pub fn waiting(&self, name: &'static str, next: Option<i64>) {
+        let mut all = self.0.lock().expect("loop state lock");
+        let entry = all.entry(name).or_default();
+        entry.state = if next.is_some() { "running" } else { "paused" }.to_string();
+        entry.next_tick_at = next;
+    }
+
+    /// A state that is not a tick (stopped, off); the last tick stays shown.
+    pub fn state(&self, name: &'static str, state: &str, error: Option<String>) {
+        let mut all = self.0.lock().expect("loop state lock");
+        let entry = all.entry(name).or_default();
+        entry.state = state.to_string();
+        entry.next_tick_at = None;
+        if error.is_some() {
+            entry.last_error = error;
+        }
     }
 
     pub fn snapshot(&self) -> BTreeMap<&'static str, LoopState> {

@@ -245,6 +245,8 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         image_watch_lock: Default::default(),
         decisions: Default::default(),
         poll_errors: Default::default(),
+        settings_changed: tokio::sync::watch::channel(()).0,
+        image_watch_min_seconds: test_only_image_watch_min()?,
     });
     Ok(app)
 }
@@ -298,6 +300,35 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     while loops.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The test-only variable that lowers the image watch interval's minimum.
+pub const TEST_ONLY_IMAGE_WATCH_MIN: &str = "AUTODEPLOY_TEST_ONLY_MIN_IMAGE_WATCH_INTERVAL_SECONDS";
+
+/// The image watch interval's minimum: 60 s, unless the test-only variable
+/// lowers it so tests can watch the loop tick on its own without waiting
+/// minutes. It is loud about it: every tick of a short interval costs pull
+/// budget at public registries.
+fn test_only_image_watch_min() -> Result<u64> {
+    let min = crate::store::IMAGE_WATCH_MIN_SECONDS;
+    let Ok(value) = std::env::var(TEST_ONLY_IMAGE_WATCH_MIN) else {
+        return Ok(min);
+    };
+    let lowered = value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=min).contains(n))
+        .with_context(|| {
+            format!("{TEST_ONLY_IMAGE_WATCH_MIN} must be a whole number of seconds from 1 to {min}")
+        })?;
+    crate::store::set_image_watch_min(lowered);
+    tracing::warn!(
+        minimum = lowered,
+        "{TEST_ONLY_IMAGE_WATCH_MIN} is set: the image watch interval may go down to {lowered} s; \
+         this is for tests only and spends registry pull limits fast"
+    );
+    Ok(lowered)
 }
 
 /// Uses `AUTODEPLOY_ADMIN_TOKEN` when set (returning its hash); otherwise

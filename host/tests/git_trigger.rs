@@ -38,6 +38,27 @@ fn try_push(dir: &Path, url: &str, refspec: &str) -> Result<(), String> {
     }
 }
 
+/// Only the ticks a test asks for run: the poll loop ticked at start (with
+/// no projects yet), and a changed interval applies from its next tick, an
+/// hour after that one.
+async fn only_asked_ticks(d: &Daemon) {
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
+    )
+    .await;
+    common::wait_until(
+        "the poll loop's tick at start ran",
+        std::time::Duration::from_secs(60),
+        || async {
+            !d.ok(Method::GET, "/api/status", None).await["loops"]["git-poll"]["last_tick_at"]
+                .is_null()
+        },
+    )
+    .await;
+}
+
 fn commit(dir: &Path, message: &str) -> String {
     git(dir, &["commit", "-q", "--allow-empty", "-m", message]);
     git(dir, &["rev-parse", "HEAD"])
@@ -226,12 +247,7 @@ async fn external_repositories_are_polled_over_every_transport() {
     // The cap ends the hanging remote's lookup; it must also leave an SSH
     // handshake on a saturated host (lookups run at nice 10) room to finish.
     let d = Daemon::start_with(&dir, &[], &[("AUTODEPLOY_GIT_TIMEOUT_SECONDS", "10")]);
-    d.ok(
-        Method::PUT,
-        "/api/settings",
-        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
-    )
-    .await;
+    only_asked_ticks(&d).await;
     // A hosted project of this daemon serves as an external smart-HTTP remote
     // with basic auth.
     let hosted = create(&d, json!({"name": "hosted", "project_type": "deployment"})).await;
@@ -479,12 +495,7 @@ async fn external_repositories_are_polled_over_every_transport() {
 async fn a_push_to_any_branch_compares_the_tracked_branch() {
     let dir = temp_dir("git-align");
     let d = Daemon::start(&dir);
-    d.ok(
-        Method::PUT,
-        "/api/settings",
-        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
-    )
-    .await;
+    only_asked_ticks(&d).await;
     let p = create(&d, json!({"name": "a", "project_type": "deployment"})).await;
     let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
     let work = dir.join("work");
@@ -523,17 +534,8 @@ async fn a_push_to_any_branch_compares_the_tracked_branch() {
 #[tokio::test]
 async fn failures_before_the_node_are_retried_each_tick_and_folded() {
     let dir = temp_dir("git-retry");
-    // Only the ticks this test asks for run: the loop's own wait is an hour
-    // from the (second) start on.
     let d = Daemon::start(&dir);
-    d.ok(
-        Method::PUT,
-        "/api/settings",
-        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
-    )
-    .await;
-    d.stop();
-    let d = Daemon::start(&dir);
+    only_asked_ticks(&d).await;
     // Compose projects without their expose fields: the policy refuses to deploy.
     let h = create(
         &d,

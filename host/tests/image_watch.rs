@@ -393,14 +393,15 @@ async fn authenticated_tls_registry_and_the_startup_probe() {
             &[],
             &[("REGISTRY_ADDR", addr.as_str())],
         );
-        let mut status = Value::Null;
-        for _ in 0..50 {
-            status = d.ok(Method::GET, "/api/status", None).await;
-            if status["image_trigger"]["enabled"] == false {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        common::wait_until(
+            "the start-up probe turns the image trigger off",
+            std::time::Duration::from_secs(120),
+            || async {
+                d.ok(Method::GET, "/api/status", None).await["image_trigger"]["enabled"] == false
+            },
+        )
+        .await;
+        let status = d.ok(Method::GET, "/api/status", None).await;
         assert_eq!(
             status["image_trigger"]["enabled"], false,
             "{name}: {status}"

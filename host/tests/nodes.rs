@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::daemon::{Daemon, temp_dir};
 use common::git::git;
+use common::wait_until;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -112,19 +113,20 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
     // n1 stops heartbeating; n2 keeps going. The queued web deploy fails with
     // the refuse-to-migrate error; a new trigger fails at once the same way;
     // the api project still deploys on n2.
-    let mut latest = Value::Null;
-    for _ in 0..15 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (status, _) = d
-            .call(Method::POST, "/api/agent/heartbeat", Some(&n2), None)
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-        latest = d.deployments(web).await[0].clone();
-        if latest["status"] == "failed" {
-            break;
-        }
-    }
-    assert_eq!(latest["status"], "failed", "{}", latest["id"]);
+    wait_until(
+        "the queued web deploy fails once n1 is offline",
+        Duration::from_secs(120),
+        || async {
+            // n2 heartbeats on every check.
+            let (status, _) = d
+                .call(Method::POST, "/api/agent/heartbeat", Some(&n2), None)
+                .await;
+            assert_eq!(status, StatusCode::NO_CONTENT);
+            d.deployments(web).await[0]["status"] == "failed"
+        },
+    )
+    .await;
+    let latest = d.deployments(web).await[0].clone();
     assert!(
         latest["error"]
             .as_str()
@@ -164,14 +166,13 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
     // n2 dies holding that claim: after the timeout the deployment is failed,
     // not silently lost.
     let dep = claim["deployment"]["id"].as_i64().unwrap();
-    let mut status_now = Value::Null;
-    for _ in 0..15 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        status_now = d.deployments(api).await[0].clone();
-        if status_now["status"] == "failed" {
-            break;
-        }
-    }
+    wait_until(
+        "the deployment n2 held fails once n2 is offline",
+        Duration::from_secs(120),
+        || async { d.deployments(api).await[0]["status"] == "failed" },
+    )
+    .await;
+    let status_now = d.deployments(api).await[0].clone();
     assert_eq!(status_now["id"], dep);
     assert_eq!(status_now["status"], "failed", "{}", status_now["error"]);
     assert!(

@@ -29,6 +29,7 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
             None => json!({"enabled": true}),
         },
         "registries": app.registry.stats(),
+        "image_watch_min_interval_seconds": app.image_watch_min_seconds,
         "git_transport": {
             "insecure_hosts": crate::git::transport::insecure_hosts(),
             "extra_ca": crate::git::transport::ca_file().is_some(),
@@ -44,10 +45,12 @@ pub async fn put_settings(
     State(app): State<Arc<App>>,
     Body(update): Body<serde_json::Map<String, Value>>,
 ) -> ApiResult<Json<Settings>> {
-    let values =
-        Settings::validate_update(&update).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let values = Settings::validate_update_with(&update, app.image_watch_min_seconds)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let settings = app.store.put_settings(&values).await?;
     tracing::info!(?values, "settings changed");
+    // The loops re-read their interval and the master switch now.
+    app.settings_changed.send_replace(());
     Ok(Json(settings))
 }
 

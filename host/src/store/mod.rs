@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::policy::{GitSource, ProjectKind};
-pub use settings::{SettingError, Settings};
+pub use settings::{
+    IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings, set_image_watch_min,
+};
 pub use sql::SqlStore;
 pub(crate) use sql::enum_str;
 

@@ -1,6 +1,7 @@
 //! Admin settings: typed, with defaults and minimums, stored as key/value rows.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -41,10 +42,35 @@ pub enum SettingError {
     AboveMaximum { key: String, max: u64, value: u64 },
 }
 
+/// The shortest poll interval: the loop never ticks more often.
+pub const POLL_MIN_SECONDS: u64 = 10;
+/// The shortest image watch interval users may set (Docker Hub's anonymous
+/// pull limit); only a test-only setting of the daemon lowers it.
+pub const IMAGE_WATCH_MIN_SECONDS: u64 = 60;
+
+/// The image watch minimum in force in this process: 60 s unless the daemon
+/// lowered it for tests at start. Process-wide because stored values are
+/// clamped to it when read, wherever they are read.
+static IMAGE_WATCH_MIN: AtomicU64 = AtomicU64::new(IMAGE_WATCH_MIN_SECONDS);
+
+/// Lowers the image watch minimum (the daemon's test-only setting).
+pub fn set_image_watch_min(seconds: u64) {
+    IMAGE_WATCH_MIN.store(seconds, Ordering::Relaxed);
+}
+
+pub fn image_watch_min() -> u64 {
+    IMAGE_WATCH_MIN.load(Ordering::Relaxed)
+}
+const IMAGE_WATCH: &str = "auto_deploy_image_watch_interval_seconds";
+
 /// (name, minimum, maximum) of each numeric setting.
 const NUMBERS: [(&str, u64, u64); 4] = [
-    ("auto_deploy_poll_interval_seconds", 10, 86_400),
-    ("auto_deploy_image_watch_interval_seconds", 60, 86_400),
+    (
+        "auto_deploy_poll_interval_seconds",
+        POLL_MIN_SECONDS,
+        86_400,
+    ),
+    (IMAGE_WATCH, IMAGE_WATCH_MIN_SECONDS, 86_400),
     ("auto_deploy_poll_concurrency", 1, 256),
     ("node_offline_after_seconds", 5, 86_400),
 ];
@@ -55,6 +81,15 @@ impl Settings {
     /// Nothing is applied unless every key is valid.
     pub fn validate_update(
         update: &serde_json::Map<String, Value>,
+    ) -> Result<BTreeMap<String, String>, SettingError> {
+        Self::validate_update_with(update, IMAGE_WATCH_MIN_SECONDS)
+    }
+
+    /// As `validate_update`, with `image_watch_min` as the image watch
+    /// interval's minimum (lowered only by the daemon's test-only setting).
+    pub fn validate_update_with(
+        update: &serde_json::Map<String, Value>,
+        image_watch_min: u64,
     ) -> Result<BTreeMap<String, String>, SettingError> {
         let mut out = BTreeMap::new();
         for (key, value) in update {
@@ -68,6 +103,11 @@ impl Settings {
             }
             let Some(&(_, min, max)) = NUMBERS.iter().find(|(name, ..)| name == key) else {
                 return Err(SettingError::Unknown(key.clone()));
+            };
+            let min = if key == IMAGE_WATCH {
+                image_watch_min
+            } else {
+                min
             };
             let n = value.as_u64().ok_or_else(|| SettingError::Type {
                 key: key.clone(),
@@ -116,6 +156,11 @@ impl Settings {
                 }
                 "auto_deploy_poll_concurrency" => &mut s.auto_deploy_poll_concurrency,
                 _ => &mut s.node_offline_after_seconds,
+            };
+            let min = if name == "auto_deploy_image_watch_interval_seconds" {
+                image_watch_min()
+            } else {
+                min
             };
             if let Some(v) = parse_number(value) {
                 *slot = v.clamp(min, max);
@@ -210,6 +255,26 @@ mod tests {
         assert_eq!(
             s.auto_deploy_poll_concurrency, 16,
             "unparsable: the default"
+        );
+    }
+
+    #[test]
+    fn a_lowered_image_watch_minimum_moves_only_that_minimum() {
+        let with = |v: Value, min| Settings::validate_update_with(v.as_object().unwrap(), min);
+        assert!(with(json!({"auto_deploy_image_watch_interval_seconds": 10}), 10).is_ok());
+        assert_eq!(
+            with(json!({"auto_deploy_image_watch_interval_seconds": 9}), 10)
+                .unwrap_err()
+                .to_string(),
+            "auto_deploy_image_watch_interval_seconds must be at least 10, got 9"
+        );
+        assert!(
+            with(json!({"auto_deploy_poll_interval_seconds": 9}), 1).is_err(),
+            "the poll interval keeps its own minimum"
+        );
+        assert!(
+            update(json!({"auto_deploy_image_watch_interval_seconds": 10})).is_err(),
+            "without the test-only setting the minimum is 60"
         );
     }
 }

@@ -1,5 +1,6 @@
-//! The git poller: every `auto_deploy_poll_interval_seconds` (re-read each
-//! tick), starting at start-up, it reads the tracked branch's head of each
+//! The git poller: every `auto_deploy_poll_interval_seconds` (a changed
+//! interval applies from the next tick), starting at start-up, paused while
+//! the master switch is off, it reads the tracked branch's head of each
 //! enabled external project and triggers `auto-poll` when it moved. Lookups
 //! run concurrently (`auto_deploy_poll_concurrency`), each capped, so one
 //! slow or hanging remote costs its own project the timeout and nothing else.
@@ -16,11 +17,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::schedule::Schedule;
 use super::{Checked, TriggerError, commit_moved};
 use crate::app::App;
 use crate::git::GitError;
 use crate::policy::GitSource;
-use crate::store::{DeploySource, EventKind, ProjectRecord, StoreError};
+use crate::store::{DeploySource, EventKind, POLL_MIN_SECONDS, ProjectRecord, StoreError};
 
 pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on
@@ -57,26 +59,19 @@ pub struct ProjectResult {
 }
 
 pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    loop {
+    let mut schedule = Schedule::new(&app, GIT_POLL, true, |_, s| {
+        Duration::from_secs(s.auto_deploy_poll_interval_seconds.max(POLL_MIN_SECONDS))
+    });
+    while schedule.next(&app, &cancel).await {
         match tick(&app).await {
-            Ok(s) => app
-                .loops
-                .set(GIT_POLL, if s.paused { "paused" } else { "running" }, None),
+            Ok(s) => app.loops.ticked(GIT_POLL, s.paused, None),
             Err(e) => {
                 tracing::warn!(error = %e, "git poll tick failed");
-                app.loops.set(GIT_POLL, "running", Some(e.to_string()));
+                app.loops.ticked(GIT_POLL, false, Some(e.to_string()));
             }
         }
-        let interval = match app.store.settings().await {
-            Ok(s) => s.auto_deploy_poll_interval_seconds,
-            Err(_) => 60,
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
-        }
     }
-    app.loops.set(GIT_POLL, "stopped", None);
+    app.loops.state(GIT_POLL, "stopped", None);
 }
 
 /// One tick over every enabled project: external ones polled, hosted ones

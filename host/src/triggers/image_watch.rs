@@ -1,5 +1,6 @@
 //! The image-digest watcher (compose projects): every
-//! `auto_deploy_image_watch_interval_seconds` it reads each enabled compose
+//! `auto_deploy_image_watch_interval_seconds` (a changed interval applies
+//! from the next tick; paused while the master switch is off) it reads each enabled compose
 //! project's compose file at its branch tip, lets the policy list the
 //! images, looks up each distinct image's digest once for all projects, and
 //! lets the policy decide per project. A moved digest triggers `auto-image`;
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::schedule::Schedule;
 use crate::app::App;
 use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
@@ -87,35 +89,30 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
                 let reason = format!("registry {addr} is unreachable from the control plane: {e}");
                 tracing::warn!("image trigger disabled: {reason}");
                 *app.image_watch_off.lock().expect("watch lock") = Some(reason.clone());
-                app.loops.set(IMAGE_WATCH, "off", Some(reason));
+                app.loops.state(IMAGE_WATCH, "off", Some(reason));
                 return;
             }
         }
     }
-    loop {
-        let interval = app
-            .store
-            .settings()
-            .await
-            .map(|s| s.auto_deploy_image_watch_interval_seconds)
-            .unwrap_or(600);
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
-        }
+    // The first tick comes one interval after start (the git poller's at
+    // once): lookups count against registries' pull limits, and a daemon
+    // restarted often should not spend them on every start.
+    let mut schedule = Schedule::new(&app, IMAGE_WATCH, false, |app, s| {
+        Duration::from_secs(
+            s.auto_deploy_image_watch_interval_seconds
+                .max(app.image_watch_min_seconds),
+        )
+    });
+    while schedule.next(&app, &cancel).await {
         match tick(&app).await {
-            Ok(t) => app.loops.set(
-                IMAGE_WATCH,
-                if t.paused { "paused" } else { "running" },
-                None,
-            ),
+            Ok(t) => app.loops.ticked(IMAGE_WATCH, t.paused, None),
             Err(e) => {
                 tracing::warn!(error = %e, "image watch tick failed");
-                app.loops.set(IMAGE_WATCH, "running", Some(e.to_string()));
+                app.loops.ticked(IMAGE_WATCH, false, Some(e.to_string()));
             }
         }
     }
-    app.loops.set(IMAGE_WATCH, "stopped", None);
+    app.loops.state(IMAGE_WATCH, "stopped", None);
 }
 
 /// What one project's compose file says, before any lookup.

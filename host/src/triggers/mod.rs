@@ -4,6 +4,7 @@
 
 pub mod git_poll;
 pub mod image_watch;
+pub mod schedule;
 
 use std::sync::Arc;
 

@@ -1,0 +1,93 @@
+//! When a periodic trigger ticks: one interval after its previous tick
+//! began, the interval and the master switch read again whenever the
+//! settings change. So a new interval applies from the next tick (not after
+//! a wait already begun with the old one), and while the master switch is
+//! off the loop does not tick at all: it waits for the switch.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::store::Settings;
+
+/// How long to wait before reading settings again after the store failed.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub struct Schedule {
+    name: &'static str,
+    changes: watch::Receiver<()>,
+    /// When the previous tick began; `None`: the first tick is due at once.
+    last: Option<Instant>,
+    interval: fn(&App, &Settings) -> Duration,
+}
+
+impl Schedule {
+    /// `first_at_once`: tick as soon as the master switch allows, rather
+    /// than one interval after now.
+    pub fn new(
+        app: &App,
+        name: &'static str,
+        first_at_once: bool,
+        interval: fn(&App, &Settings) -> Duration,
+    ) -> Schedule {
+        Schedule {
+            name,
+            changes: app.settings_changed.subscribe(),
+            last: (!first_at_once).then(Instant::now),
+            interval,
+        }
+    }
+
+    /// Waits until the next tick is due with the master switch on; `false`
+    /// when cancelled first.
+    pub async fn next(&mut self, app: &App, cancel: &CancellationToken) -> bool {
+        loop {
+            // Marked seen before the read: a change made after it wakes us.
+            self.changes.borrow_and_update();
+            let settings = match app.store.settings().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(loop = self.name, error = %e, "cannot read the settings");
+                    app.loops
+                        .state(self.name, "running", Some(format!("reading settings: {e}")));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(RETRY) => continue,
+                    }
+                }
+            };
+            let now = Instant::now();
+            let due = settings.auto_deploy_master_enabled.then(|| {
+                self.last
+                    .map_or(now, |t| t + (self.interval)(app, &settings))
+            });
+            if let Some(due) = due
+                && due <= now
+            {
+                self.last = Some(now);
+                return true;
+            }
+            app.loops.waiting(
+                self.name,
+                due.map(|d| {
+                    crate::store::now()
+                        + d.saturating_duration_since(now).as_secs_f64().ceil() as i64
+                }),
+            );
+            let until_due = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                // The sender lives in `App`, which outlives this loop.
+                _ = self.changes.changed() => {}
+                _ = until_due => {}
+            }
+        }
+    }
+}
