@@ -52,8 +52,28 @@ pub enum RegistryError {
         "{host} sent no Docker-Content-Digest header (a GET is not made, to spare pull limits)"
     )]
     NoDigest { host: String },
+    #[error(
+        "{host}: its token service {realm} is not HTTPS, so its credentials are not sent there ({PLAIN_HTTP_RULE})"
+    )]
+    PlainHttpCredentials { host: String, realm: String },
     #[error("{0}")]
     Config(String),
+}
+
+/// Why plain HTTP was refused, for errors.
+const PLAIN_HTTP_RULE: &str =
+    "plain HTTP is only for registries on loopback or listed in AUTODEPLOY_INSECURE_REGISTRIES";
+
+/// Whether `host` may be reached over plain HTTP (with whatever credentials
+/// it is owed): loopback, as docker allows, or listed by the operator.
+fn plain_http_allowed(listed: &[String], host: &str) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || listed.iter().any(|h| same_host(h, host))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -114,6 +134,23 @@ impl Registry {
             })?;
             builder = builder.add_root_certificate(cert);
         }
+        // A redirect never downgrades to plain HTTP for a host that may not
+        // be reached that way: it would carry the Authorization header along.
+        let allowed = config.insecure.clone();
+        builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else if attempt.url().scheme() == "http"
+                && !plain_http_allowed(&allowed, attempt.url().authority())
+            {
+                let to = attempt.url().authority().to_string();
+                attempt.error(format!(
+                    "refused a redirect to plain http://{to}: {PLAIN_HTTP_RULE}"
+                ))
+            } else {
+                attempt.follow()
+            }
+        }));
         let http = builder
             .build()
             .map_err(|e| RegistryError::Config(e.to_string()))?;
@@ -171,13 +208,7 @@ impl Registry {
     }
 
     fn insecure(&self, host: &str) -> bool {
-        let name = host_name(host);
-        name == "localhost"
-            || name == "::1"
-            || name
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| ip.is_loopback())
-            || self.config.insecure.iter().any(|h| same_host(h, host))
+        plain_http_allowed(&self.config.insecure, host)
     }
 
     /// Sends a request over HTTPS, or for an insecure host HTTPS then plain
@@ -208,11 +239,16 @@ impl Registry {
             }
         }
         let e = last.expect("at least one scheme");
-        let message = if e.is_timeout() {
+        let mut message = if e.is_timeout() {
             format!("no answer within {:?}", self.config.timeout)
         } else {
             error_chain(&e)
         };
+        if e.is_connect() && !self.insecure(host) {
+            // Say why plain HTTP was not tried: a registry that only speaks
+            // HTTP fails its TLS handshake, which alone reads like a bug.
+            message.push_str(&format!(" (HTTPS only: {PLAIN_HTTP_RULE})"));
+        }
         Err(RegistryError::Request {
             host: host.to_string(),
             message,
@@ -361,6 +397,20 @@ impl Registry {
             host: host.into(),
             message: "bearer challenge without a realm".into(),
         })?;
+        if credential.is_some() {
+            let realm_url = url::Url::parse(realm).map_err(|_| RegistryError::Request {
+                host: host.into(),
+                message: "bearer challenge with a realm that is not a URL".into(),
+            })?;
+            let realm_host = realm_url.authority();
+            if realm_url.scheme() != "https" && !self.insecure(realm_host) {
+                // The token request would carry the password in clear text.
+                return Err(RegistryError::PlainHttpCredentials {
+                    host: host.into(),
+                    realm: format!("{}://{realm_host}", realm_url.scheme()),
+                });
+            }
+        }
         let mut query = vec![("scope", scope.to_string())];
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));

@@ -9,7 +9,9 @@ pub mod daemon;
 pub mod fake_registry;
 pub mod git;
 pub mod load;
+pub mod netns;
 pub mod registry;
+pub mod token_issuer;
 
 use std::future::Future;
 use std::sync::Arc;
