@@ -134,23 +134,6 @@ impl Registry {
             })?;
             builder = builder.add_root_certificate(cert);
         }
-        // A redirect never downgrades to plain HTTP for a host that may not
-        // be reached that way: it would carry the Authorization header along.
-        let allowed = config.insecure.clone();
-        builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 10 {
-                attempt.error("more than 10 redirects")
-            } else if attempt.url().scheme() == "http"
-                && !plain_http_allowed(&allowed, attempt.url().authority())
-            {
-                let to = attempt.url().authority().to_string();
-                attempt.error(format!(
-                    "refused a redirect to plain http://{to}: {PLAIN_HTTP_RULE}"
-                ))
-            } else {
-                attempt.follow()
-            }
-        }));
         let http = builder
             .build()
             .map_err(|e| RegistryError::Config(e.to_string()))?;
