@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::daemon::{Daemon, temp_dir};
 use common::git::git;
@@ -122,6 +123,10 @@ async fn digests_are_read_with_head_only_as_the_registry_access_log_shows() {
     let t = tick(&d).await;
     assert_eq!(t["triggered"], 0, "{t}");
 
+    // The registry logs a request just after answering it.
+    common::wait_until_blocking("six HEADs are logged", Duration::from_secs(30), || {
+        reg.manifest_requests().0 - before.0 >= 6
+    });
     let (heads, gets) = reg.manifest_requests();
     let (heads, gets) = (heads - before.0, gets - before.1);
     assert_eq!(gets, 0, "a manifest GET counts against pull limits");
@@ -382,7 +387,7 @@ async fn plain_http_in_a_private_network() {
     );
     common::wait_until(
         "the probe has answered",
-        std::time::Duration::from_secs(60),
+        Duration::from_secs(60),
         || async {
             d.ok(Method::GET, "/api/status", None).await["image_trigger"]["enabled"] == false
         },
@@ -416,12 +421,14 @@ async fn plain_http_in_a_private_network() {
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 0, "{t}");
     assert_eq!(digests(&d, id).await, json!({image.clone(): digest}));
-    assert!(
-        reg.requests()[pushed..]
-            .iter()
-            .any(|r| r.starts_with("HEAD ")),
-        "the listed registry was reached: {:?}",
-        reg.requests()
+    common::wait_until_blocking(
+        "the listed registry logged a HEAD",
+        Duration::from_secs(30),
+        || {
+            reg.requests()[pushed..]
+                .iter()
+                .any(|r| r.starts_with("HEAD "))
+        },
     );
     d.stop();
 

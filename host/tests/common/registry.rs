@@ -302,7 +302,26 @@ impl TestRegistry {
         if let Some(c) = &self.creds {
             cmd.arg(format!("--dest-creds={c}"));
         }
+        // The registry logs a request after answering it: wait for the
+        // manifest's PUT so later counts see none of the push's requests.
+        let stored = format!("\"PUT /v2/{name}/manifests/{tag} HTTP/1.1\" 201");
+        let logged = |r: &TestRegistry| {
+            r.log.as_ref().map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .matches(&stored)
+                    .count()
+            })
+        };
+        let before = logged(self);
         run(&mut cmd);
+        if let Some(before) = before {
+            super::wait_until_blocking(
+                "the registry logged the pushed manifest",
+                std::time::Duration::from_secs(30),
+                || logged(self).is_some_and(|n| n > before),
+            );
+        }
         let digest = std::fs::read_to_string(&digest_file)
             .unwrap()
             .trim()
