@@ -26,6 +26,10 @@ pub fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
     check_flow_nesting(yaml)?;
     check_alias_expansion(yaml)?;
     let mut doc: Value = serde_yaml::from_str(yaml).map_err(|e| format!("invalid YAML: {e}"))?;
+    if is_reset(&doc) {
+        return Ok(ComposeImages::default());
+    }
+    remove_resets(&mut doc);
     resolve_merges(&mut doc)?;
 
     let mut out = ComposeImages::default();
@@ -338,6 +342,42 @@ impl<'de> serde::de::Visitor<'de> for Count<'_> {
     }
 }
 
+/// Drops every value tagged `!reset`: the key from its mapping, the item from
+/// its list, at any depth. Docker compose does this to the node tree before
+/// `<<` merges resolve, so:
+/// - a reset inside an anchored block is gone wherever the block is used;
+/// - a reset key beside `<<` removes only the mapping's own key, and the merge
+///   still brings in the inherited value (within one file; across override
+///   files a reset also clears what earlier files set, but autodeploy reads
+///   one file);
+/// - `!override` keeps its value: within one file the tag changes nothing.
+///
+/// Recursion is bounded by serde_yaml's nesting limit.
+fn remove_resets(v: &mut Value) {
+    match v {
+        Value::Mapping(mapping) => {
+            mapping.retain(|_, value| !is_reset(value));
+            for value in mapping.values_mut() {
+                remove_resets(value);
+            }
+        }
+        Value::Sequence(seq) => {
+            seq.retain(|item| !is_reset(item));
+            for item in seq {
+                remove_resets(item);
+            }
+        }
+        Value::Tagged(tagged) => remove_resets(&mut tagged.value),
+        _ => {}
+    }
+}
+
+/// Compose's `!reset` tag. serde_yaml compares tags without their `!`, so
+/// this matches `!reset` but not `!!reset`, as compose's exact match does.
+fn is_reset(v: &Value) -> bool {
+    matches!(v, Value::Tagged(t) if t.tag == "reset")
+}
+
 /// Applies `<<` merge keys the way docker compose (yaml.v3) does: a merge
 /// source is resolved before it is merged, keys the mapping sets itself win,
 /// and in `<<: [*a, *b]` the first source that sets a key wins.
@@ -349,11 +389,13 @@ fn resolve_merges(v: &mut Value) -> Result<(), String> {
     match v {
         Value::Mapping(mapping) => {
             if let Some(merge) = mapping.remove("<<") {
-                let sources = match merge {
+                // A merge looks at the kind of node only, so a tagged source
+                // (`<<: !override {...}`) merges like an untagged one.
+                let sources = match into_untagged(merge) {
                     Value::Mapping(m) => vec![m],
                     Value::Sequence(seq) => seq
                         .into_iter()
-                        .map(|item| match item {
+                        .map(|item| match into_untagged(item) {
                             Value::Mapping(m) => Ok(m),
                             other => Err(format!(
                                 "a `<<` merge list may hold only mappings, found {}",
@@ -405,11 +447,18 @@ fn push_unique(
     }
 }
 
-/// Compose's own tags (`!reset`, `!override`) wrap a value; the image inside
-/// is what counts.
+/// A tag other than `!reset` (already removed), such as compose's
+/// `!override`, wraps a value; the image inside is what counts.
 fn untag(v: &Value) -> &Value {
     match v {
         Value::Tagged(t) => untag(&t.value),
+        other => other,
+    }
+}
+
+fn into_untagged(v: Value) -> Value {
+    match v {
+        Value::Tagged(t) => into_untagged(t.value),
         other => other,
     }
 }
@@ -480,6 +529,48 @@ mod tests {
     fn chained_merges_resolve_the_inner_merge_first() {
         let yaml = "x-a: &a {image: a:1, restart: always}\nx-b: &b\n  <<: *a\n  restart: no\nservices:\n  s:\n    <<: *b\n";
         assert_eq!(parse(yaml).0, ["a:1"]);
+    }
+
+    #[test]
+    fn reset_removes_the_tagged_key_or_item_and_override_keeps_its_value() {
+        let yaml = "services:\n  gone: {image: !reset x:1}\n  dropped: !reset {image: y:1}\n  kept: {image: !override z:1}\n  other: {image: w:1, labels: [!reset a, b]}\n";
+        assert_eq!(parse(yaml).0, ["z:1", "w:1"]);
+        let mut doc: Value = serde_yaml::from_str(yaml).unwrap();
+        remove_resets(&mut doc);
+        let other = &doc["services"]["other"];
+        assert_eq!(
+            other["labels"],
+            serde_yaml::from_str::<Value>("[b]").unwrap()
+        );
+        assert!(doc["services"].get("dropped").is_none());
+        // `!!reset` is another tag, not compose's.
+        assert_eq!(parse("services:\n  a: {image: !!reset x:1}\n").0, ["x:1"]);
+    }
+
+    #[test]
+    fn resets_are_removed_before_merges_resolve() {
+        // In the anchor: gone from every service that merges it.
+        let yaml =
+            "x-b: &b {image: !reset b:1}\nservices:\n  a: {<<: *b}\n  c: {<<: *b, image: own:1}\n";
+        assert_eq!(parse(yaml).0, ["own:1"]);
+        // Beside `<<`: only the own key goes, the merged value stays.
+        let yaml = "x-b: &b {image: b:1}\nservices:\n  a: {<<: *b, image: !reset own:1}\n";
+        assert_eq!(parse(yaml).0, ["b:1"]);
+        // A reset merge source, alone or in a list, merges nothing.
+        let yaml = "x-b: &b {image: b:1}\nservices:\n  a: {<<: !reset {image: r:1}}\n  c: {<<: [!reset {image: r:1}, *b]}\n";
+        assert_eq!(parse(yaml).0, ["b:1"]);
+        // Tagged merge sources merge like untagged ones.
+        let yaml =
+            "services:\n  a: {<<: !override {image: o:1}}\n  c: {<<: [!override {image: p:1}]}\n";
+        assert_eq!(parse(yaml).0, ["o:1", "p:1"]);
+    }
+
+    #[test]
+    fn a_reset_document_lists_nothing() {
+        assert_eq!(
+            parse("!reset {services: {a: {image: x:1}}}\n"),
+            (vec![], vec![])
+        );
     }
 
     #[test]

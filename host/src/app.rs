@@ -31,6 +31,11 @@ pub struct App {
     /// Why the image trigger is off, when the start-up probe failed.
     pub image_watch_off: Mutex<Option<String>>,
     pub image_watch_lock: tokio::sync::Mutex<()>,
+    /// The threads policy decisions run on.
+    pub decisions: DecisionPool,
+    /// The last poll error of each project, so a streak of the same error
+    /// is one event, not one per tick.
+    pub poll_errors: ErrorStreaks,
 }
 
 impl App {
@@ -42,14 +47,16 @@ impl App {
     ) -> (Result<T, PolicyError>, PolicyInfo) {
         let policy = self.policy.current();
         let info = policy.info().clone();
-        let result = tokio::task::spawn_blocking(move || f(&policy))
-            .await
-            .unwrap_or_else(|e| {
-                Err(PolicyError::Trap {
-                    call: "host",
-                    message: format!("decision task failed: {e}"),
-                })
-            });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.decisions.run(Box::new(move || {
+            let _ = tx.send(f(&policy));
+        }));
+        let result = rx.await.unwrap_or_else(|_| {
+            Err(PolicyError::Trap {
+                call: "host",
+                message: "the decision task failed".into(),
+            })
+        });
         (result, info)
     }
 
@@ -59,6 +66,77 @@ impl App {
             return Ok(true);
         }
         self.store.admin_token_exists(&hash).await
+    }
+}
+
+/// The error each project is failing with right now.
+#[derive(Default)]
+pub struct ErrorStreaks(Mutex<std::collections::HashMap<i64, String>>);
+
+impl ErrorStreaks {
+    /// Records `error` for `id`; true when it differs from the last one.
+    pub fn is_new(&self, id: i64, error: &str) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.get(&id).is_some_and(|last| last == error) {
+            return false;
+        }
+        all.insert(id, error.to_string());
+        true
+    }
+
+    /// The project works again: its next error starts a new streak.
+    pub fn clear(&self, id: i64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few threads of their own for policy decisions. Not tokio's blocking
+/// pool: that one is shared with file and git work, and when it is busy a
+/// push or a manual deploy would wait behind it for a policy answer. Every
+/// decision is bounded (instruction budget, deadline), so a small fixed set
+/// of threads keeps up; started on first use.
+#[derive(Default)]
+pub struct DecisionPool {
+    queue: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
+}
+
+impl DecisionPool {
+    /// Threads: one per core, at least 2 and at most 8.
+    fn threads() -> usize {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8)
+    }
+
+    fn run(&self, job: Job) {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..Self::threads() {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("policy-{i}"))
+                    .spawn(move || {
+                        loop {
+                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok(job) = next else { return };
+                            // A panicking decision loses its answer (the caller
+                            // gets an error), not the thread.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a policy thread");
+                }
+            }
+            tx
+        });
+        if let Err(std::sync::mpsc::SendError(job)) = queue.send(job) {
+            // No thread could be started: run here rather than never.
+            job();
+        }
     }
 }
 

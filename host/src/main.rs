@@ -53,9 +53,17 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Internal: one network git lookup, asked by the daemon on stdin.
+    #[command(name = "git-lookup", hide = true)]
+    GitLookup,
 }
 
 fn main() -> ExitCode {
+    // The daemon starts one of these per network git lookup: skip building
+    // the whole command line parser for it.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("git-lookup")) {
+        std::process::exit(autodeploy::git::isolated::child_main());
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Project { client, command } => block_on(client::project(client, command)),
         Command::Settings { client, command } => block_on(client::settings(client, command)),
         Command::Node { client, command } => block_on(client::node(client, command)),
+        Command::GitLookup => std::process::exit(autodeploy::git::isolated::child_main()),
     }
 }
 

@@ -133,6 +133,10 @@ pub struct RegistryArgs {
     #[arg(long, env = "AUTODEPLOY_REGISTRY_TIMEOUT_SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub registry_timeout_seconds: u64,
+    /// Cap on one whole image lookup (all its requests), in seconds.
+    #[arg(long, env = "AUTODEPLOY_IMAGE_LOOKUP_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub image_lookup_timeout_seconds: u64,
 }
 
 impl Default for RegistryArgs {
@@ -146,6 +150,7 @@ impl Default for RegistryArgs {
             insecure_registries: vec![],
             registry_ca: None,
             registry_timeout_seconds: 30,
+            image_lookup_timeout_seconds: 30,
         }
     }
 }
@@ -165,6 +170,7 @@ impl RegistryArgs {
                 .collect(),
             ca_file: self.registry_ca.clone(),
             timeout: Duration::from_secs(self.registry_timeout_seconds),
+            lookup_timeout: Duration::from_secs(self.image_lookup_timeout_seconds),
         }
     }
 }
@@ -237,6 +243,8 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         registry_addr: args.registry.registry_addr.clone(),
         image_watch_off: Default::default(),
         image_watch_lock: Default::default(),
+        decisions: Default::default(),
+        poll_errors: Default::default(),
     });
     Ok(app)
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::daemon::{Daemon, temp_dir};
 use common::git::{bare_with_commit, git};
@@ -563,5 +564,109 @@ async fn a_move_that_fails_before_the_node_counts_as_failed_and_is_retried() {
         "{t}"
     );
     assert_eq!(digests(&d, id).await, json!({image.clone(): v2}));
+    d.stop();
+}
+
+/// A compose project on the fake registry, its compose file pushed and
+/// auto-deploy on; returns its id and push token.
+async fn compose_project(d: &Daemon, work: &Path, compose: &str) -> (i64, String) {
+    let p = d
+        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
+        .await;
+    let (id, token) = (
+        p["id"].as_i64().unwrap(),
+        p["push_token"].as_str().unwrap().to_string(),
+    );
+    push_compose(d, work, id, &token, compose);
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"auto_deploy_enabled": true})),
+    )
+    .await;
+    (id, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reference_is_an_error_for_that_image_and_the_others_keep_their_digests() {
+    use common::fake_registry::{DIGEST, start};
+    let dir = temp_dir("image-bad-ref");
+    let (port, _) = start(false).await;
+    let d = Daemon::start(&dir);
+    let (good, other) = (
+        format!("127.0.0.1:{port}/pub/app:1"),
+        format!("127.0.0.1:{port}/pub/other:1"),
+    );
+    let work = dir.join("work");
+    let (id, token) = compose_project(
+        &d,
+        &work,
+        &format!("services:\n  a:\n    image: {good}\n  b:\n    image: {other}\n"),
+    )
+    .await;
+    let t = tick(&d).await;
+    assert_eq!(project(&t, id)["outcome"], "recorded", "{t}");
+    let seeded = json!({good.clone(): DIGEST, other.clone(): DIGEST});
+    assert_eq!(digests(&d, id).await, seeded);
+
+    // References no registry could hold, beside the good ones.
+    let (upper, bad_digest) = ("Shop/Web:1", "app@sha256:nothex");
+    let compose = format!(
+        "services:\n  a:\n    image: {good}\n  b:\n    image: {other}\n  c:\n    image: {upper}\n  d:\n    image: \"{bad_digest}\"\n"
+    );
+    push_compose(&d, &work, id, &token, &compose);
+    let t = tick(&d).await;
+    let me = project(&t, id);
+    assert_ne!(me["outcome"], "error", "{me}");
+    for bad in [upper, bad_digest] {
+        let why = me["image_errors"][bad].as_str().unwrap_or_default();
+        assert!(
+            why.contains("invalid") && why.contains("image reference"),
+            "a clear error for {bad}: {me}"
+        );
+    }
+    assert!(
+        me["image_errors"].get(&good).is_none() && me["image_errors"].get(&other).is_none(),
+        "{me}"
+    );
+    assert_eq!(
+        digests(&d, id).await,
+        seeded,
+        "the good images keep their digests; the bad ones are not recorded"
+    );
+    d.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_image_lookup_is_capped_not_only_each_request() {
+    use common::fake_registry::start_slow;
+    let dir = temp_dir("image-lookup-cap");
+    // Each answer takes 1 s, within the 3 s per-request timeout; the token
+    // flow makes three requests (HEAD, token, HEAD), over the 2 s cap.
+    let (port, counts) = start_slow(false, Duration::from_secs(1)).await;
+    let d = Daemon::start_with(
+        &dir,
+        &[],
+        &[
+            ("AUTODEPLOY_REGISTRY_TIMEOUT_SECONDS", "3"),
+            ("AUTODEPLOY_IMAGE_LOOKUP_TIMEOUT_SECONDS", "2"),
+        ],
+    );
+    let image = format!("127.0.0.1:{port}/slow/app:1");
+    let (id, _) = compose_project(
+        &d,
+        &dir.join("work"),
+        &format!("services:\n  a:\n    image: {image}\n"),
+    )
+    .await;
+    let t = tick(&d).await;
+    assert_eq!(t["lookup_failures"], 1, "{t}");
+    let why = project(&t, id)["image_errors"][&image]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("did not finish within 2s"), "{t}");
+    assert!(counts.heads() >= 1, "the registry was asked");
+    assert_eq!(digests(&d, id).await, json!({}), "nothing recorded");
     d.stop();
 }

@@ -631,3 +631,65 @@ async fn force_delete_unpins_and_fails_the_deployments_the_node_held() {
     assert_eq!(claim["project"]["id"], web);
     d.stop();
 }
+
+/// A control plane that was down longer than the offline timeout must not
+/// take its own absence for the nodes': a node that heartbeats again after
+/// the restart keeps its running deployment.
+#[tokio::test]
+async fn a_restarted_control_plane_does_not_fail_the_deploys_of_nodes_that_come_back() {
+    let dir = temp_dir("nodes-restart-grace");
+    let d = Daemon::start(&dir);
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"node_offline_after_seconds": 5})),
+    )
+    .await;
+    let n1 = add_node(&d, "n1").await;
+    let api = d
+        .create_project(json!({"name": "api", "project_type": "deployment"}))
+        .await;
+    d.ok(
+        Method::POST,
+        &format!("/api/projects/{api}/deployments"),
+        None,
+    )
+    .await;
+    let (status, claim) = d
+        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claim}");
+    let dep = claim["deployment"]["id"].clone();
+    d.stop();
+
+    // The scenario itself: the control plane stays down past the timeout.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let d = Daemon::start(&dir);
+    let restarted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let beat = || async {
+        d.call(Method::POST, "/api/agent/heartbeat", Some(&n1), None)
+            .await
+    };
+    beat().await;
+    // Heartbeat as an agent does until the node watch has run a tick that
+    // could have judged n1 (one more than the timeout after the restart).
+    common::wait_until(
+        "the node watch ticked past the timeout after the restart",
+        Duration::from_secs(120),
+        || async {
+            beat().await;
+            let status = d.ok(Method::GET, "/api/status", None).await;
+            status["loops"]["node-watch"]["last_tick_at"]
+                .as_i64()
+                .is_some_and(|t| t > restarted + 6)
+        },
+    )
+    .await;
+    let now = d.deployments(api).await[0].clone();
+    assert_eq!(now["id"], dep);
+    assert_eq!(now["status"], "running", "{}", now["error"]);
+    d.stop();
+}

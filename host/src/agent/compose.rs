@@ -9,6 +9,10 @@ use tokio::process::Command;
 /// Log tails are cut to their last 64 KiB.
 const MAX_LOG: usize = 64 * 1024;
 
+/// The agent's own token, kept from compose: compose interpolates its
+/// environment into the project, so a compose file could hand it to a container.
+const NODE_TOKEN_ENV: &str = "AUTODEPLOY_NODE_TOKEN";
+
 pub struct Output {
     pub log: String,
     pub result: Result<(), String>,
@@ -18,6 +22,7 @@ pub struct Output {
 async fn program() -> Vec<&'static str> {
     let v2 = Command::new("docker")
         .args(["compose", "version"])
+        .env_remove(NODE_TOKEN_ENV)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -42,6 +47,7 @@ pub async fn run(dir: &Path, project: &str, file: &str, args: &[&str]) -> Output
         .args(["-p", project, "-f", file])
         .args(args)
         .current_dir(dir)
+        .env_remove(NODE_TOKEN_ENV)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()

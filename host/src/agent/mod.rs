@@ -17,9 +17,14 @@ pub const NODE_WATCH: &str = "node-watch";
 
 /// Every few seconds, fails the queued and running deployments of nodes not
 /// seen for `node_offline_after_seconds` (re-read each tick).
+///
+/// A node's silence counts only from this process's start: while the control
+/// plane was down no node could heartbeat, so right after a restart every node
+/// would look offline and healthy nodes' running deploys would be failed.
 pub async fn watch_nodes(app: Arc<App>, cancel: CancellationToken) {
+    let started = now();
     loop {
-        let wait = match tick(&app).await {
+        let wait = match tick(&app, started).await {
             Ok(offline_after) => {
                 app.loops.set(NODE_WATCH, "running", None);
                 // Check a few times per timeout so a dead node is noticed soon
@@ -40,11 +45,16 @@ pub async fn watch_nodes(app: Arc<App>, cancel: CancellationToken) {
     app.loops.set(NODE_WATCH, "stopped", None);
 }
 
-async fn tick(app: &App) -> Result<u64, crate::store::StoreError> {
+async fn tick(app: &App, started: i64) -> Result<u64, crate::store::StoreError> {
     let offline_after = app.store.settings().await?.node_offline_after_seconds;
+    let seen_before = now() - offline_after as i64;
+    if seen_before < started {
+        // Nodes have not had `offline_after` seconds to reach this process yet.
+        return Ok(offline_after);
+    }
     for d in app
         .store
-        .fail_deployments_of_offline_nodes(now() - offline_after as i64)
+        .fail_deployments_of_offline_nodes(seen_before)
         .await?
     {
         tracing::warn!(

@@ -3,6 +3,7 @@
 //! libgit2 from memory. No `git` subprocess is needed here.
 
 pub mod http;
+pub mod isolated;
 pub mod transport;
 
 use std::path::{Path, PathBuf};

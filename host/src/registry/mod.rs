@@ -31,6 +31,9 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 /// How long to leave a registry alone after a 429/503 without `Retry-After`.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(30);
+/// Cap on one whole image lookup (HEADs, scheme fallback, token request),
+/// when the configuration gives none.
+pub const LOOKUP_CAP: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -56,6 +59,12 @@ pub enum RegistryError {
         "{host}: its token service {realm} is not HTTPS, so its credentials are not sent there ({PLAIN_HTTP_RULE})"
     )]
     PlainHttpCredentials { host: String, realm: String },
+    #[error("{host}: the lookup of {image} did not finish within {cap:?}")]
+    LookupTimeout {
+        host: String,
+        image: String,
+        cap: Duration,
+    },
     #[error("{0}")]
     Config(String),
 }
@@ -88,7 +97,11 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// A PEM CA to trust besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Cap on one request.
     pub timeout: Duration,
+    /// Cap on one whole lookup, every request of it together; zero means
+    /// [`LOOKUP_CAP`].
+    pub lookup_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -221,7 +234,12 @@ impl Registry {
                 Err(e) => last = Some(e),
             }
         }
-        let e = last.expect("at least one scheme");
+        let Some(e) = last else {
+            return Err(RegistryError::Request {
+                host: host.to_string(),
+                message: "no scheme to reach it by".into(),
+            });
+        };
         let mut message = if e.is_timeout() {
             format!("no answer within {:?}", self.config.timeout)
         } else {
@@ -241,7 +259,21 @@ impl Registry {
     /// The digest a tag (or digest reference) resolves to, by HEAD.
     pub async fn manifest_digest(&self, image: &ImageRef) -> Result<String, RegistryError> {
         let host = image.api_host().to_string();
-        let result = self.lookup(image, &host).await;
+        let cap = if self.config.lookup_timeout.is_zero() {
+            LOOKUP_CAP
+        } else {
+            self.config.lookup_timeout
+        };
+        // Each request has its own timeout, but a token flow with a scheme
+        // fallback makes several: the whole lookup is capped too.
+        let result = match tokio::time::timeout(cap, self.lookup(image, &host)).await {
+            Ok(result) => result,
+            Err(_) => Err(RegistryError::LookupTimeout {
+                host: host.clone(),
+                image: image.to_string(),
+                cap,
+            }),
+        };
         self.count(&host, |s| match &result {
             Ok(_) => s.last_error = None,
             Err(e) => {

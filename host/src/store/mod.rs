@@ -84,6 +84,18 @@ impl ProjectRecord {
     }
 }
 
+/// A project row that does not decode (damaged, or written by hand): what
+/// could be read of it, and why the rest could not.
+#[derive(Debug, Clone)]
+pub struct BrokenProject {
+    pub id: i64,
+    pub name: String,
+    pub project_type: Option<ProjectKind>,
+    pub git_source: Option<GitSource>,
+    pub auto_deploy_enabled: Option<bool>,
+    pub error: String,
+}
+
 /// The fields a user sets; the tracked state is the pipeline's alone.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectFields {
@@ -391,6 +403,9 @@ pub trait Store: Send + Sync {
     ) -> Result<ProjectRecord>;
     async fn project(&self, id: i64) -> Result<ProjectRecord>;
     async fn projects(&self) -> Result<Vec<ProjectRecord>>;
+    /// Every project, each row decoded on its own: a corrupt row is an
+    /// error for that project only.
+    async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;
     async fn delete_project(&self, id: i64) -> Result<()>;
     /// `None` removes the credential.

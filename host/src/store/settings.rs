@@ -92,38 +92,45 @@ impl Settings {
         Ok(out)
     }
 
-    /// Builds settings from stored rows; a row that no longer parses (or an
-    /// unknown one) falls back to the default rather than stopping the daemon.
+    /// Builds settings from stored rows. Values are clamped to their minimum
+    /// and maximum here, whatever wrote them (an old version, an operator
+    /// with sqlite3): a concurrency of 0 would stall every tick. A row that
+    /// no longer parses (or an unknown one) falls back to the default rather
+    /// than stopping the daemon.
     pub fn from_rows(rows: impl IntoIterator<Item = (String, String)>) -> Settings {
         let mut s = Settings::default();
         for (key, value) in rows {
-            match key.as_str() {
-                MASTER => {
-                    s.auto_deploy_master_enabled =
-                        value.parse().unwrap_or(s.auto_deploy_master_enabled)
-                }
-                "auto_deploy_poll_interval_seconds" => {
-                    parse_into(&mut s.auto_deploy_poll_interval_seconds, &value)
-                }
+            let value = value.trim();
+            if key == MASTER {
+                s.auto_deploy_master_enabled =
+                    value.parse().unwrap_or(s.auto_deploy_master_enabled);
+                continue;
+            }
+            let Some(&(name, min, max)) = NUMBERS.iter().find(|(name, ..)| *name == key) else {
+                continue;
+            };
+            let slot = match name {
+                "auto_deploy_poll_interval_seconds" => &mut s.auto_deploy_poll_interval_seconds,
                 "auto_deploy_image_watch_interval_seconds" => {
-                    parse_into(&mut s.auto_deploy_image_watch_interval_seconds, &value)
+                    &mut s.auto_deploy_image_watch_interval_seconds
                 }
-                "auto_deploy_poll_concurrency" => {
-                    parse_into(&mut s.auto_deploy_poll_concurrency, &value)
-                }
-                "node_offline_after_seconds" => {
-                    parse_into(&mut s.node_offline_after_seconds, &value)
-                }
-                _ => {}
+                "auto_deploy_poll_concurrency" => &mut s.auto_deploy_poll_concurrency,
+                _ => &mut s.node_offline_after_seconds,
+            };
+            if let Some(v) = parse_number(value) {
+                *slot = v.clamp(min, max);
             }
         }
         s
     }
 }
 
-fn parse_into(slot: &mut u64, value: &str) {
-    if let Ok(v) = value.parse() {
-        *slot = v;
+/// A stored number; a negative one counts as below any minimum, so it is
+/// clamped up rather than ignored.
+fn parse_number(value: &str) -> Option<u64> {
+    match value.parse::<i128>() {
+        Ok(v) => Some(u64::try_from(v.max(0)).unwrap_or(u64::MAX)),
+        Err(_) => None,
     }
 }
 
@@ -173,6 +180,36 @@ mod tests {
                 s.auto_deploy_master_enabled
             ),
             (10, false)
+        );
+    }
+
+    #[test]
+    fn stored_values_are_clamped_when_read() {
+        let rows = |pairs: &[(&str, &str)]| {
+            Settings::from_rows(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let s = rows(&[
+            ("auto_deploy_poll_concurrency", "0"),
+            ("auto_deploy_poll_interval_seconds", "-3"),
+            (
+                "auto_deploy_image_watch_interval_seconds",
+                "99999999999999999999999",
+            ),
+            ("node_offline_after_seconds", "1"),
+        ]);
+        assert_eq!(s.auto_deploy_poll_concurrency, 1);
+        assert_eq!(s.auto_deploy_poll_interval_seconds, 10);
+        assert_eq!(s.auto_deploy_image_watch_interval_seconds, 86_400);
+        assert_eq!(s.node_offline_after_seconds, 5);
+        let s = rows(&[("auto_deploy_poll_concurrency", "many")]);
+        assert_eq!(
+            s.auto_deploy_poll_concurrency, 16,
+            "unparsable: the default"
         );
     }
 }

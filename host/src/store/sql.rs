@@ -93,7 +93,14 @@ pub(crate) fn enum_str<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn digests_from(s: &str) -> Result<BTreeMap<String, String>> {
-    serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("digest map {s:?}")))
+    serde_json::from_str(s).map_err(|_| {
+        // A short prefix is enough to recognise the damage.
+        let head: String = s.chars().take(40).collect();
+        let more = if head.len() < s.len() { "…" } else { "" };
+        StoreError::Corrupt(format!(
+            "last_tracked_image_digests is not a JSON map of image to digest: {head:?}{more}"
+        ))
+    })
 }
 
 /// A node's labels or a project's node selector.
@@ -105,10 +112,20 @@ fn digests_json(m: &BTreeMap<String, String>) -> String {
     serde_json::to_string(m).expect("string maps serialize")
 }
 
+/// Decodes a project row; any failure names the project.
 fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
+    let id: i64 = row.try_get("id")?;
+    decode_project(id, row).map_err(|e| match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("project {id}: {m}")),
+        StoreError::Db(e) => StoreError::Corrupt(format!("project {id}: {e}")),
+        other => other,
+    })
+}
+
+fn decode_project(id: i64, row: &AnyRow) -> Result<ProjectRecord> {
     let kind: Option<String> = row.try_get("credential_kind")?;
     Ok(ProjectRecord {
-        id: row.try_get("id")?,
+        id,
         fields: ProjectFields {
             name: row.try_get("name")?,
             project_type: enum_from("project_type", &row.try_get::<String, _>("project_type")?)?,
@@ -151,6 +168,22 @@ fn sources_from(s: &str, first: DeploySource) -> Result<Vec<DeploySource>> {
 
 fn sources_json(list: &[DeploySource]) -> String {
     serde_json::to_string(list).expect("unit enums serialize")
+}
+
+/// What can still be read of a row `project_from` refused.
+fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
+    let text = |col: &str| row.try_get::<String, _>(col).ok();
+    BrokenProject {
+        id: row.try_get("id").unwrap_or(0),
+        name: text("name").unwrap_or_default(),
+        project_type: text("project_type").and_then(|s| enum_from("project_type", &s).ok()),
+        git_source: text("git_source").and_then(|s| enum_from("git_source", &s).ok()),
+        auto_deploy_enabled: row
+            .try_get::<i64, _>("auto_deploy_enabled")
+            .ok()
+            .map(|v| v != 0),
+        error: error.to_string(),
+    }
 }
 
 fn deployment_from(row: &AnyRow) -> Result<Deployment> {
@@ -314,6 +347,17 @@ impl Store for SqlStore {
         .iter()
         .map(project_from)
         .collect()
+    }
+
+    async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} {PROJECT_FROM} ORDER BY p.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| project_from(row).map_err(|e| broken_project(row, e)))
+        .collect())
     }
 
     async fn update_project(&self, id: i64, f: &ProjectFields) -> Result<ProjectRecord> {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::{Checked, TriggerError, commit_moved};
 use crate::app::App;
-use crate::git::{GitError, remote_head};
+use crate::git::GitError;
 use crate::policy::GitSource;
 use crate::store::{DeploySource, EventKind, ProjectRecord, StoreError};
 
@@ -28,6 +28,10 @@ pub const GIT_POLL: &str = "git-poll";
 const MAX_JITTER_MS: u64 = 50;
 /// Hosted repositories reconciled at once (local reads and a decision each).
 const LOCAL_CONCURRENCY: usize = 4;
+/// Database connections a tick's lookups use at once for their own reads
+/// and writes: fewer than the pool holds, so pushes and the API never queue
+/// behind a tick of many remotes.
+static DB_SLOTS: Semaphore = Semaphore::const_new(4);
 
 #[derive(Debug, Default, Serialize)]
 pub struct TickSummary {
@@ -80,14 +84,17 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let Some((settings, projects)) = super::enabled_projects(app, |_| true).await? else {
+    let Some((settings, projects, broken)) =
+        super::enabled_projects_checked(app, |_| true, |_| true).await?
+    else {
         return Ok(TickSummary {
             paused: true,
             ..TickSummary::default()
         });
     };
+    // Clamped when read; `max(1)` keeps a zero from ever stalling the tick.
     let permits = Arc::new(Semaphore::new(
-        settings.auto_deploy_poll_concurrency as usize,
+        (settings.auto_deploy_poll_concurrency as usize).max(1),
     ));
     let mut tasks = tokio::task::JoinSet::new();
     let (hosted, external): (Vec<_>, Vec<_>) = projects
@@ -101,11 +108,16 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
         let span = tracing::info_span!("trigger", project = project.id, source = "auto-push");
         tasks.spawn(
             async move {
-                let _permit = local.acquire_owned().await.expect("semaphore open");
+                let result = match local.acquire_owned().await {
+                    Ok(_permit) => reconcile(&app, &project).await,
+                    Err(_) => Checked::Error {
+                        error: "the tick was stopped".into(),
+                    },
+                };
                 ProjectResult {
                     project_id: project.id,
                     name: project.fields.name.clone(),
-                    result: reconcile(&app, &project).await,
+                    result,
                 }
             }
             .instrument(span),
@@ -118,8 +130,12 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
             async move {
                 let jitter = rand::rng().random_range(0..=MAX_JITTER_MS);
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
-                let _permit = permits.acquire_owned().await.expect("semaphore open");
-                let result = check(&app, &project).await;
+                let result = match permits.acquire_owned().await {
+                    Ok(_permit) => check(&app, &project).await,
+                    Err(_) => Checked::Error {
+                        error: "the tick was stopped".into(),
+                    },
+                };
                 ProjectResult {
                     project_id: project.id,
                     name: project.fields.name.clone(),
@@ -130,6 +146,21 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
         );
     }
     let mut results = Vec::new();
+    // A row that does not decode is an error for its own project only.
+    for b in broken {
+        let error = format!("the project's stored row is unreadable: {}", b.error);
+        if app.poll_errors.is_new(b.id, &error) {
+            let _ = app
+                .store
+                .log_event(Some(b.id), EventKind::PollFailed, &error)
+                .await;
+        }
+        results.push(ProjectResult {
+            project_id: b.id,
+            name: b.name,
+            result: Checked::Error { error },
+        });
+    }
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(r) => results.push(r),
@@ -160,10 +191,16 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
         }
     };
     match commit_moved(app, project, head, DeploySource::AutoPoll).await {
-        Ok(Some(d)) => Checked::from_deployment(d),
-        Ok(None) => Checked::Unchanged {
-            reason: "the branch has not moved".into(),
-        },
+        Ok(Some(d)) => {
+            app.poll_errors.clear(project.id);
+            Checked::from_deployment(d)
+        }
+        Ok(None) => {
+            app.poll_errors.clear(project.id);
+            Checked::Unchanged {
+                reason: "the branch has not moved".into(),
+            }
+        }
         // Ticks never overlap, so only a change to the project itself moved
         // the tracked commit: the next tick decides on the new state.
         Err(TriggerError::Store(StoreError::Stale(_))) => Checked::Unchanged {
@@ -177,10 +214,16 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
 /// commit.
 async fn reconcile(app: &App, project: &ProjectRecord) -> Checked {
     match super::reconcile_hosted(app, project.id).await {
-        Ok(Some(d)) => Checked::from_deployment(d),
-        Ok(None) => Checked::Unchanged {
-            reason: "the branch has not moved".into(),
-        },
+        Ok(Some(d)) => {
+            app.poll_errors.clear(project.id);
+            Checked::from_deployment(d)
+        }
+        Ok(None) => {
+            app.poll_errors.clear(project.id);
+            Checked::Unchanged {
+                reason: "the branch has not moved".into(),
+            }
+        }
         Err(e) => {
             let error = format!("reconciling the hosted repository failed: {e}");
             failed(app, project, EventKind::ReconcileFailed, error).await
@@ -188,25 +231,32 @@ async fn reconcile(app: &App, project: &ProjectRecord) -> Checked {
     }
 }
 
+/// The remote head, looked up in a child process killed at the cap (see
+/// `git::isolated`): a remote that trickles holds its slot for the cap and
+/// no thread of the daemon.
 async fn lookup(app: &App, project: &ProjectRecord, url: &str) -> Result<Option<String>, GitError> {
-    let credential = super::credential(app, project.id).await?;
-    let (owned_url, branch) = (url.to_string(), project.fields.git_branch.clone());
-    let pins = project.ssh_known_hosts.clone();
-    let blocking = tokio::task::spawn_blocking(move || {
-        remote_head(&owned_url, &branch, credential.as_ref(), pins.as_deref())
-    });
-    match tokio::time::timeout(app.git_timeout, blocking).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(GitError::Remote(format!("lookup task failed: {e}"))),
-        Err(_) => Err(GitError::Timeout {
-            url: crate::git::shown_url(url),
-            timeout: app.git_timeout,
-        }),
-    }
+    let credential = {
+        let _slot = DB_SLOTS.acquire().await;
+        super::credential(app, project.id).await?
+    };
+    crate::git::isolated::remote_head(
+        url,
+        &project.fields.git_branch,
+        credential.as_ref(),
+        project.ssh_known_hosts.as_deref(),
+        app.git_timeout,
+    )
+    .await
 }
 
 async fn failed(app: &App, project: &ProjectRecord, kind: EventKind, error: String) -> Checked {
     tracing::warn!(error = %error, "{kind}");
-    let _ = app.store.log_event(Some(project.id), kind, &error).await;
+    // One event per streak of the same error: a remote down for a day is
+    // not a row per tick, and a tick over many failing remotes does not
+    // queue on database writes.
+    if app.poll_errors.is_new(project.id, &error) {
+        let _slot = DB_SLOTS.acquire().await;
+        let _ = app.store.log_event(Some(project.id), kind, &error).await;
+    }
     Checked::Error { error }
 }

@@ -54,6 +54,9 @@ pub struct ProjectWatch {
     pub name: String,
     pub images: Vec<String>,
     pub skipped: Vec<String>,
+    /// Why an image of this project could not be looked up this tick (its
+    /// previous digest is kept).
+    pub image_errors: BTreeMap<String, String>,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -128,8 +131,12 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     }
     let _one_at_a_time = app.image_watch_lock.lock().await;
     let started = Instant::now();
-    let Some((_, projects)) =
-        super::enabled_projects(app, |p| p.fields.project_type == ProjectKind::Compose).await?
+    let Some((_, projects, broken)) = super::enabled_projects_checked(
+        app,
+        |p| p.fields.project_type == ProjectKind::Compose,
+        |b| b.project_type.is_none_or(|k| k == ProjectKind::Compose),
+    )
+    .await?
     else {
         return Ok(ImageTick {
             paused: true,
@@ -143,16 +150,38 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     for project in projects {
         let (app, permits) = (app.clone(), permits.clone());
         reads.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore open");
-            let listed = list_images(&app, &project).await;
+            let listed = match permits.acquire_owned().await {
+                Ok(_permit) => list_images(&app, &project).await,
+                Err(_) => Err("the tick was stopped".to_string()),
+            };
             (project, listed)
         });
     }
     let mut watched = Vec::new();
     let mut results = Vec::new();
+    // A row that does not decode is an error for its own project only.
+    for b in broken {
+        let error = format!("the project's stored row is unreadable: {}", b.error);
+        let _ = app
+            .store
+            .log_event(Some(b.id), EventKind::ImageWatchFailed, &error)
+            .await;
+        results.push(ProjectWatch {
+            project_id: b.id,
+            name: b.name,
+            images: vec![],
+            skipped: vec![],
+            image_errors: BTreeMap::new(),
+            outcome: Outcome::Error { error },
+        });
+    }
     while let Some(joined) = reads.join_next().await {
-        let Ok((project, listed)) = joined else {
-            continue;
+        let (project, listed) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "a compose read task failed");
+                continue;
+            }
         };
         match listed {
             Ok(Some((images, skipped))) => watched.push(Watched {
@@ -186,54 +215,75 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
         .iter()
         .flat_map(|w| w.images.iter().cloned())
         .collect();
-    let mut by_ref: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Keyed by the parsed reference itself: nothing is parsed twice, so no
+    // reference a compose file can hold reaches an `expect`.
+    let mut by_ref: BTreeMap<ImageRef, Vec<String>> = BTreeMap::new();
     let mut lookups: BTreeMap<String, Lookup> = BTreeMap::new();
     for image in distinct {
         match ImageRef::parse(&image) {
-            Ok(r) => by_ref.entry(r.to_string()).or_default().push(image),
+            Ok(r) => by_ref.entry(r).or_default().push(image),
             Err(e) => {
+                tracing::warn!(image = %image, error = %e, "not a valid image reference; previous digests are kept");
                 lookups.insert(image, Lookup::Failed(e));
             }
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for (canonical, names) in &by_ref {
-        let (app, permits, canonical, names) = (
-            app.clone(),
-            permits.clone(),
-            canonical.clone(),
-            names.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore open");
-            let image = ImageRef::parse(&canonical).expect("canonical references parse");
-            let result = match app.registry.manifest_digest(&image).await {
+    let mut pending: BTreeMap<tokio::task::Id, Vec<String>> = BTreeMap::new();
+    for (image, names) in &by_ref {
+        let (app, permits, image) = (app.clone(), permits.clone(), image.clone());
+        let handle = tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return Lookup::Failed("the tick was stopped".into());
+            };
+            match app.registry.manifest_digest(&image).await {
                 Ok(d) => Lookup::Digest(d),
                 Err(e) => {
-                    tracing::warn!(image = %canonical, error = %e, "digest lookup failed; previous digests are kept");
+                    tracing::warn!(image = %image, error = %e, "digest lookup failed; previous digests are kept");
                     Lookup::Failed(e.to_string())
                 }
-            };
-            (names, result)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((names, result)) = joined {
-            for name in names {
-                lookups.insert(name, result.clone());
             }
+        });
+        pending.insert(handle.id(), names.clone());
+    }
+    while let Some(joined) = tasks.join_next_with_id().await {
+        // A lookup that panicked is a failed lookup for its images (their
+        // previous digests are kept), never a silent gap in the map.
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) => {
+                tracing::error!(error = %e, "a digest lookup task failed");
+                (e.id(), Lookup::Failed(format!("the lookup failed: {e}")))
+            }
+        };
+        for name in pending.remove(&id).unwrap_or_default() {
+            lookups.insert(name, result.clone());
         }
     }
     let lookup_failures = by_ref
         .values()
-        .filter(|names| matches!(lookups.get(&names[0]), Some(Lookup::Failed(_))))
+        .filter(|names| {
+            names
+                .first()
+                .is_some_and(|n| matches!(lookups.get(n), Some(Lookup::Failed(_))))
+        })
         .count();
 
     // 3. The policy decides for each project.
     for w in watched {
         let span = tracing::info_span!("trigger", project = w.project.id, source = "auto-image");
         let outcome = decide(app, &w, &lookups).instrument(span).await;
-        results.push(result(&w.project, w.images, w.skipped, outcome));
+        let image_errors = w
+            .images
+            .iter()
+            .filter_map(|i| match lookups.get(i) {
+                Some(Lookup::Failed(e)) => Some((i.clone(), e.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut watch = result(&w.project, w.images, w.skipped, outcome);
+        watch.image_errors = image_errors;
+        results.push(watch);
     }
     results.sort_by_key(|r| r.project_id);
     Ok(ImageTick {
@@ -264,6 +314,7 @@ fn result(
         name: p.fields.name.clone(),
         images,
         skipped,
+        image_errors: BTreeMap::new(),
         outcome,
     }
 }
@@ -276,41 +327,51 @@ async fn list_images(
 ) -> Result<Option<(Vec<String>, Vec<String>)>, String> {
     let f = &project.fields;
     let (branch, file) = (f.git_branch.clone(), f.compose_file_path.clone());
+    let cap = app.git_timeout;
     let read = match f.git_source {
         GitSource::Hosted => {
+            // A local read: a blocking thread, back soon whatever the file.
             let path = crate::git::hosted_path(&app.data_dir, project.id);
-            tokio::task::spawn_blocking(move || crate::git::hosted_file(&path, &branch, &file))
+            let local =
+                tokio::task::spawn_blocking(move || crate::git::hosted_file(&path, &branch, &file));
+            match tokio::time::timeout(cap, local).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => return Err(format!("reading the compose file failed: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "reading the compose file did not finish within {cap:?}"
+                    ));
+                }
+            }
         }
         GitSource::External => {
+            // Over the network: a child process, killed at the cap.
             let credential = super::credential(app, project.id)
                 .await
                 .map_err(|e| e.to_string())?;
             let url = f.git_url.clone().unwrap_or_default();
             let scratch = app.data_dir.join("tmp");
-            let pins = project.ssh_known_hosts.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::git::remote_file(
-                    &url,
-                    &branch,
-                    &file,
-                    credential.as_ref(),
-                    pins.as_deref(),
-                    &scratch,
-                )
-            })
+            crate::git::isolated::remote_file(
+                &url,
+                &branch,
+                &file,
+                credential.as_ref(),
+                project.ssh_known_hosts.as_deref(),
+                &scratch,
+                cap,
+            )
+            .await
         }
     };
-    let yaml = match tokio::time::timeout(app.git_timeout, read).await {
-        Ok(Ok(Ok(Some(yaml)))) => yaml,
-        Ok(Ok(Ok(None))) => return Ok(None),
-        Ok(Ok(Err(e))) => return Err(read_error(e)),
-        Ok(Err(e)) => return Err(format!("reading the compose file failed: {e}")),
-        Err(_) => {
+    let yaml = match read {
+        Ok(Some(yaml)) => yaml,
+        Ok(None) => return Ok(None),
+        Err(GitError::Timeout { timeout, .. }) => {
             return Err(format!(
-                "reading the compose file did not finish within {:?}",
-                app.git_timeout
+                "reading the compose file did not finish within {timeout:?}"
             ));
         }
+        Err(e) => return Err(read_error(e)),
     };
     let (parsed, _) = app.decide(move |p| p.parse_compose(&yaml)).await;
     let parsed = parsed.map_err(|e| format!("{}: {e}", project.fields.compose_file_path))?;

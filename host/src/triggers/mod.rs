@@ -14,8 +14,8 @@ use crate::app::App;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
 use crate::store::{
-    CredentialKind, DeploySource, DeployStatus, Deployment, EventKind, ProjectRecord, Settings,
-    StoreError,
+    BrokenProject, CredentialKind, DeploySource, DeployStatus, Deployment, EventKind,
+    ProjectRecord, Settings, StoreError,
 };
 
 /// Decisions that lost a race with another trigger are made again on the
@@ -59,22 +59,43 @@ pub enum TriggerError {
 }
 
 /// The settings and the projects a tick looks at (auto-deploy on and
-/// `wanted`); `None` while the master switch is off.
+/// `wanted`); `None` while the master switch is off. Rows that do not
+/// decode are left out (see [`enabled_projects_checked`]).
 pub async fn enabled_projects(
     app: &App,
     wanted: impl Fn(&ProjectRecord) -> bool,
 ) -> Result<Option<(Settings, Vec<ProjectRecord>)>, StoreError> {
+    Ok(enabled_projects_checked(app, wanted, |_| false)
+        .await?
+        .map(|(settings, projects, _)| (settings, projects)))
+}
+
+/// As [`enabled_projects`], and apart the rows that do not decode and that
+/// `broken` (seeing what could be read of them) says concern this tick: a
+/// corrupt row is an error for its own project, never for the whole tick.
+pub async fn enabled_projects_checked(
+    app: &App,
+    wanted: impl Fn(&ProjectRecord) -> bool,
+    broken: impl Fn(&BrokenProject) -> bool,
+) -> Result<Option<(Settings, Vec<ProjectRecord>, Vec<BrokenProject>)>, StoreError> {
     let settings = app.store.settings().await?;
     if !settings.auto_deploy_master_enabled {
         return Ok(None);
     }
-    let all = app.store.projects().await?;
-    Ok(Some((
-        settings,
-        all.into_iter()
-            .filter(|p| p.fields.auto_deploy_enabled && wanted(p))
-            .collect(),
-    )))
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for row in app.store.projects_checked().await? {
+        match row {
+            Ok(p) if p.fields.auto_deploy_enabled && wanted(&p) => good.push(p),
+            Ok(_) => {}
+            Err(b) => {
+                tracing::warn!(project = b.id, error = %b.error, "a project row does not decode");
+                if b.auto_deploy_enabled != Some(false) && broken(&b) {
+                    bad.push(b);
+                }
+            }
+        }
+    }
+    Ok(Some((settings, good, bad)))
 }
 
 /// The project's git credential, unsealed, for one lookup.

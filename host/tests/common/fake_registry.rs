@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -33,18 +34,26 @@ impl Counts {
 struct Fake {
     port: u16,
     rate_limited: bool,
+    /// How long each answer (token or manifest) takes.
+    delay: Duration,
     counts: Arc<Counts>,
 }
 
 /// Starts a fake registry on loopback; with `rate_limited` every manifest
 /// request gets 429 and `Retry-After: 120`. Runs until the test process ends.
 pub async fn start(rate_limited: bool) -> (u16, Arc<Counts>) {
+    start_slow(rate_limited, Duration::ZERO).await
+}
+
+/// As [`start`], each answer taking `delay`.
+pub async fn start_slow(rate_limited: bool, delay: Duration) -> (u16, Arc<Counts>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let counts = Arc::new(Counts::default());
     let fake = Arc::new(Fake {
         port,
         rate_limited,
+        delay,
         counts: counts.clone(),
     });
     let app = Router::new()
@@ -57,6 +66,7 @@ pub async fn start(rate_limited: bool) -> (u16, Arc<Counts>) {
 
 async fn token(State(f): State<Arc<Fake>>) -> impl IntoResponse {
     f.counts.tokens.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(f.delay).await;
     axum::Json(serde_json::json!({"token": "fake-token", "expires_in": 300}))
 }
 
@@ -69,6 +79,7 @@ async fn manifest(
         return StatusCode::UNAUTHORIZED.into_response();
     }
     f.counts.heads.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(f.delay).await;
     if f.rate_limited {
         return (
             StatusCode::TOO_MANY_REQUESTS,

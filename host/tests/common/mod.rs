@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod chaos;
 pub mod daemon;
 pub mod fake_registry;
@@ -12,6 +13,7 @@ pub mod load;
 pub mod netns;
 pub mod registry;
 pub mod token_issuer;
+pub mod trickle;
 
 use std::future::Future;
 use std::sync::Arc;
