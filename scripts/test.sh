@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the build and tests use: the build's (as in run.sh), the
 # git servers, the registry and its tools, and what the docker test builds.
 scripts/apt-install.sh gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server \
-    nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose sqlite3
+    nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose sqlite3 \
+    iproute2
 
 # The end-to-end tests drive a real Docker Engine; without one they would
 # fail late and one by one, so stop here first, saying why.

@@ -55,6 +55,10 @@ pub enum RegistryError {
         "{host} sent no Docker-Content-Digest header (a GET is not made, to spare pull limits)"
     )]
     NoDigest { host: String },
+    #[error(
+        "{host}: its token service {realm} is not HTTPS, so its credentials are not sent there ({PLAIN_HTTP_RULE})"
+    )]
+    PlainHttpCredentials { host: String, realm: String },
     #[error("{host}: the lookup of {image} did not finish within {cap:?}")]
     LookupTimeout {
         host: String,
@@ -63,6 +67,22 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     Config(String),
+}
+
+/// Why plain HTTP was refused, for errors.
+const PLAIN_HTTP_RULE: &str =
+    "plain HTTP is only for registries on loopback or listed in AUTODEPLOY_INSECURE_REGISTRIES";
+
+/// Whether `host` may be reached over plain HTTP (with whatever credentials
+/// it is owed): loopback, as docker allows, or listed by the operator.
+fn plain_http_allowed(listed: &[String], host: &str) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || listed.iter().any(|h| same_host(h, host))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -184,13 +204,7 @@ impl Registry {
     }
 
     fn insecure(&self, host: &str) -> bool {
-        let name = host_name(host);
-        name == "localhost"
-            || name == "::1"
-            || name
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| ip.is_loopback())
-            || self.config.insecure.iter().any(|h| same_host(h, host))
+        plain_http_allowed(&self.config.insecure, host)
     }
 
     /// Sends a request over HTTPS, or for an insecure host HTTPS then plain
@@ -226,11 +240,16 @@ impl Registry {
                 message: "no scheme to reach it by".into(),
             });
         };
-        let message = if e.is_timeout() {
+        let mut message = if e.is_timeout() {
             format!("no answer within {:?}", self.config.timeout)
         } else {
             error_chain(&e)
         };
+        if e.is_connect() && !self.insecure(host) {
+            // Say why plain HTTP was not tried: a registry that only speaks
+            // HTTP fails its TLS handshake, which alone reads like a bug.
+            message.push_str(&format!(" (HTTPS only: {PLAIN_HTTP_RULE})"));
+        }
         Err(RegistryError::Request {
             host: host.to_string(),
             message,
@@ -393,6 +412,20 @@ impl Registry {
             host: host.into(),
             message: "bearer challenge without a realm".into(),
         })?;
+        if credential.is_some() {
+            let realm_url = url::Url::parse(realm).map_err(|_| RegistryError::Request {
+                host: host.into(),
+                message: "bearer challenge with a realm that is not a URL".into(),
+            })?;
+            let realm_host = realm_url.authority();
+            if realm_url.scheme() != "https" && !self.insecure(realm_host) {
+                // The token request would carry the password in clear text.
+                return Err(RegistryError::PlainHttpCredentials {
+                    host: host.into(),
+                    realm: format!("{}://{realm_host}", realm_url.scheme()),
+                });
+            }
+        }
         let mut query = vec![("scope", scope.to_string())];
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));

@@ -1,6 +1,7 @@
 //! A minimal registry speaking only what docker-registry cannot be made to
-//! do here: the bearer-token flow (it needs an external token service, and
-//! none is packaged for this machine) and answering 429 with Retry-After.
+//! do: answering 429 with Retry-After. It also hands out bearer tokens, to
+//! count them; the token flow itself is tested against a real
+//! docker-registry and `token_issuer` (tests/registry_promises.rs).
 //! Counts the requests it gets.
 
 use std::sync::Arc;

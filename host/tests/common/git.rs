@@ -89,13 +89,17 @@ pub fn free_port() -> u16 {
 }
 
 fn wait_for_port(port: u16) {
+    wait_for_addr("127.0.0.1", port);
+}
+
+fn wait_for_addr(ip: &str, port: u16) {
     for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpStream::connect((ip, port)).is_ok() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("nothing listens on 127.0.0.1:{port}");
+    panic!("nothing listens on {ip}:{port}");
 }
 
 /// A process killed when dropped.
@@ -108,6 +112,12 @@ impl Server {
     /// Wraps a started process, waiting until it listens on `port`.
     pub fn wrap(child: Child, port: u16) -> Server {
         wait_for_port(port);
+        Server { child, port }
+    }
+
+    /// As `wrap`, for a process listening on `ip` rather than 127.0.0.1.
+    pub fn wrap_at(child: Child, ip: &str, port: u16) -> Server {
+        wait_for_addr(ip, port);
         Server { child, port }
     }
 

@@ -10,7 +10,9 @@ pub mod daemon;
 pub mod fake_registry;
 pub mod git;
 pub mod load;
+pub mod netns;
 pub mod registry;
+pub mod token_issuer;
 pub mod trickle;
 
 use std::future::Future;

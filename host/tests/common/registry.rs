@@ -13,6 +13,7 @@ pub struct TestRegistry {
     _server: Server,
     pub port: u16,
     pub addr: String,
+    ip: String,
     config: PathBuf,
     /// For `--dest-creds` when the registry wants them.
     pub creds: Option<String>,
@@ -35,8 +36,34 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// What `TestRegistry::start_with` sets up; the default is an anonymous
+/// plain-HTTP registry on 127.0.0.1.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// The IP to listen on (default 127.0.0.1).
+    pub ip: Option<&'a str>,
+    pub tls: Option<&'a Tls>,
+    /// htpasswd basic auth with this user and password.
+    pub user: Option<(&'a str, &'a str)>,
+    /// `auth: token` against this issuer; pushes use `push_creds`.
+    pub token: Option<TokenAuth<'a>>,
+    /// Log every request to `dir/access.log`.
+    pub access_log: bool,
+}
+
+pub struct TokenAuth<'a> {
+    pub issuer: &'a super::token_issuer::TokenIssuer,
+    /// `user:password` of an account the issuer lets push.
+    pub push_creds: &'a str,
+}
+
 /// A test CA and a certificate for 127.0.0.1 signed by it.
 pub fn make_tls(dir: &Path) -> Tls {
+    make_tls_for(dir, &[])
+}
+
+/// As `make_tls`, the certificate also naming the IPs in `extra_ips`.
+pub fn make_tls_for(dir: &Path, extra_ips: &[&str]) -> Tls {
     std::fs::create_dir_all(dir).unwrap();
     let (ca, ca_key, cert, key, csr) = (
         dir.join("ca.pem"),
@@ -75,7 +102,12 @@ pub fn make_tls(dir: &Path) -> Tls {
         .arg("-out")
         .arg(&csr));
     let ext = dir.join("ext.cnf");
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    let extra: String = extra_ips.iter().map(|ip| format!(",IP:{ip}")).collect();
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\n"),
+    )
+    .unwrap();
     run(Command::new("openssl")
         .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
         .arg(&csr)
@@ -94,29 +126,45 @@ impl TestRegistry {
     /// A registry storing in `dir`; with `tls`, over HTTPS; with `user`, behind
     /// htpasswd basic auth.
     pub fn start(dir: &Path, tls: Option<&Tls>, user: Option<(&str, &str)>) -> TestRegistry {
-        Self::start_inner(dir, tls, user, false)
+        Self::start_with(
+            dir,
+            Options {
+                tls,
+                user,
+                ..Options::default()
+            },
+        )
     }
 
     /// An anonymous registry that logs every request to `dir/access.log`.
     pub fn start_logged(dir: &Path) -> TestRegistry {
-        Self::start_inner(dir, None, None, true)
+        Self::start_with(
+            dir,
+            Options {
+                access_log: true,
+                ..Options::default()
+            },
+        )
     }
 
-    fn start_inner(
-        dir: &Path,
-        tls: Option<&Tls>,
-        user: Option<(&str, &str)>,
-        access_log: bool,
-    ) -> TestRegistry {
+    pub fn start_with(dir: &Path, options: Options) -> TestRegistry {
+        let Options {
+            ip,
+            tls,
+            user,
+            token,
+            access_log,
+        } = options;
+        let ip = ip.unwrap_or("127.0.0.1");
         std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let port = free_port();
+        let port = free_port_on(ip);
         let log = if access_log {
             "  level: info\n  accesslog:\n    disabled: false\n"
         } else {
             "  level: error\n"
         };
         let mut config = format!(
-            "version: 0.1\nlog:\n{log}storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n{log}storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n",
             dir.join("storage").display()
         );
         if let Some(t) = tls {
@@ -139,14 +187,25 @@ impl TestRegistry {
             ));
             creds = Some(format!("{u}:{p}"));
         }
+        if let Some(t) = token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.issuer.realm,
+                t.issuer.service,
+                t.issuer.issuer,
+                t.issuer.cert.display()
+            ));
+            creds = Some(t.push_creds.to_string());
+        }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = access_log.then(|| dir.join("access.log"));
-        let server = spawn(&config_path, port, log.as_deref());
+        let server = spawn(&config_path, ip, port, log.as_deref());
         TestRegistry {
             _server: server,
             port,
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("{ip}:{port}"),
+            ip: ip.to_string(),
             config: config_path,
             creds,
             tls: tls.is_some(),
@@ -166,13 +225,28 @@ impl TestRegistry {
         (count("HEAD"), count("GET"))
     }
 
+    /// Every request line in the access log (`METHOD PATH`), in order.
+    pub fn requests(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.log.as_ref().expect("started with an access log"))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let quoted = l.split('"').nth(1)?;
+                let mut parts = quoted.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                (path.starts_with('/') && method.bytes().all(|b| b.is_ascii_uppercase()))
+                    .then(|| format!("{method} {path}"))
+            })
+            .collect()
+    }
+
     /// Stops the registry; `restart` brings it back with the same storage.
     pub fn stop(&mut self) {
         self._server = Server::dead(self.port);
     }
 
     pub fn restart(&mut self) {
-        self._server = spawn(&self.config, self.port, self.log.as_deref());
+        self._server = spawn(&self.config, &self.ip, self.port, self.log.as_deref());
     }
 
     /// Pushes an image whose single layer holds `content`; returns the
@@ -228,7 +302,26 @@ impl TestRegistry {
         if let Some(c) = &self.creds {
             cmd.arg(format!("--dest-creds={c}"));
         }
+        // The registry logs a request after answering it: wait for the
+        // manifest's PUT so later counts see none of the push's requests.
+        let stored = format!("\"PUT /v2/{name}/manifests/{tag} HTTP/1.1\" 201");
+        let logged = |r: &TestRegistry| {
+            r.log.as_ref().map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .matches(&stored)
+                    .count()
+            })
+        };
+        let before = logged(self);
         run(&mut cmd);
+        if let Some(before) = before {
+            super::wait_until_blocking(
+                "the registry logged the pushed manifest",
+                std::time::Duration::from_secs(30),
+                || logged(self).is_some_and(|n| n > before),
+            );
+        }
         let digest = std::fs::read_to_string(&digest_file)
             .unwrap()
             .trim()
@@ -238,7 +331,7 @@ impl TestRegistry {
     }
 }
 
-fn spawn(config: &Path, port: u16, log: Option<&Path>) -> Server {
+fn spawn(config: &Path, ip: &str, port: u16, log: Option<&Path>) -> Server {
     let sink = || match log {
         Some(path) => Stdio::from(
             std::fs::OpenOptions::new()
@@ -256,7 +349,18 @@ fn spawn(config: &Path, port: u16, log: Option<&Path>) -> Server {
         .stderr(sink())
         .spawn()
         .expect("docker-registry is missing: the test command installs it");
-    Server::wrap(child, port)
+    Server::wrap_at(child, ip, port)
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    if ip == "127.0.0.1" {
+        return free_port();
+    }
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rand_u64() -> u64 {
