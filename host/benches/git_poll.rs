@@ -4,8 +4,13 @@
 //!    daemon` behind a proxy that adds 50 ms before each connection is
 //!    answered: at concurrency 1 (the spec's serial polling) and at the
 //!    default 16.
-//! 2. Push-to-deployment-recorded latency over 200 `git push`es to a hosted
-//!    repository (the deployment is recorded before the push returns).
+//! 2. Push latency to a hosted repository, each path 200 samples: (a) the
+//!    trigger alone (`triggers::on_push`, called after a local push straight
+//!    into the bare repository), (b) `git push` over smart HTTP with the
+//!    trigger, (c) `git push` with auto-deploy off (the git round trip
+//!    without a deployment). (a) and (b) are measured both on the insert
+//!    path (a node claims and finishes the deployment between samples) and
+//!    on the coalesce path (each trigger joins the one queued deployment).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 use autodeploy::app::App;
 use autodeploy::policy::cli::PolicyArgs;
 use autodeploy::serve::{ServeArgs, open};
-use autodeploy::store::{GitSource, ProjectFields, ProjectKind};
+use autodeploy::store::{DeployStatus, GitSource, ProjectFields, ProjectKind};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -152,7 +157,15 @@ async fn poll_ticks() {
     // The first tick aligns every project (1,000 deployments written); the
     // measured ones compare like for like: every remote read, nothing moved.
     let warm = autodeploy::triggers::git_poll::tick(&app).await.unwrap();
-    assert_eq!(warm.triggered, REPOS);
+    let first = warm
+        .projects
+        .iter()
+        .find(|p| !matches!(p.result, autodeploy::triggers::Checked::Triggered { .. }))
+        .map(|p| serde_json::to_string(p).unwrap());
+    assert_eq!(
+        warm.triggered, REPOS,
+        "the first tick deploys every project; first other outcome: {first:?}"
+    );
     let mut times = Vec::new();
     for concurrency in [1u64, 16] {
         let values = [(
@@ -185,6 +198,76 @@ async fn poll_ticks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Which write a trigger ends in: a new queued deployment, or the queued one
+/// it joins (no node claims it meanwhile).
+#[derive(Clone, Copy, PartialEq)]
+enum Write {
+    Insert,
+    Coalesce,
+}
+
+impl Write {
+    fn name(self) -> &'static str {
+        match self {
+            Write::Insert => "insert (new deployment row)",
+            Write::Coalesce => "coalesce (joins the queued row)",
+        }
+    }
+}
+
+fn report(what: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "{what}, {} samples: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        samples[samples.len() - 1]
+    );
+}
+
+/// Hands the queued deployment to a node and finishes it, so the next
+/// trigger has no queued row to join and inserts one.
+async fn drain(app: &App, node: i64) {
+    if let Some(claim) = app.store.claim(node).await.unwrap() {
+        app.store
+            .report(
+                node,
+                claim.deployment.id,
+                DeployStatus::Succeeded,
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The newest deployment of the project: queued, for `commit`, and counting
+/// `triggers` triggers. Checked after each sample, outside the timing, so a
+/// sample is known to have taken the path it is filed under.
+async fn check_row(app: &App, project: i64, commit: &str, triggers: usize) {
+    let d = &app.store.deployments(project, 1).await.unwrap()[0];
+    assert_eq!(
+        d.status,
+        DeployStatus::Queued,
+        "deployment {} is queued",
+        d.id
+    );
+    assert_eq!(d.target_commit.as_deref(), Some(commit), "targets the push");
+    assert_eq!(d.trigger_count as usize, triggers, "trigger count");
+}
+
+fn head(work: &Path) -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(work)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 async fn push_latency() {
     let dir = scratch("push");
     // SAFETY: set before any other thread reads the environment.
@@ -204,54 +287,154 @@ async fn push_latency() {
         .json()
         .await
         .unwrap();
+    let id = project["id"].as_i64().unwrap();
     let url = format!(
-        "http://x:{}@{addr}/git/{}.git",
+        "http://x:{}@{addr}/git/{id}.git",
         project["push_token"].as_str().unwrap(),
-        project["id"]
     );
+    // A node that claims and finishes deployments between insert samples.
+    let node = app
+        .store
+        .add_node("bench", "bench-node-token-hash", &Default::default())
+        .await
+        .unwrap()
+        .id;
+    let bare = autodeploy::git::hosted_path(&app.data_dir, id);
+    let branch = "main".to_string();
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "-q", "-b", "main"]);
-    let mut latencies = Vec::new();
-    for i in 0..PUSHES {
+    let mut n = 0;
+    let mut commit = |work: &Path| {
+        n += 1;
         git(
-            &work,
-            &["commit", "-q", "--allow-empty", "-m", &format!("c{i}")],
+            work,
+            &["commit", "-q", "--allow-empty", "-m", &format!("c{n}")],
         );
+        head(work)
+    };
+
+    // (a) The trigger alone: the commit goes straight into the hosted bare
+    // repository (a local push: no HTTP, no daemon, no trigger), then the
+    // step the daemon runs after `git http-backend` accepted a push
+    // (`triggers::on_push`: read the branch, ask the policy, one store
+    // transaction) is timed by itself.
+    for path in [Write::Insert, Write::Coalesce] {
+        drain(&app, node).await;
+        let mut samples = Vec::new();
+        // The coalesce samples need a queued row to join: one untimed
+        // trigger inserts it.
+        let rounds = if path == Write::Coalesce {
+            PUSHES + 1
+        } else {
+            PUSHES
+        };
+        for i in 0..rounds {
+            if path == Write::Insert {
+                drain(&app, node).await;
+            }
+            let sha = commit(&work);
+            let before = autodeploy::git::local_head(&bare, &branch).unwrap();
+            git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+            let started = Instant::now();
+            autodeploy::triggers::on_push(&app, id, before).await;
+            let took = started.elapsed();
+            let triggers = if path == Write::Insert { 1 } else { i + 1 };
+            check_row(&app, id, &sha, triggers).await;
+            if path == Write::Insert || i > 0 {
+                samples.push(took);
+            }
+        }
+        report(&format!("trigger alone, {}", path.name()), samples);
+    }
+
+    // (b) The whole round trip, timed around the `git push` command over
+    // smart HTTP: the git client, `git http-backend` and the trigger (the
+    // deployment is written before the push returns).
+    for path in [Write::Insert, Write::Coalesce] {
+        drain(&app, node).await;
+        let mut samples = Vec::new();
+        let rounds = if path == Write::Coalesce {
+            PUSHES + 1
+        } else {
+            PUSHES
+        };
+        for i in 0..rounds {
+            if path == Write::Insert {
+                drain(&app, node).await;
+            }
+            let sha = commit(&work);
+            let started = Instant::now();
+            let (w, u) = (work.clone(), url.clone());
+            tokio::task::spawn_blocking(move || git(&w, &["push", "-q", &u, "main"]))
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            let triggers = if path == Write::Insert { 1 } else { i + 1 };
+            check_row(&app, id, &sha, triggers).await;
+            if path == Write::Insert || i > 0 {
+                samples.push(took);
+            }
+        }
+        report(&format!("git push over HTTP, {}", path.name()), samples);
+    }
+
+    // (c) The git round trip without a deployment: auto-deploy off for the
+    // project, so after the push the daemon only reads the project and the
+    // branch and writes one event row ("auto-deploy is off").
+    let mut fields = app.store.project(id).await.unwrap().fields;
+    fields.auto_deploy_enabled = false;
+    app.store.update_project(id, &fields).await.unwrap();
+    let rows = app.store.deployments(id, 1000).await.unwrap().len();
+    let mut samples = Vec::new();
+    for _ in 0..PUSHES {
+        commit(&work);
         let started = Instant::now();
-        let work = work.clone();
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || git(&work, &["push", "-q", &url, "main"]))
+        let (w, u) = (work.clone(), url.clone());
+        tokio::task::spawn_blocking(move || git(&w, &["push", "-q", &u, "main"]))
             .await
             .unwrap();
-        latencies.push(started.elapsed());
+        samples.push(started.elapsed());
     }
-    let deployments = app
-        .store
-        .deployments(project["id"].as_i64().unwrap(), 10)
-        .await
-        .unwrap();
     assert_eq!(
-        deployments[0].trigger_count as usize, PUSHES,
-        "every push was recorded"
+        app.store.deployments(id, 1000).await.unwrap().len(),
+        rows,
+        "no deployment while auto-deploy is off"
     );
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    println!(
-        "push to deployment recorded, {PUSHES} pushes: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
-        pct(0.50),
-        pct(0.99),
-        latencies[latencies.len() - 1]
-    );
+    report("git push over HTTP, auto-deploy off (no trigger)", samples);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The daemon runs each network lookup in a child of its own executable,
+    // which here is this bench binary: answer as the daemon's `main` does.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(autodeploy::git::isolated::SUBCOMMAND))
+    {
+        std::process::exit(autodeploy::git::isolated::child_main());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+async fn run() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing to run.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    push_latency().await;
-    poll_ticks().await;
+    // `cargo bench ... -- push` or `-- poll` runs one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| part.contains(o.as_str()));
+    if wanted("push") {
+        push_latency().await;
+    }
+    if wanted("poll") {
+        poll_ticks().await;
+    }
 }
