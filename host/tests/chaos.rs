@@ -346,8 +346,10 @@ async fn every_change_deploys_exactly_once_through_chaos() {
             ("REGISTRY_ADDR".into(), flaky.addr.clone()),
             ("REGISTRY_USER".into(), REGISTRY_USER.into()),
             ("REGISTRY_PASSWORD".into(), REGISTRY_PASSWORD.into()),
-            ("AUTODEPLOY_REGISTRY_TIMEOUT_SECONDS".into(), "2".into()),
-            ("AUTODEPLOY_GIT_TIMEOUT_SECONDS".into(), "2".into()),
+            // Caps that end a hang or a trickle soon, yet leave a real
+            // lookup room on cores the test keeps saturated.
+            ("AUTODEPLOY_REGISTRY_TIMEOUT_SECONDS".into(), "5".into()),
+            ("AUTODEPLOY_GIT_TIMEOUT_SECONDS".into(), "5".into()),
         ],
         daemon: Mutex::new(None),
         http: reqwest::Client::builder()

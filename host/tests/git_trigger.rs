@@ -245,7 +245,7 @@ async fn external_repositories_are_polled_over_every_transport() {
     let silent = silent_server();
 
     // The cap ends the hanging remote's lookup; it must also leave an SSH
-    // handshake on a saturated host (lookups run at nice 10) room to finish.
+    // handshake on a saturated host room to finish.
     let d = Daemon::start_with(&dir, &[], &[("AUTODEPLOY_GIT_TIMEOUT_SECONDS", "10")]);
     only_asked_ticks(&d).await;
     // A hosted project of this daemon serves as an external smart-HTTP remote

@@ -361,12 +361,9 @@ async fn spawn(mut command: tokio::process::Command) -> std::io::Result<tokio::p
 /// The child's side: one request on stdin, one answer on stdout. Returns
 /// the process exit code.
 pub fn child_main() -> i32 {
-    // Lookups are background work: pushes, the API and `git http-backend`
-    // come first for the CPU.
-    // SAFETY: setpriority only changes this process's nice value.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
+    // No lower CPU priority: on a saturated host a niced lookup starves
+    // past its cap and a change is missed tick after tick; the cap and the
+    // concurrency slots are what bound a lookup's cost.
     {
         let mut stdout = std::io::stdout().lock();
         if stdout
