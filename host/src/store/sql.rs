@@ -108,7 +108,8 @@ fn string_map(what: &str, s: &str) -> Result<BTreeMap<String, String>> {
     serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
 }
 
-fn digests_json(m: &BTreeMap<String, String>) -> String {
+/// A digest map, node labels or a node selector, as stored (JSON).
+fn string_map_json(m: &BTreeMap<String, String>) -> String {
     serde_json::to_string(m).expect("string maps serialize")
 }
 
@@ -548,7 +549,7 @@ impl Store for SqlStore {
         {
             return Err(StoreError::Stale(w.project_id));
         }
-        let digests = w.target_digests.as_ref().map(digests_json);
+        let digests = w.target_digests.as_ref().map(string_map_json);
         let source = enum_str(&w.source);
         // The deployment this trigger goes into, if one takes it: a queued
         // one for a deploy, the newest one when it failed the same way.
@@ -675,7 +676,7 @@ impl Store for SqlStore {
                  last_tracked_image_digests = COALESCE($2, last_tracked_image_digests) WHERE id = $3",
             )
             .bind(&w.track_commit)
-            .bind(w.track_digests.as_ref().map(digests_json))
+            .bind(w.track_digests.as_ref().map(string_map_json))
             .bind(w.project_id)
             .execute(&mut *tx)
             .await?;
@@ -703,7 +704,7 @@ impl Store for SqlStore {
         digests: &BTreeMap<String, String>,
     ) -> Result<()> {
         sqlx::query("UPDATE projects SET last_tracked_image_digests = $1 WHERE id = $2")
-            .bind(digests_json(digests))
+            .bind(string_map_json(digests))
             .bind(project_id)
             .execute(&self.pool)
             .await?;
@@ -743,7 +744,7 @@ impl Store for SqlStore {
         )
         .bind(name)
         .bind(token_hash)
-        .bind(digests_json(labels))
+        .bind(string_map_json(labels))
         .bind(now())
         .fetch_one(&self.pool)
         .await
@@ -911,7 +912,7 @@ impl Store for SqlStore {
     ) -> Result<()> {
         let done =
             sqlx::query("UPDATE projects SET node_selector = $1, updated_at = $2 WHERE id = $3")
-                .bind(digests_json(selector))
+                .bind(string_map_json(selector))
                 .bind(now())
                 .bind(project_id)
                 .execute(&self.pool)
