@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use autodeploy_policy_contract::Call;
+
+use crate::decisions::shadow::ShadowSlot;
+use crate::decisions::{Decided, DecisionLog, PendingDecision};
 use crate::policy::{Policy, PolicyError, PolicyHandle, PolicyInfo};
 use crate::secrets::{SecretKey, token_hash};
 use crate::store::{Store, StoreError};
@@ -42,6 +46,10 @@ pub struct App {
     /// The lowest image watch interval accepted: 60 s, unless the test-only
     /// `AUTODEPLOY_TEST_ONLY_MIN_IMAGE_WATCH_INTERVAL_SECONDS` lowers it.
     pub image_watch_min_seconds: u64,
+    /// Where every decision goes (see `decisions`).
+    pub decision_log: Arc<DecisionLog>,
+    /// A candidate policy answering beside the active one, never acted on.
+    pub shadow: ShadowSlot,
 }
 
 impl App {
@@ -64,6 +72,57 @@ impl App {
             })
         });
         (result, info)
+    }
+
+    /// Runs one policy call off the async threads and records it in the
+    /// decision log; returns the answer with the policy that gave it. The
+    /// entry is written when the returned `PendingDecision` is dropped, or
+    /// with the deployment it made when handed to the pipeline. A running
+    /// shadow policy gets the call after the live answer is known.
+    pub async fn decide_call(&self, call: Call) -> Decided {
+        let policy = self.policy.current();
+        let info = policy.info().clone();
+        let shadow = self.shadow.current();
+        let (kind, project_id) = (
+            crate::decisions::call_kind(&call),
+            call.project().and_then(|p| p.id.parse().ok()),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let recorded_by = info.clone();
+        self.decisions.run(Box::new(move || {
+            let answer = crate::decisions::run(&policy, &call);
+            let record = crate::decisions::record(&call, &answer, &recorded_by);
+            let live = shadow.is_some().then(|| crate::decisions::outcome(&answer));
+            let _ = tx.send((answer, record));
+            // After the live answer is on its way: the shadow only queues it.
+            if let (Some(shadow), Some(live)) = (shadow, live) {
+                shadow.offer(call, live);
+            }
+        }));
+        let (answer, record) = rx.await.unwrap_or_else(|_| {
+            let answer = Err(PolicyError::Trap {
+                call: "host",
+                message: "the decision task failed".into(),
+            });
+            let record = crate::store::DecisionRecord {
+                at: crate::store::now(),
+                call: kind,
+                project_id,
+                input:
+                    serde_json::json!({ "call": kind, "unrecorded": "the decision task failed" })
+                        .to_string(),
+                output: crate::decisions::outcome(&answer).to_string(),
+                policy_name: info.name.clone(),
+                policy_version: info.version.clone(),
+                policy_sha256: info.sha256.clone(),
+            };
+            (answer, record)
+        });
+        Decided {
+            answer,
+            policy: info,
+            decision: PendingDecision::new(record, self.decision_log.clone()),
+        }
     }
 
     pub async fn is_admin(&self, token: &str) -> Result<bool, StoreError> {

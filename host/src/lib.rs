@@ -2,6 +2,7 @@ pub mod agent;
 pub mod api;
 pub mod app;
 pub mod client;
+pub mod decisions;
 pub mod git;
 pub mod http_server;
 pub mod pipeline;

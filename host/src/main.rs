@@ -90,6 +90,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(PolicyCommand::Rollback) => {
             block_on(client::rollback_policy(&ClientArgs::from_env()))
         }
+        Command::Policy(PolicyCommand::Replay(args)) => {
+            block_on(autodeploy::decisions::replay::cli(args, &cli.policy))
+        }
         Command::Policy(command) => autodeploy::policy::cli::run(command, &cli.policy),
         Command::Project { client, command } => block_on(client::project(client, command)),
         Command::Settings { client, command } => block_on(client::settings(client, command)),

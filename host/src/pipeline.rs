@@ -12,14 +12,19 @@ use std::collections::BTreeMap;
 
 use tracing::Instrument;
 
+use autodeploy_policy_contract::model::Verdict;
+use autodeploy_policy_contract::{Answer, Call};
+
 use crate::app::App;
-use crate::policy::{ProjectKind, Verdict};
+use crate::decisions::PendingDecision;
+use crate::decisions::compat;
+use crate::policy::ProjectKind;
 use crate::store::{
     DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite, now, refuse_to_migrate,
 };
 
 /// What fired, what to deploy and what to record as tracked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Trigger {
     pub source: DeploySource,
     pub target_commit: Option<String>,
@@ -30,6 +35,8 @@ pub struct Trigger {
     /// The tracked commit the decision was made on; the store refuses the
     /// write if another trigger moved it meanwhile.
     pub decided_on_commit: Option<String>,
+    /// The policy decisions that fired it; written with the deployment.
+    pub decisions: Vec<PendingDecision>,
 }
 
 impl Trigger {
@@ -42,6 +49,7 @@ impl Trigger {
             track_commit: None,
             track_digests: None,
             decided_on_commit: None,
+            decisions: Vec::new(),
         }
     }
 }
@@ -53,13 +61,25 @@ pub async fn trigger(
 ) -> Result<Deployment, StoreError> {
     let span = tracing::info_span!("trigger", project = project.id, source = ?t.source);
     async move {
-        let view = project.policy_view();
-        let (verdict, policy) = app.decide(move |p| p.check_deployable(&view)).await;
-        let mut failure = match verdict {
-            Ok(Verdict::Allowed(_)) => None,
-            Ok(Verdict::Refused(reason)) => Some(reason),
+        let decided = app
+            .decide_call(Call::CheckDeployable {
+                project: compat::contract_project(&project.policy_view()),
+                facts: compat::placeholder_facts(),
+                source: compat::trigger_source(t.source),
+            })
+            .await;
+        let policy = decided.policy;
+        let mut failure = match decided.answer {
+            Ok(Answer::CheckDeployable(Verdict::Allowed(_))) => None,
+            Ok(Answer::CheckDeployable(Verdict::Refused(reason))) => Some(reason),
+            Ok(other) => Some(format!(
+                "the policy answered check-deployable with {}",
+                other.to_json()
+            )),
             Err(e) => Some(format!("the policy could not decide: {e}")),
         };
+        let mut decisions = t.decisions;
+        decisions.push(decided.decision);
         let mut node_id = None;
         if failure.is_none()
             && project.fields.project_type == ProjectKind::Compose
@@ -87,8 +107,22 @@ pub async fn trigger(
             track_commit: t.track_commit,
             track_digests: t.track_digests,
             decided_on_commit: t.decided_on_commit,
+            decisions: decisions
+                .into_iter()
+                .map(PendingDecision::into_record)
+                .collect(),
         };
-        let deployment = app.store.record_trigger(&write).await?;
+        let deployment = match app.store.record_trigger(&write).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was written: the decisions were still made, and
+                // are logged without a deployment.
+                for r in write.decisions {
+                    app.decision_log.submit(r);
+                }
+                return Err(e);
+            }
+        };
         match &deployment.error {
             Some(e) => tracing::warn!(deployment = deployment.id, repeats = deployment.repeat_count, error = %e, "deployment failed before it started; the tracked state stays, the next tick tries again"),
             None => tracing::info!(deployment = deployment.id, triggers = deployment.trigger_count, reason = %deployment.reason, "deployment queued"),

@@ -247,6 +247,8 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         poll_errors: Default::default(),
         settings_changed: tokio::sync::watch::channel(()).0,
         image_watch_min_seconds: test_only_image_watch_min()?,
+        decision_log: Default::default(),
+        shadow: Default::default(),
     });
     Ok(app)
 }
@@ -256,6 +258,8 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     let cancel = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(crate::agent::watch_nodes(app.clone(), cancel.clone()));
+    loops.spawn(crate::decisions::run_writer(app.clone(), cancel.clone()));
+    loops.spawn(crate::decisions::run_retention(app.clone(), cancel.clone()));
     loops.spawn(crate::triggers::git_poll::run(app.clone(), cancel.clone()));
     loops.spawn(crate::triggers::image_watch::run(
         app.clone(),

@@ -44,6 +44,7 @@ fn push(project_id: i64, sha: &str) -> TriggerWrite {
         track_commit: Some(sha.into()),
         track_digests: None,
         decided_on_commit: None,
+        decisions: Vec::new(),
     }
 }
 

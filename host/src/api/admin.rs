@@ -29,6 +29,8 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
             None => json!({"enabled": true}),
         },
         "registries": app.registry.stats(),
+        "decision_log": app.decision_log.stats(),
+        "shadow_policy": app.shadow.current().map(|s| s.report(true).counts),
         "image_watch_min_interval_seconds": app.image_watch_min_seconds,
         "git_transport": {
             "insecure_hosts": crate::git::transport::insecure_hosts(),
@@ -60,8 +62,25 @@ pub async fn get_policy(State(app): State<Arc<App>>) -> Json<PolicyInfo> {
 
 /// The body is the component's bytes. Validation (compile, contract check,
 /// self-test) runs off the async threads; the running policy stays unless
-/// the new one passes.
-pub async fn put_policy(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<PolicyInfo>> {
+/// the new one passes. With `?dry_run=true` nothing is switched: the answer
+/// is the self-test's result and the replay of recent decisions.
+pub async fn put_policy(
+    State(app): State<Arc<App>>,
+    query: Result<Query<super::decisions::CandidateParams>, QueryRejection>,
+    body: Bytes,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let q = super::decisions::candidate_params(query)?;
+    if q.dry_run {
+        return Ok(super::decisions::dry_run(&app, body, q.config)
+            .await?
+            .into_response());
+    }
+    if q.config.is_some() {
+        return Err(ApiError::bad_request(
+            "config applies to a dry run (dry_run=true)",
+        ));
+    }
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the request body must be a WebAssembly component",
@@ -84,7 +103,7 @@ pub async fn put_policy(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<J
             &format!("{} {} ({})", info.name, info.version, info.sha256),
         )
         .await?;
-    Ok(Json(info))
+    Ok(Json(info).into_response())
 }
 
 pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<PolicyInfo>> {

@@ -7,6 +7,7 @@
 
 mod admin;
 mod agent;
+mod decisions;
 mod projects;
 
 use std::sync::Arc;
@@ -36,6 +37,13 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/policy", get(admin::get_policy).put(admin::put_policy))
         .route("/policy/rollback", post(admin::rollback_policy))
+        .route(
+            "/policy/shadow",
+            get(decisions::get_shadow)
+                .post(decisions::start_shadow)
+                .delete(decisions::stop_shadow),
+        )
+        .route("/decisions", get(decisions::list))
         .route("/nodes", get(admin::list_nodes).post(admin::add_node))
         .route("/nodes/{id}", axum::routing::delete(admin::delete_node))
         .route("/events", get(admin::events))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
 use crate::pipeline::{self, Trigger};
-use crate::policy::{GitSource, ProjectKind, Verdict};
+use crate::policy::{GitSource, ProjectKind};
 use crate::secrets::{Secret, new_token, token_hash};
 use crate::store::{CredentialKind, Deployment, ProjectFields, ProjectRecord, SealedCredential};
 
@@ -391,13 +391,25 @@ async fn check_selector_change(
 }
 
 async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {
-    match app
-        .decide(move |p| p.check_auto_deploy(&view, enable))
-        .await
-        .0
-    {
-        Ok(Verdict::Allowed(_)) => Ok(()),
-        Ok(Verdict::Refused(reason)) => Err(ApiError::bad_request(reason)),
+    use autodeploy_policy_contract::model::Verdict as V;
+    use autodeploy_policy_contract::{Answer, Call};
+    let decided = app
+        .decide_call(Call::CheckAutoDeploy {
+            project: crate::decisions::compat::contract_project(&view),
+            facts: crate::decisions::compat::placeholder_facts(),
+            enable,
+        })
+        .await;
+    match decided.answer {
+        Ok(Answer::CheckAutoDeploy(V::Allowed(_))) => Ok(()),
+        Ok(Answer::CheckAutoDeploy(V::Refused(reason))) => Err(ApiError::bad_request(reason)),
+        Ok(other) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the policy answered check-auto-deploy with {}",
+                other.to_json()
+            ),
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the policy could not decide: {e}"),

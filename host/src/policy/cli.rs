@@ -81,6 +81,10 @@ pub enum PolicyCommand {
     Load { file: PathBuf },
     /// Switch the running daemon back to its previous policy.
     Rollback,
+    /// Re-run the decisions the daemon recorded against a candidate policy
+    /// and print each one it would answer differently (reads the daemon's
+    /// database; exits 0 with or without differences).
+    Replay(crate::decisions::replay::ReplayArgs),
 }
 
 /// Runs one decision locally. `Load` and `Rollback` talk to the daemon and
@@ -126,8 +130,8 @@ pub fn run(command: &PolicyCommand, args: &PolicyArgs) -> Result<()> {
                 "changes": d.moved,
             })
         }
-        PolicyCommand::Load { .. } | PolicyCommand::Rollback => {
-            bail!("policy load and rollback talk to the daemon")
+        PolicyCommand::Load { .. } | PolicyCommand::Rollback | PolicyCommand::Replay(_) => {
+            bail!("policy load, rollback and replay are dispatched by main")
         }
     };
     println!("{output}");

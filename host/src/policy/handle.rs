@@ -62,6 +62,12 @@ impl PolicyHandle {
         self.state.read().expect("policy lock").current.clone()
     }
 
+    /// Loads `bytes` as a candidate with the active policy's runtime and
+    /// limits, without switching to it or keeping it (dry runs, shadows).
+    pub fn load_candidate(&self, bytes: &[u8], source: &str) -> Result<Policy, PolicyError> {
+        self.runtime.load(bytes, source)
+    }
+
     /// Validates `bytes` (loads, implements the contract, passes the
     /// vectors within the limits), keeps them by sha256 and switches to them.
     /// On any failure the running policy stays.

@@ -4,6 +4,7 @@
 //! `SqlStore` implements it once for every backend with sqlx's `Any` driver
 //! and runtime queries; the schema lives in migrations/<backend>/.
 
+mod decisions;
 mod migrate;
 mod settings;
 mod sql;
@@ -14,8 +15,12 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::policy::{GitSource, ProjectKind};
+pub use decisions::{
+    DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
+};
 pub use settings::{
-    IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings, set_image_watch_min,
+    DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
+    set_image_watch_min,
 };
 pub use sql::SqlStore;
 pub(crate) use sql::enum_str;
@@ -205,6 +210,9 @@ pub struct Deployment {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// The decisions that made this deployment (every trigger it absorbed
+    /// or folded), oldest first; at most [`DEPLOYMENT_DECISION_IDS`].
+    pub decision_ids: Vec<i64>,
 }
 
 /// One trigger, as the pipeline hands it to the store: written with the
@@ -228,6 +236,9 @@ pub struct TriggerWrite {
     /// The tracked commit this trigger was decided on: when set and the
     /// project's differs, nothing is written ([`StoreError::Stale`]).
     pub decided_on_commit: Option<String>,
+    /// The policy decisions that made this trigger: written in the same
+    /// transaction as the deployment and linked to it.
+    pub decisions: Vec<DecisionRecord>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -299,6 +310,10 @@ pub enum EventKind {
     PolicySwitched,
     #[serde(rename = "policy.rolled-back")]
     PolicyRolledBack,
+    #[serde(rename = "policy.shadow-started")]
+    PolicyShadowStarted,
+    #[serde(rename = "policy.shadow-stopped")]
+    PolicyShadowStopped,
     #[serde(rename = "node.added")]
     NodeAdded,
     #[serde(rename = "node.deleted")]
@@ -334,6 +349,8 @@ impl EventKind {
         EventKind::SettingsChanged,
         EventKind::PolicySwitched,
         EventKind::PolicyRolledBack,
+        EventKind::PolicyShadowStarted,
+        EventKind::PolicyShadowStopped,
         EventKind::NodeAdded,
         EventKind::NodeDeleted,
         EventKind::ProjectUnpinned,
@@ -357,6 +374,8 @@ impl EventKind {
             EventKind::SettingsChanged => "settings.changed",
             EventKind::PolicySwitched => "policy.switched",
             EventKind::PolicyRolledBack => "policy.rolled-back",
+            EventKind::PolicyShadowStarted => "policy.shadow-started",
+            EventKind::PolicyShadowStopped => "policy.shadow-stopped",
             EventKind::NodeAdded => "node.added",
             EventKind::NodeDeleted => "node.deleted",
             EventKind::ProjectUnpinned => "project.unpinned",
@@ -492,4 +511,12 @@ pub trait Store: Send + Sync {
         message: &str,
     ) -> Result<()>;
     async fn events(&self, project_id: Option<i64>, limit: i64) -> Result<Vec<Event>>;
+
+    /// Writes decisions that made no deployment, in one transaction.
+    async fn record_decisions(&self, records: &[DecisionRecord]) -> Result<()>;
+    /// Decisions, newest first.
+    async fn decisions(&self, query: &DecisionQuery) -> Result<Vec<Decision>>;
+    /// Deletes decisions made before `older_than` (Unix seconds), then all
+    /// but the newest `max_rows`.
+    async fn prune_decisions(&self, max_rows: u64, older_than: i64) -> Result<Pruned>;
 }

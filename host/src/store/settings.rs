@@ -16,6 +16,10 @@ pub struct Settings {
     pub auto_deploy_poll_concurrency: u64,
     /// A node not seen for this long is offline.
     pub node_offline_after_seconds: u64,
+    /// The decision log keeps at most this many decisions (the newest).
+    pub decision_log_max_rows: u64,
+    /// The decision log drops decisions older than this.
+    pub decision_log_max_age_days: u64,
 }
 
 impl Default for Settings {
@@ -26,6 +30,8 @@ impl Default for Settings {
             auto_deploy_image_watch_interval_seconds: 600,
             auto_deploy_poll_concurrency: 16,
             node_offline_after_seconds: 120,
+            decision_log_max_rows: 100_000,
+            decision_log_max_age_days: 30,
         }
     }
 }
@@ -63,8 +69,12 @@ pub fn image_watch_min() -> u64 {
 }
 const IMAGE_WATCH: &str = "auto_deploy_image_watch_interval_seconds";
 
+/// The fewest decisions the log may be told to keep: enough to see what
+/// the last ticks decided.
+pub const DECISION_LOG_MIN_ROWS: u64 = 100;
+
 /// (name, minimum, maximum) of each numeric setting.
-const NUMBERS: [(&str, u64, u64); 4] = [
+const NUMBERS: [(&str, u64, u64); 6] = [
     (
         "auto_deploy_poll_interval_seconds",
         POLL_MIN_SECONDS,
@@ -73,6 +83,8 @@ const NUMBERS: [(&str, u64, u64); 4] = [
     (IMAGE_WATCH, IMAGE_WATCH_MIN_SECONDS, 86_400),
     ("auto_deploy_poll_concurrency", 1, 256),
     ("node_offline_after_seconds", 5, 86_400),
+    ("decision_log_max_rows", DECISION_LOG_MIN_ROWS, 100_000_000),
+    ("decision_log_max_age_days", 1, 3_650),
 ];
 const MASTER: &str = "auto_deploy_master_enabled";
 
@@ -155,6 +167,8 @@ impl Settings {
                     &mut s.auto_deploy_image_watch_interval_seconds
                 }
                 "auto_deploy_poll_concurrency" => &mut s.auto_deploy_poll_concurrency,
+                "decision_log_max_rows" => &mut s.decision_log_max_rows,
+                "decision_log_max_age_days" => &mut s.decision_log_max_age_days,
                 _ => &mut s.node_offline_after_seconds,
             };
             let min = if name == "auto_deploy_image_watch_interval_seconds" {
@@ -246,11 +260,15 @@ mod tests {
                 "99999999999999999999999",
             ),
             ("node_offline_after_seconds", "1"),
+            ("decision_log_max_rows", "3"),
+            ("decision_log_max_age_days", "0"),
         ]);
         assert_eq!(s.auto_deploy_poll_concurrency, 1);
         assert_eq!(s.auto_deploy_poll_interval_seconds, 10);
         assert_eq!(s.auto_deploy_image_watch_interval_seconds, 86_400);
         assert_eq!(s.node_offline_after_seconds, 5);
+        assert_eq!(s.decision_log_max_rows, DECISION_LOG_MIN_ROWS);
+        assert_eq!(s.decision_log_max_age_days, 1);
         let s = rows(&[("auto_deploy_poll_concurrency", "many")]);
         assert_eq!(
             s.auto_deploy_poll_concurrency, 16,

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
+use super::decisions;
 use super::*;
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
@@ -23,7 +24,7 @@ const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, sources, status, targe
 const FOLD_WINDOW: i64 = 16;
 
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     sqlite: bool,
 }
 
@@ -59,9 +60,36 @@ impl SqlStore {
         Ok(SqlStore { pool, sqlite })
     }
 
+    /// Opens an existing database as it is: nothing is created and no
+    /// migration runs (a replay reads a daemon's database, perhaps while
+    /// that daemon runs, and must not change its schema under it).
+    pub async fn connect_existing(url: &str) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        }
+        let url = if url.contains('?') {
+            url.to_string()
+        } else {
+            format!("{url}?mode=rw")
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA busy_timeout = 10000;").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(SqlStore { pool, sqlite: true })
+    }
+
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    pub(super) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(if self.sqlite {
             self.pool.begin_with("BEGIN IMMEDIATE").await?
         } else {
@@ -211,6 +239,7 @@ fn deployment_from(row: &AnyRow) -> Result<Deployment> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        decision_ids: Vec::new(),
     })
 }
 
@@ -681,6 +710,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         }
+        decisions::insert(&mut tx, &w.decisions, Some(id)).await?;
         if event {
             let message = match &w.failure {
                 Some(f) => format!("{source} deployment {id} failed: {f}"),
@@ -712,14 +742,20 @@ impl Store for SqlStore {
     }
 
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
-        sqlx::query(AssertSqlSafe(format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 ORDER BY id DESC LIMIT $2")))
+        let mut list = sqlx::query(AssertSqlSafe(format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 ORDER BY id DESC LIMIT $2")))
             .bind(project_id)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(deployment_from)
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<i64> = list.iter().map(|d| d.id).collect();
+        let mut links = self.decision_ids_of(&ids).await?;
+        for d in &mut list {
+            d.decision_ids = links.remove(&d.id).unwrap_or_default();
+        }
+        Ok(list)
     }
 
     async fn deployment(&self, id: i64) -> Result<Deployment> {
@@ -730,7 +766,13 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
-        deployment_from(&row)
+        let mut d = deployment_from(&row)?;
+        d.decision_ids = self
+            .decision_ids_of(&[id])
+            .await?
+            .remove(&id)
+            .unwrap_or_default();
+        Ok(d)
     }
 
     async fn add_node(
@@ -1146,5 +1188,17 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn record_decisions(&self, records: &[DecisionRecord]) -> Result<()> {
+        self.record_decisions_impl(records).await
+    }
+
+    async fn decisions(&self, query: &DecisionQuery) -> Result<Vec<Decision>> {
+        self.decisions_impl(query).await
+    }
+
+    async fn prune_decisions(&self, max_rows: u64, older_than: i64) -> Result<Pruned> {
+        self.prune_decisions_impl(max_rows, older_than).await
     }
 }

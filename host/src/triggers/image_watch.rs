@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use autodeploy_policy_contract::{Answer, Call};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use super::schedule::Schedule;
 use crate::app::App;
+use crate::decisions::compat;
 use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
 use crate::policy::{GitSource, Lookup, ProjectKind};
@@ -370,8 +372,19 @@ async fn list_images(
         }
         Err(e) => return Err(read_error(e)),
     };
-    let (parsed, _) = app.decide(move |p| p.parse_compose(&yaml)).await;
-    let parsed = parsed.map_err(|e| format!("{}: {e}", project.fields.compose_file_path))?;
+    let decided = app.decide_call(Call::ParseCompose { yaml }).await;
+    let file = &project.fields.compose_file_path;
+    let parsed = match decided.answer {
+        Ok(Answer::ParseCompose(Ok(images))) => images,
+        Ok(Answer::ParseCompose(Err(e))) => return Err(format!("{file}: {e}")),
+        Ok(other) => {
+            return Err(format!(
+                "{file}: the policy answered parse-compose with {}",
+                other.to_json()
+            ));
+        }
+        Err(e) => return Err(format!("{file}: {e}")),
+    };
     if !parsed.skipped.is_empty() {
         tracing::info!(project = project.id, skipped = ?parsed.skipped, "images using variables are not watched");
     }
@@ -389,14 +402,21 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
         .filter_map(|i| all.get(i).map(|l| (i.clone(), l.clone())))
         .collect();
     let prior = w.project.last_tracked_image_digests.clone();
-    let view = w.project.policy_view();
-    let (decision, _) = {
-        let prior = prior.clone();
-        app.decide(move |p| p.decide_images(&view, &prior, &lookups))
-            .await
-    };
-    let d = match decision {
-        Ok(d) => d,
+    let decided = app
+        .decide_call(Call::DecideImages {
+            project: compat::contract_project(&w.project.policy_view()),
+            facts: compat::placeholder_facts(),
+            prior: prior.clone(),
+            lookups: compat::contract_lookups(&lookups),
+        })
+        .await;
+    let d = match decided.answer {
+        Ok(Answer::DecideImages(d)) => d,
+        Ok(other) => {
+            return Outcome::Error {
+                error: format!("the policy answered decide-images with {}", other.to_json()),
+            };
+        }
         Err(e) => {
             return Outcome::Error {
                 error: format!("the policy could not decide: {e}"),
@@ -412,6 +432,7 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
             track_commit: None,
             track_digests: Some(d.record),
             decided_on_commit: None,
+            decisions: vec![decided.decision],
         };
         return match pipeline::trigger(app, &w.project, t).await {
             Ok(dep) if dep.status == DeployStatus::Failed => Outcome::Failed {

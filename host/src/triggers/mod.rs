@@ -8,10 +8,12 @@ pub mod schedule;
 
 use std::sync::Arc;
 
+use autodeploy_policy_contract::{Answer, Call};
 use serde::Serialize;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::decisions::compat;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
 use crate::store::{
@@ -131,11 +133,25 @@ pub async fn commit_moved(
     head: Option<String>,
     source: DeploySource,
 ) -> Result<Option<Deployment>, TriggerError> {
-    let view = project.policy_view();
-    let (decision, _) = app
-        .decide(move |p| p.decide_commit(&view, head.as_deref()))
+    let decided = app
+        .decide_call(Call::DecideCommit {
+            project: compat::contract_project(&project.policy_view()),
+            facts: compat::placeholder_facts(),
+            source: compat::trigger_source(source),
+            remote_head: head,
+        })
         .await;
-    let d = decision.map_err(|e| TriggerError::Policy(e.to_string()))?;
+    let d = match decided.answer {
+        Ok(Answer::DecideCommit(Ok(d))) => d,
+        Ok(Answer::DecideCommit(Err(message))) => return Err(TriggerError::Policy(message)),
+        Ok(other) => {
+            return Err(TriggerError::Policy(format!(
+                "the policy answered decide-commit with {}",
+                other.to_json()
+            )));
+        }
+        Err(e) => return Err(TriggerError::Policy(e.to_string())),
+    };
     if !d.trigger {
         return Ok(None);
     }
@@ -147,6 +163,7 @@ pub async fn commit_moved(
         track_commit: d.record,
         track_digests: None,
         decided_on_commit: Some(project.last_tracked_commit_sha.clone()),
+        decisions: vec![decided.decision],
     };
     Ok(Some(pipeline::trigger(app, project, t).await?))
 }

@@ -1,0 +1,272 @@
+//! The decision log, policy dry runs and the shadow policy.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult};
+use crate::app::App;
+use crate::decisions::replay::{DRY_RUN_DECISIONS, ReplayReport, recorded, replay};
+use crate::decisions::shadow::ShadowReport;
+use crate::policy::{Policy, PolicyInfo};
+use crate::store::{Decision, DecisionCall, DecisionQuery};
+
+/// Largest page of decisions.
+const MAX_LIMIT: i64 = 500;
+/// Largest candidate config, in bytes.
+const MAX_CONFIG: usize = 64 << 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionParams {
+    project_id: Option<i64>,
+    deployment_id: Option<i64>,
+    call: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Newest first. Page with `before=<the last id of a page>`; a page shorter
+/// than `limit` is the last.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    query: Result<Query<DecisionParams>, QueryRejection>,
+) -> ApiResult<Json<Vec<Decision>>> {
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::bad_request(
+            "query parameters: project_id, deployment_id and before are whole numbers, \
+             limit is 1-500, call is a policy function name",
+        ));
+    };
+    let call = match q.call.as_deref() {
+        None => None,
+        Some(name) => Some(DecisionCall::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = DecisionCall::ALL.iter().map(|c| c.as_str()).collect();
+            ApiError::bad_request(format!("call must be one of {}", names.join(", ")))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_LIMIT}"
+        )));
+    }
+    Ok(Json(
+        app.store
+            .decisions(&DecisionQuery {
+                project_id: q.project_id,
+                deployment_id: q.deployment_id,
+                call,
+                before: q.before,
+                since: None,
+                limit,
+            })
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateParams {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The candidate's config: replaces `facts.config` in the calls it
+    /// answers.
+    pub config: Option<String>,
+}
+
+pub fn candidate_params(
+    query: Result<Query<CandidateParams>, QueryRejection>,
+) -> ApiResult<CandidateParams> {
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::bad_request(
+            "query parameters: dry_run=true or false, config=TEXT",
+        ));
+    };
+    if q.config.as_ref().is_some_and(|c| c.len() > MAX_CONFIG) {
+        return Err(ApiError::bad_request(format!(
+            "config is longer than {MAX_CONFIG} bytes"
+        )));
+    }
+    Ok(q)
+}
+
+/// Loads a candidate off the async threads; an invalid one is a 422.
+async fn load_candidate(app: &Arc<App>, body: Bytes, source: &str) -> ApiResult<Policy> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body must be a WebAssembly component",
+        ));
+    }
+    let (app, source) = (app.clone(), source.to_string());
+    tokio::task::spawn_blocking(move || app.policy.load_candidate(&body, &source))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("policy load failed: {e}"),
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+}
+
+#[derive(Serialize)]
+pub struct SelfTest {
+    pub passed: bool,
+    pub failures: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct DryRun {
+    pub dry_run: bool,
+    pub policy: PolicyInfo,
+    pub self_test: SelfTest,
+    /// The newest recorded decisions (at most 1,000) replayed against it.
+    pub replay: ReplayReport,
+}
+
+/// `PUT /api/policy?dry_run=true`: the candidate's self-test and its replay
+/// over the newest recorded decisions. Nothing is switched or stored.
+pub async fn dry_run(
+    app: &Arc<App>,
+    body: Bytes,
+    config: Option<String>,
+) -> ApiResult<Json<DryRun>> {
+    let candidate = load_candidate(app, body, "api (dry run)").await?;
+    let decisions = recorded(app.store.as_ref(), None, DRY_RUN_DECISIONS)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the decision log failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; see the daemon's log",
+            )
+        })?;
+    let answer = tokio::task::spawn_blocking(move || {
+        let failures = crate::policy::selftest::self_test(&candidate);
+        let report = replay(&candidate, config.as_deref(), &decisions);
+        DryRun {
+            dry_run: true,
+            policy: candidate.info().clone(),
+            self_test: SelfTest {
+                passed: failures.is_empty(),
+                failures,
+            },
+            replay: report,
+        }
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the dry run stopped: {e}"),
+        )
+    })?;
+    Ok(Json(answer))
+}
+
+/// Starts a candidate as the shadow policy (replacing a running shadow). It
+/// must pass the self-test, as a policy swapped in must.
+pub async fn start_shadow(
+    State(app): State<Arc<App>>,
+    query: Result<Query<CandidateParams>, QueryRejection>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<ShadowReport>)> {
+    let q = candidate_params(query)?;
+    if q.dry_run {
+        return Err(ApiError::bad_request(
+            "dry_run applies to PUT /api/policy, not to the shadow",
+        ));
+    }
+    let candidate = load_candidate(&app, body, "api (shadow)").await?;
+    let (candidate, failures) = tokio::task::spawn_blocking(move || {
+        let failures = crate::policy::selftest::self_test(&candidate);
+        (candidate, failures)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the self-test stopped: {e}"),
+        )
+    })?;
+    if !failures.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "policy failed its self-test ({} of the conformance vectors): {}",
+                failures.len(),
+                failures
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let info = candidate.info().clone();
+    let report = app.shadow.start(candidate, q.config).map_err(|e| {
+        tracing::error!(error = %e, "cannot start the shadow policy's thread");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot start the shadow policy; see the daemon's log",
+        )
+    })?;
+    tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, "shadow policy started");
+    app.store
+        .log_event(
+            None,
+            crate::store::EventKind::PolicyShadowStarted,
+            &format!("{} {} ({})", info.name, info.version, info.sha256),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(report)))
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum ShadowAnswer {
+    Running(ShadowReport),
+    None { active: bool },
+}
+
+pub async fn get_shadow(State(app): State<Arc<App>>) -> Json<ShadowAnswer> {
+    Json(match app.shadow.current() {
+        Some(s) => ShadowAnswer::Running(s.report(true)),
+        None => ShadowAnswer::None { active: false },
+    })
+}
+
+/// Stops the shadow; answers with its final counts.
+pub async fn stop_shadow(State(app): State<Arc<App>>) -> ApiResult<Json<ShadowReport>> {
+    let report = app
+        .shadow
+        .stop()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no shadow policy is running"))?;
+    tracing::info!(
+        compared = report.counts.compared,
+        differ = report.counts.differ,
+        "shadow policy stopped"
+    );
+    app.store
+        .log_event(
+            None,
+            crate::store::EventKind::PolicyShadowStopped,
+            &format!(
+                "{} {} ({}): {} decisions compared, {} differed",
+                report.policy.name,
+                report.policy.version,
+                report.policy.sha256,
+                report.counts.compared,
+                report.counts.differ
+            ),
+        )
+        .await?;
+    Ok(Json(report))
+}
