@@ -401,6 +401,8 @@ async fn toggle_goes_through_the_policy_and_settings_persist() {
             "auto_deploy_image_watch_interval_seconds": 600,
             "auto_deploy_poll_concurrency": 16,
             "node_offline_after_seconds": 120,
+            "decision_log_max_rows": 100_000,
+            "decision_log_max_age_days": 30,
         })
     );
     // The master switch pauses, it does not clear any project's toggle.

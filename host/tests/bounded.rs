@@ -312,7 +312,8 @@ async fn settings_written_into_the_database_are_clamped_when_read() {
         &dir.join("autodeploy.db"),
         "DELETE FROM settings; INSERT INTO settings (key, value) VALUES \
          ('auto_deploy_poll_concurrency', '0'), ('auto_deploy_poll_interval_seconds', '0'), \
-         ('auto_deploy_image_watch_interval_seconds', '-5'), ('node_offline_after_seconds', '99999999999');",
+         ('auto_deploy_image_watch_interval_seconds', '-5'), ('node_offline_after_seconds', '99999999999'), \
+         ('decision_log_max_rows', '0'), ('decision_log_max_age_days', '-1');",
     );
     let s = d.ok(Method::GET, "/api/settings", None).await;
     assert_eq!(
@@ -321,8 +322,17 @@ async fn settings_written_into_the_database_are_clamped_when_read() {
             &s["auto_deploy_poll_interval_seconds"],
             &s["auto_deploy_image_watch_interval_seconds"],
             &s["node_offline_after_seconds"],
+            &s["decision_log_max_rows"],
+            &s["decision_log_max_age_days"],
         ),
-        (&json!(1), &json!(10), &json!(60), &json!(86400)),
+        (
+            &json!(1),
+            &json!(10),
+            &json!(60),
+            &json!(86400),
+            &json!(100),
+            &json!(1)
+        ),
         "each stored value is clamped to its minimum or maximum: {s}"
     );
     // A concurrency of 0 stored in the database must not stall the tick.

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use autodeploy::store::{
-    DeploySource, DeployStatus, EventKind, GitSource, ProjectFields, ProjectKind, SqlStore, Store,
-    StoreError, TriggerWrite,
+    DecisionCall, DecisionQuery, DecisionRecord, DeploySource, DeployStatus, EventKind, GitSource,
+    ProjectFields, ProjectKind, SqlStore, Store, StoreError, TriggerWrite,
 };
 
 fn fields(name: &str) -> ProjectFields {
@@ -354,5 +354,65 @@ async fn a_queued_deployment_failed_by_an_offline_node_gives_its_change_back() {
         store.project(id).await.unwrap().last_tracked_commit_sha,
         "1".repeat(40),
         "the change that never reached its node is tried again"
+    );
+}
+
+fn decision(project_id: i64, at: i64) -> DecisionRecord {
+    DecisionRecord {
+        at,
+        call: DecisionCall::DecideCommit,
+        project_id: Some(project_id),
+        input: r#"{"call":"decide-commit","input":{}}"#.into(),
+        output: r#"{"ok":{"trigger":true,"record":null,"reason":"r"}}"#.into(),
+        policy_name: "p".into(),
+        policy_version: "1".into(),
+        policy_sha256: "0".repeat(64),
+    }
+}
+
+#[tokio::test]
+async fn a_trigger_writes_the_decisions_that_made_it_in_its_transaction() {
+    let (store, id) = open("store-decisions").await;
+    let mut w = push(id, &"1".repeat(40));
+    w.decisions = vec![decision(id, 100), decision(id, 101)];
+    let d = store.record_trigger(&w).await.unwrap();
+    let all = DecisionQuery {
+        limit: 100,
+        ..DecisionQuery::default()
+    };
+    let listed = store.decisions(&all).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|x| x.deployment_id == Some(d.id)));
+    let mut ids: Vec<i64> = listed.iter().map(|x| x.id).collect();
+    ids.reverse();
+    assert_eq!(d.decision_ids, ids, "oldest first");
+    assert_eq!(
+        store.deployments(id, 10).await.unwrap()[0].decision_ids,
+        ids
+    );
+
+    // A write refused as stale writes none of its decisions either.
+    let mut late = push(id, &"2".repeat(40));
+    late.decided_on_commit = Some(String::new());
+    late.decisions = vec![decision(id, 102)];
+    assert!(store.record_trigger(&late).await.is_err());
+    assert_eq!(store.decisions(&all).await.unwrap().len(), 2);
+
+    // Retention: by age first, then by count, the newest kept.
+    let rest: Vec<DecisionRecord> = (200..210).map(|at| decision(id, at)).collect();
+    store.record_decisions(&rest).await.unwrap();
+    let pruned = store.prune_decisions(4, 201).await.unwrap();
+    assert_eq!((pruned.by_age, pruned.by_count), (3, 5));
+    let left = store.decisions(&all).await.unwrap();
+    let times: Vec<i64> = left.iter().map(|x| x.at).collect();
+    assert_eq!(times, [209, 208, 207, 206]);
+    assert!(left.iter().all(|x| x.deployment_id.is_none()));
+    assert!(
+        store
+            .deployment(d.id)
+            .await
+            .unwrap()
+            .decision_ids
+            .is_empty()
     );
 }
