@@ -115,6 +115,7 @@ impl App {
                 policy_name: info.name.clone(),
                 policy_version: info.version.clone(),
                 policy_sha256: info.sha256.clone(),
+                policy_wit_version: info.wit_version.to_string(),
             };
             (answer, record)
         });

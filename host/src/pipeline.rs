@@ -17,7 +17,6 @@ use autodeploy_policy_contract::{Answer, Call};
 
 use crate::app::App;
 use crate::decisions::PendingDecision;
-use crate::decisions::compat;
 use crate::policy::ProjectKind;
 use crate::store::{
     DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite, now, refuse_to_migrate,
@@ -61,11 +60,17 @@ pub async fn trigger(
 ) -> Result<Deployment, StoreError> {
     let span = tracing::info_span!("trigger", project = project.id, source = ?t.source);
     async move {
+        let facts = crate::policy::facts::placeholder(
+            app,
+            project.fields.project_type,
+            project.pinned_node_id,
+        )
+        .await?;
         let decided = app
             .decide_call(Call::CheckDeployable {
-                project: compat::contract_project(&project.policy_view()),
-                facts: compat::placeholder_facts(),
-                source: compat::trigger_source(t.source),
+                project: project.policy_view(),
+                facts,
+                source: t.source.into(),
             })
             .await;
         let policy = decided.policy;

@@ -367,6 +367,7 @@ fn decision(project_id: i64, at: i64) -> DecisionRecord {
         policy_name: "p".into(),
         policy_version: "1".into(),
         policy_sha256: "0".repeat(64),
+        policy_wit_version: "0.2.0".into(),
     }
 }
 

@@ -15,7 +15,10 @@ CREATE TABLE decision_log (
     output         TEXT NOT NULL,
     policy_name    TEXT NOT NULL,
     policy_version TEXT NOT NULL,
-    policy_sha256  TEXT NOT NULL
+    policy_sha256  TEXT NOT NULL,
+    -- The contract version the policy implements ('0.1.0', '0.2.0'): the
+    -- host asks every policy in the newest version's terms and adapts.
+    policy_wit_version TEXT NOT NULL
 );
 CREATE INDEX decision_log_by_project ON decision_log (project_id, id);
 CREATE INDEX decision_log_by_deployment ON decision_log (deployment_id);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
 use crate::pipeline::{self, Trigger};
-use crate::policy::{GitSource, ProjectKind};
+use crate::policy::{GitSource, ProjectKind, Verdict};
 use crate::secrets::{Secret, new_token, token_hash};
 use crate::store::{CredentialKind, Deployment, ProjectFields, ProjectRecord, SealedCredential};
 
@@ -391,18 +391,18 @@ async fn check_selector_change(
 }
 
 async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {
-    use autodeploy_policy_contract::model::Verdict as V;
-    use autodeploy_policy_contract::{Answer, Call};
+    use crate::policy::{Answer, Call};
+    let facts = crate::policy::facts::placeholder(app, view.kind, None).await?;
     let decided = app
         .decide_call(Call::CheckAutoDeploy {
-            project: crate::decisions::compat::contract_project(&view),
-            facts: crate::decisions::compat::placeholder_facts(),
+            project: view,
+            facts,
             enable,
         })
         .await;
     match decided.answer {
-        Ok(Answer::CheckAutoDeploy(V::Allowed(_))) => Ok(()),
-        Ok(Answer::CheckAutoDeploy(V::Refused(reason))) => Err(ApiError::bad_request(reason)),
+        Ok(Answer::CheckAutoDeploy(Verdict::Allowed(_))) => Ok(()),
+        Ok(Answer::CheckAutoDeploy(Verdict::Refused(reason))) => Err(ApiError::bad_request(reason)),
         Ok(other) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

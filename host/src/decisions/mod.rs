@@ -10,7 +10,6 @@
 //! is full the decision is dropped and counted, never waited for: a trigger
 //! is worth more than its log line.
 
-pub mod compat;
 pub mod replay;
 pub mod shadow;
 
@@ -40,7 +39,7 @@ const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Runs one call on `policy`: the one way the log, replay and shadow ask a
 /// policy anything.
 pub fn run(policy: &Policy, call: &Call) -> Result<Answer, PolicyError> {
-    compat::run_call(policy, call)
+    policy.run(call)
 }
 
 /// The call's name in the store's terms.
@@ -99,6 +98,7 @@ pub fn record(
         policy_name: policy.name.clone(),
         policy_version: policy.version.clone(),
         policy_sha256: policy.sha256.clone(),
+        policy_wit_version: policy.wit_version.to_string(),
     }
 }
 

@@ -50,18 +50,26 @@ pub struct ReplayReport {
     pub diffs: Vec<ReplayDiff>,
 }
 
-/// Why a recorded decision cannot be replayed, if it cannot.
+/// The recorded call, or why it cannot be replayed. A call must read back
+/// exactly as it was written: one with fields this version does not know,
+/// or lacking some it needs (written by another version, or by hand), would
+/// be replayed on made-up defaults and report differences that never were.
 fn replayable(d: &Decision) -> Result<Call, String> {
     if d.call == DecisionCall::ParseCompose {
         // The log keeps a compose file's hash, not its text.
         return Err("parse-compose: the compose file is not kept".into());
     }
-    serde_json::from_value::<Call>(d.input.clone()).map_err(|_| {
+    let unreadable = || {
         format!(
             "{}: the recorded input is not a call this version reads",
             d.call
         )
-    })
+    };
+    let call = serde_json::from_value::<Call>(d.input.clone()).map_err(|_| unreadable())?;
+    if serde_json::to_value(&call).ok().as_ref() != Some(&d.input) {
+        return Err(unreadable());
+    }
+    Ok(call)
 }
 
 /// Runs `decisions` (in any order; replayed oldest first) against

@@ -71,6 +71,8 @@ pub struct DecisionRecord {
     pub policy_name: String,
     pub policy_version: String,
     pub policy_sha256: String,
+    /// The contract version the policy implements.
+    pub policy_wit_version: String,
 }
 
 /// One decision, as it is read back.
@@ -87,6 +89,7 @@ pub struct Decision {
     pub policy_name: String,
     pub policy_version: String,
     pub policy_sha256: String,
+    pub policy_wit_version: String,
 }
 
 /// Which decisions to read: newest first, at most `limit`.
@@ -118,7 +121,7 @@ pub const DEPLOYMENT_DECISION_IDS: usize = 100;
 const PRUNE_BATCH: i64 = 5_000;
 
 const COLUMNS: &str = "id, at, call_name, project_id, deployment_id, input, output, \
-     policy_name, policy_version, policy_sha256";
+     policy_name, policy_version, policy_sha256, policy_wit_version";
 
 fn decision_from(row: &AnyRow) -> Result<Decision> {
     let call: String = row.try_get("call_name")?;
@@ -139,6 +142,7 @@ fn decision_from(row: &AnyRow) -> Result<Decision> {
         policy_name: row.try_get("policy_name")?,
         policy_version: row.try_get("policy_version")?,
         policy_sha256: row.try_get("policy_sha256")?,
+        policy_wit_version: row.try_get("policy_wit_version")?,
     })
 }
 
@@ -152,7 +156,8 @@ pub(super) async fn insert(
     for r in records {
         sqlx::query(
             "INSERT INTO decision_log (at, call_name, project_id, deployment_id, input, output, \
-             policy_name, policy_version, policy_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             policy_name, policy_version, policy_sha256, policy_wit_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(r.at)
         .bind(r.call.as_str())
@@ -163,6 +168,7 @@ pub(super) async fn insert(
         .bind(&r.policy_name)
         .bind(&r.policy_version)
         .bind(&r.policy_sha256)
+        .bind(&r.policy_wit_version)
         .execute(&mut *conn)
         .await?;
     }

@@ -19,7 +19,6 @@ use tracing::Instrument;
 
 use super::schedule::Schedule;
 use crate::app::App;
-use crate::decisions::compat;
 use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
 use crate::policy::{GitSource, Lookup, ProjectKind};
@@ -402,12 +401,26 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
         .filter_map(|i| all.get(i).map(|l| (i.clone(), l.clone())))
         .collect();
     let prior = w.project.last_tracked_image_digests.clone();
+    let facts = match crate::policy::facts::placeholder(
+        app,
+        w.project.fields.project_type,
+        w.project.pinned_node_id,
+    )
+    .await
+    {
+        Ok(facts) => facts,
+        Err(e) => {
+            return Outcome::Error {
+                error: format!("cannot gather the facts for the policy: {e}"),
+            };
+        }
+    };
     let decided = app
         .decide_call(Call::DecideImages {
-            project: compat::contract_project(&w.project.policy_view()),
-            facts: compat::placeholder_facts(),
+            project: w.project.policy_view(),
+            facts,
             prior: prior.clone(),
-            lookups: compat::contract_lookups(&lookups),
+            lookups,
         })
         .await;
     let d = match decided.answer {

@@ -13,7 +13,6 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::decisions::compat;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
 use crate::store::{
@@ -133,11 +132,14 @@ pub async fn commit_moved(
     head: Option<String>,
     source: DeploySource,
 ) -> Result<Option<Deployment>, TriggerError> {
+    let facts =
+        crate::policy::facts::placeholder(app, project.fields.project_type, project.pinned_node_id)
+            .await?;
     let decided = app
         .decide_call(Call::DecideCommit {
-            project: compat::contract_project(&project.policy_view()),
-            facts: compat::placeholder_facts(),
-            source: compat::trigger_source(source),
+            project: project.policy_view(),
+            facts,
+            source: source.into(),
             remote_head: head,
         })
         .await;
