@@ -305,6 +305,11 @@ async fn history(d: &Daemon, dir: &Path) -> i64 {
     id
 }
 
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 fn bundled_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("bundled.wasm");
     std::fs::write(&path, autodeploy::policy::BUNDLED_POLICY).unwrap();
@@ -430,6 +435,23 @@ async fn replay_reports_exactly_the_decisions_that_would_differ() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["replay"]["replayed"], 1);
 
+    // The default policy built for contract 0.1.0 replays the same history
+    // (recorded by its 0.2.0 build) through the host's 0.1.0 adapter: the
+    // same decisions.
+    let out = replay(&[env!("AUTODEPLOY_POLICY_V010_WASM"), "--json"], &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["self_test"]["passed"], true);
+    assert_eq!(
+        report["replay"]["differ"], 3,
+        "only the doctored ones: {report}"
+    );
+    assert_eq!(all[0]["policy_wit_version"], "0.2.0");
+
     // A candidate that traps fails every decision it is asked: each is a
     // difference, and still a report.
     let trap = dir.join("trap.wasm");
@@ -481,6 +503,19 @@ async fn a_dry_run_replays_recent_decisions_and_switches_nothing() {
     assert_eq!(answer["self_test"]["passed"], true);
     assert_eq!(answer["replay"]["replayed"], recorded);
     assert_eq!(answer["replay"]["differ"], 0);
+    assert_eq!(answer["config_set"], false);
+
+    // The JSON upload carries a config, as PUT /api/policy takes one.
+    let upload = json!({"wasm_base64": b64(autodeploy::policy::BUNDLED_POLICY), "config": "{}"});
+    let (status, answer) = d
+        .admin(Method::PUT, "/api/policy?dry_run=true", Some(upload))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["config_set"], true);
+    assert_eq!(
+        answer["replay"]["differ"], 0,
+        "the default policy reads no config"
+    );
 
     let (status, answer) = d
         .raw(
@@ -556,17 +591,15 @@ async fn a_shadow_policy_answers_beside_the_live_one_and_is_never_acted_on() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("self-test"));
 
+    let upload = json!({"wasm_base64": b64(autodeploy::policy::BUNDLED_POLICY), "config": "{}"});
     let (status, answer) = d
-        .raw(
-            Method::POST,
-            "/api/policy/shadow",
-            Some(ADMIN),
-            autodeploy::policy::BUNDLED_POLICY.to_vec(),
-            "application/wasm",
-        )
+        .admin(Method::POST, "/api/policy/shadow", Some(upload))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    assert_eq!(answer["active"], true);
+    assert_eq!(
+        (&answer["active"], &answer["config_set"]),
+        (&json!(true), &json!(true))
+    );
 
     let id = d
         .create_project(json!({"name": "web", "project_type": "deployment"}))

@@ -67,19 +67,15 @@ pub async fn get_policy(State(app): State<Arc<App>>) -> Json<PolicyInfo> {
 pub async fn put_policy(
     State(app): State<Arc<App>>,
     query: Result<Query<super::decisions::CandidateParams>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    let q = super::decisions::candidate_params(query)?;
-    if q.dry_run {
-        return Ok(super::decisions::dry_run(&app, body, q.config)
+    if super::decisions::candidate_params(query)?.dry_run {
+        let (wasm, config) = super::decisions::candidate_upload(&headers, body)?;
+        return Ok(super::decisions::dry_run(&app, wasm, config)
             .await?
             .into_response());
-    }
-    if q.config.is_some() {
-        return Err(ApiError::bad_request(
-            "config applies to a dry run (dry_run=true)",
-        ));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request(

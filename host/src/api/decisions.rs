@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult};
@@ -75,25 +75,53 @@ pub async fn list(
 pub struct CandidateParams {
     #[serde(default)]
     pub dry_run: bool,
-    /// The candidate's config: replaces `facts.config` in the calls it
-    /// answers.
-    pub config: Option<String>,
 }
 
 pub fn candidate_params(
     query: Result<Query<CandidateParams>, QueryRejection>,
 ) -> ApiResult<CandidateParams> {
-    let Ok(Query(q)) = query else {
-        return Err(ApiError::bad_request(
-            "query parameters: dry_run=true or false, config=TEXT",
-        ));
-    };
-    if q.config.as_ref().is_some_and(|c| c.len() > MAX_CONFIG) {
+    query
+        .map(|Query(q)| q)
+        .map_err(|_| ApiError::bad_request("the only query parameter is dry_run=true or false"))
+}
+
+/// A candidate with its config, as a JSON body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidateUpload {
+    /// The component's bytes, base64 (standard alphabet, padded).
+    wasm_base64: String,
+    /// Replaces `facts.config` in the calls the candidate answers.
+    #[serde(default)]
+    config: Option<String>,
+}
+
+/// The candidate and its config from a request, as `PUT /api/policy` takes
+/// a policy: the body is the component's bytes, or (with `Content-Type:
+/// application/json`) `{"wasm_base64": "...", "config": "..."}`.
+pub fn candidate_upload(headers: &HeaderMap, body: Bytes) -> ApiResult<(Bytes, Option<String>)> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !json {
+        return Ok((body, None));
+    }
+    let upload: CandidateUpload = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "a JSON policy upload is {{\"wasm_base64\": \"...\", \"config\": \"...\"}}: {e}"
+        ))
+    })?;
+    if upload.config.as_ref().is_some_and(|c| c.len() > MAX_CONFIG) {
         return Err(ApiError::bad_request(format!(
             "config is longer than {MAX_CONFIG} bytes"
         )));
     }
-    Ok(q)
+    use base64::Engine;
+    let wasm = base64::engine::general_purpose::STANDARD
+        .decode(upload.wasm_base64.trim())
+        .map_err(|_| ApiError::bad_request("wasm_base64 is not valid base64"))?;
+    Ok((Bytes::from(wasm), upload.config))
 }
 
 /// Loads a candidate off the async threads; an invalid one is a 422.
@@ -125,6 +153,8 @@ pub struct SelfTest {
 pub struct DryRun {
     pub dry_run: bool,
     pub policy: PolicyInfo,
+    /// Whether the replay ran with a config of the candidate's own.
+    pub config_set: bool,
     pub self_test: SelfTest,
     /// The newest recorded decisions (at most 1,000) replayed against it.
     pub replay: ReplayReport,
@@ -153,6 +183,7 @@ pub async fn dry_run(
         DryRun {
             dry_run: true,
             policy: candidate.info().clone(),
+            config_set: config.is_some(),
             self_test: SelfTest {
                 passed: failures.is_empty(),
                 failures,
@@ -174,16 +205,11 @@ pub async fn dry_run(
 /// must pass the self-test, as a policy swapped in must.
 pub async fn start_shadow(
     State(app): State<Arc<App>>,
-    query: Result<Query<CandidateParams>, QueryRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<ShadowReport>)> {
-    let q = candidate_params(query)?;
-    if q.dry_run {
-        return Err(ApiError::bad_request(
-            "dry_run applies to PUT /api/policy, not to the shadow",
-        ));
-    }
-    let candidate = load_candidate(&app, body, "api (shadow)").await?;
+    let (wasm, config) = candidate_upload(&headers, body)?;
+    let candidate = load_candidate(&app, wasm, "api (shadow)").await?;
     let (candidate, failures) = tokio::task::spawn_blocking(move || {
         let failures = crate::policy::selftest::self_test(&candidate);
         (candidate, failures)
@@ -211,7 +237,7 @@ pub async fn start_shadow(
         ));
     }
     let info = candidate.info().clone();
-    let report = app.shadow.start(candidate, q.config).map_err(|e| {
+    let report = app.shadow.start(candidate, config).map_err(|e| {
         tracing::error!(error = %e, "cannot start the shadow policy's thread");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
