@@ -12,7 +12,7 @@ use autodeploy_policy_contract::Call;
 
 use crate::decisions::shadow::ShadowSlot;
 use crate::decisions::{Decided, DecisionLog, PendingDecision};
-use crate::policy::{Policy, PolicyError, PolicyHandle, PolicyInfo};
+use crate::policy::{PolicyError, PolicyHandle};
 use crate::secrets::{SecretKey, token_hash};
 use crate::store::{Store, StoreError};
 
@@ -53,27 +53,6 @@ pub struct App {
 }
 
 impl App {
-    /// Runs one policy decision off the async threads; returns it with the
-    /// policy that made it.
-    pub async fn decide<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Policy) -> Result<T, PolicyError> + Send + 'static,
-    ) -> (Result<T, PolicyError>, PolicyInfo) {
-        let policy = self.policy.current();
-        let info = policy.info().clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.decisions.run(Box::new(move || {
-            let _ = tx.send(f(&policy));
-        }));
-        let result = rx.await.unwrap_or_else(|_| {
-            Err(PolicyError::Trap {
-                call: "host",
-                message: "the decision task failed".into(),
-            })
-        });
-        (result, info)
-    }
-
     /// Runs one policy call off the async threads and records it in the
     /// decision log; returns the answer with the policy that gave it. The
     /// entry is written when the returned `PendingDecision` is dropped, or
