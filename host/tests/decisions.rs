@@ -14,6 +14,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// Image projects: what the deploy agents run, so the policy deploys them.
+const IMAGE: &str = "registry.test/app:1";
 
 fn remote(d: &Daemon, id: i64, token: &str) -> String {
     format!(
@@ -92,7 +94,7 @@ async fn decisions_are_recorded_linked_to_their_deployment_and_paged() {
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "web", "project_type": "deployment", "auto_deploy_enabled": true})),
+            Some(json!({"name": "web", "project_type": "image", "image_ref": IMAGE, "container_port": 8080, "auto_deploy_enabled": true})),
         )
         .await;
     let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
@@ -128,7 +130,8 @@ async fn decisions_are_recorded_linked_to_their_deployment_and_paged() {
     // credential: its decisions must not carry the token.
     let ext = d
         .create_project(json!({
-            "name": "ext", "project_type": "deployment", "git_source": "external",
+            "name": "ext", "project_type": "image", "image_ref": IMAGE, "container_port": 8080,
+            "git_source": "external",
             "git_url": format!("{}/git/{id}.git", d.url), "auto_deploy_enabled": true,
             "credentials": {"kind": "https", "username": "deploy", "token": token},
         }))
@@ -205,8 +208,9 @@ async fn decisions_are_recorded_linked_to_their_deployment_and_paged() {
 async fn retention_prunes_by_count_and_by_age() {
     let dir = temp_dir("decisions-retention");
     let d = Daemon::start(&dir);
+    only_asked_ticks(&d).await;
     let id = d
-        .create_project(json!({"name": "web", "project_type": "deployment"}))
+        .create_project(json!({"name": "web", "project_type": "image", "image_ref": IMAGE, "container_port": 8080}))
         .await;
     // Each manual deploy is one check-deployable decision.
     for _ in 0..130 {
@@ -277,7 +281,7 @@ async fn history(d: &Daemon, dir: &Path) -> i64 {
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "web", "project_type": "deployment", "auto_deploy_enabled": true})),
+            Some(json!({"name": "web", "project_type": "image", "image_ref": IMAGE, "container_port": 8080, "auto_deploy_enabled": true})),
         )
         .await;
     let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
@@ -575,6 +579,7 @@ async fn a_dry_run_replays_recent_decisions_and_switches_nothing() {
 async fn a_shadow_policy_answers_beside_the_live_one_and_is_never_acted_on() {
     let dir = temp_dir("decisions-shadow");
     let d = Daemon::start(&dir.join("data"));
+    only_asked_ticks(&d).await;
     let (status, answer) = d.admin(Method::GET, "/api/policy/shadow", None).await;
     assert_eq!((status, answer), (StatusCode::OK, json!({"active": false})));
 
@@ -602,7 +607,7 @@ async fn a_shadow_policy_answers_beside_the_live_one_and_is_never_acted_on() {
     );
 
     let id = d
-        .create_project(json!({"name": "web", "project_type": "deployment"}))
+        .create_project(json!({"name": "web", "project_type": "image", "image_ref": IMAGE, "container_port": 8080}))
         .await;
     for _ in 0..3 {
         d.ok(
