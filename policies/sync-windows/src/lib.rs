@@ -1,0 +1,12 @@
+//! The sync-windows policy: the default policy's decisions, held back while
+//! Argo CD-style sync windows say no.
+//!
+//! The operator's config (the opaque `facts.config`, JSON, see `config`)
+//! lists allow and deny windows, each a cron schedule, a duration and a time
+//! zone, matched to projects by label. Time comes only from
+//! `facts.now_unix_seconds`: the component imports nothing, not even a clock.
+
+pub mod config;
+pub mod cron;
+pub mod gate;
+pub mod recurrence;
