@@ -134,6 +134,7 @@ impl ProjectFields {
             last_tracked_commit: String::new(),
             expose_service: self.expose_service.clone(),
             expose_port: self.expose_port.and_then(|p| u32::try_from(p).ok()),
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -167,6 +168,18 @@ pub enum DeploySource {
     AutoPoll,
     AutoPush,
     AutoImage,
+}
+
+impl From<DeploySource> for crate::policy::TriggerSource {
+    fn from(s: DeploySource) -> Self {
+        use crate::policy::TriggerSource;
+        match s {
+            DeploySource::Manual => TriggerSource::Manual,
+            DeploySource::AutoPoll => TriggerSource::AutoPoll,
+            DeploySource::AutoPush => TriggerSource::AutoPush,
+            DeploySource::AutoImage => TriggerSource::AutoImage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
