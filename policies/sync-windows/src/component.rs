@@ -31,9 +31,9 @@ impl wit::Guest for SyncWindows {
         })
     }
 
-    fn watch_plan(project: wit::Project, facts: wit::Facts) -> wit::WatchPlan {
+    fn watch_plan(project: wit::Project, facts: wit::Facts) -> wit::WatchedTriggers {
         let p = crate::watch_plan(&project.into(), &facts.into());
-        wit::WatchPlan {
+        wit::WatchedTriggers {
             poll_commits: p.poll_commits,
             reconcile_pushes: p.reconcile_pushes,
             watch_images: p.watch_images,

@@ -66,7 +66,7 @@ fn a_commit_is_held_during_a_deny_window_and_deployed_on_the_first_tick_after() 
     assert_eq!(
         held.reason,
         "held by deny window \"night freeze\" (0 22 * * * for 8h, Europe/Berlin) until \
-         2026-11-27 06:00 CET; not deploying yet: main moved from 1111111 to 2222222"
+         2026-11-27 06:00 CET; not deploying yet: main moved from 111111111111 to 222222222222"
     );
     // Still held a minute before it closes; the project is as the hold left it.
     let late = facts(NIGHT_FREEZE, at("23:30") + 5 * 3600 + 29 * 60);
@@ -78,7 +78,7 @@ fn a_commit_is_held_during_a_deny_window_and_deployed_on_the_first_tick_after() 
         policy::decide_commit(&project, &morning, TriggerSource::AutoPoll, Some(NEW)).unwrap();
     assert!(released.trigger);
     assert_eq!(released.record.as_deref(), Some(NEW));
-    assert_eq!(released.reason, "main moved from 1111111 to 2222222");
+    assert_eq!(released.reason, "main moved from 111111111111 to 222222222222");
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn an_allow_window_holds_until_it_opens() {
     assert_eq!(
         held.reason,
         "held: outside every allow window (\"mornings\"); the next to open is \"mornings\" at \
-         2026-11-27 09:00 UTC; not deploying yet: main moved from 1111111 to 2222222"
+         2026-11-27 09:00 UTC; not deploying yet: main moved from 111111111111 to 222222222222"
     );
     let friday_morning = facts(WEEKDAY_MORNINGS, at("09:00") + 86_400);
     let released =
@@ -255,7 +255,7 @@ fn an_allow_window_holds_until_it_opens() {
     assert_eq!(released.record.as_deref(), Some(NEW));
     assert_eq!(
         released.reason,
-        "main moved from 1111111 to 2222222; inside allow window \"mornings\" until \
+        "main moved from 111111111111 to 222222222222; inside allow window \"mornings\" until \
          2026-11-27 12:00 UTC"
     );
 }
