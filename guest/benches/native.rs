@@ -1,8 +1,8 @@
 //! The native side of the fresh-instance-versus-native comparison: the same
 //! parse-compose + decide-images on the same 20-service file as the daemon's
-//! `policy` bench ("a native" there), run as plain Rust. The daemon no longer
-//! links this crate, so the native figure is taken here; run both benches in
-//! one session to compare them.
+//! `policy` bench, run as plain Rust ("a native"). The daemon does not link
+//! this crate, so the native figure is taken here; run both benches in one
+//! session to compare them.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
