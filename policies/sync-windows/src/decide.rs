@@ -38,7 +38,10 @@ pub fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
 pub fn watch_plan(project: &Project, facts: &Facts) -> WatchPlan {
     let mut plan = default::watch_plan(project, facts);
     if let Err(e) = Config::parse(&facts.config) {
-        plan.reason = format!("{}; {e}: every deploy is refused until it is fixed", plan.reason);
+        plan.reason = format!(
+            "{}; {e}: every deploy is refused until it is fixed",
+            plan.reason
+        );
     }
     plan
 }

@@ -59,10 +59,12 @@ fn the_epoch_helper_is_right() {
 fn a_commit_is_held_during_a_deny_window_and_deployed_on_the_first_tick_after() {
     let project = prod(ProjectKind::Compose);
     let night = facts(NIGHT_FREEZE, at("23:30"));
-    let held =
-        policy::decide_commit(&project, &night, TriggerSource::AutoPush, Some(NEW)).unwrap();
+    let held = policy::decide_commit(&project, &night, TriggerSource::AutoPush, Some(NEW)).unwrap();
     assert!(!held.trigger);
-    assert_eq!(held.record, None, "nothing recorded: the next tick decides again");
+    assert_eq!(
+        held.record, None,
+        "nothing recorded: the next tick decides again"
+    );
     assert_eq!(
         held.reason,
         "held by deny window \"night freeze\" (0 22 * * * for 8h, Europe/Berlin) until \
@@ -78,7 +80,10 @@ fn a_commit_is_held_during_a_deny_window_and_deployed_on_the_first_tick_after() 
         policy::decide_commit(&project, &morning, TriggerSource::AutoPoll, Some(NEW)).unwrap();
     assert!(released.trigger);
     assert_eq!(released.record.as_deref(), Some(NEW));
-    assert_eq!(released.reason, "main moved from 111111111111 to 222222222222");
+    assert_eq!(
+        released.reason,
+        "main moved from 111111111111 to 222222222222"
+    );
 }
 
 #[test]
@@ -129,8 +134,13 @@ fn nothing_to_deploy_is_answered_as_the_default_policy_does() {
         auto_deploy_master_enabled: false,
         ..night
     };
-    let d = policy::decide_commit(&prod(ProjectKind::Compose), &paused, TriggerSource::AutoPoll, Some(NEW))
-        .unwrap();
+    let d = policy::decide_commit(
+        &prod(ProjectKind::Compose),
+        &paused,
+        TriggerSource::AutoPoll,
+        Some(NEW),
+    )
+    .unwrap();
     assert!(!d.trigger);
     assert!(d.reason.contains("master switch"), "{}", d.reason);
 }
@@ -219,7 +229,12 @@ fn a_moved_digest_is_held_with_its_previous_value_and_deployed_after() {
     );
 
     // The next tick inside the window sees the same move and holds again.
-    let again = policy::decide_images(&project, &facts(NIGHT_FREEZE, at("23:45")), &held.record, &lookups);
+    let again = policy::decide_images(
+        &project,
+        &facts(NIGHT_FREEZE, at("23:45")),
+        &held.record,
+        &lookups,
+    );
     assert!(!again.trigger);
     assert_eq!(again.record, expected_record);
 
@@ -248,9 +263,13 @@ fn an_allow_window_holds_until_it_opens() {
          2026-11-27 09:00 UTC; not deploying yet: main moved from 111111111111 to 222222222222"
     );
     let friday_morning = facts(WEEKDAY_MORNINGS, at("09:00") + 86_400);
-    let released =
-        policy::decide_commit(&project, &friday_morning, TriggerSource::AutoPoll, Some(NEW))
-            .unwrap();
+    let released = policy::decide_commit(
+        &project,
+        &friday_morning,
+        TriggerSource::AutoPoll,
+        Some(NEW),
+    )
+    .unwrap();
     assert!(released.trigger);
     assert_eq!(released.record.as_deref(), Some(NEW));
     assert_eq!(
@@ -296,7 +315,10 @@ fn an_invalid_config_refuses_every_deploy_and_names_the_problem() {
         Verdict::Refused(problem.into())
     );
     let off = policy::check_auto_deploy(&project, &f, false);
-    assert!(off.is_allowed() && off.reason().contains(problem), "{off:?}");
+    assert!(
+        off.is_allowed() && off.reason().contains(problem),
+        "{off:?}"
+    );
 
     let plan = policy::watch_plan(&project, &f);
     assert!(plan.reason.contains(problem), "{}", plan.reason);
@@ -307,9 +329,17 @@ fn an_invalid_config_refuses_every_deploy_and_names_the_problem() {
     );
 
     // Not JSON at all.
-    let e = policy::decide_commit(&project, &facts("deny at night", 0), TriggerSource::AutoPush, Some(NEW))
-        .unwrap_err();
-    assert!(e.starts_with("sync-windows config is not valid JSON"), "{e}");
+    let e = policy::decide_commit(
+        &project,
+        &facts("deny at night", 0),
+        TriggerSource::AutoPush,
+        Some(NEW),
+    )
+    .unwrap_err();
+    assert!(
+        e.starts_with("sync-windows config is not valid JSON"),
+        "{e}"
+    );
 }
 
 #[test]
