@@ -21,7 +21,8 @@ use std::process::Command;
 const GUEST_TARGET: &str = "wasm32-unknown-unknown";
 
 struct Build {
-    package: &'static str,
+    /// The policy crate's folder, relative to the workspace root.
+    dir: &'static str,
     /// The core module's file name (the crate name with underscores).
     module: &'static str,
     features: &'static [&'static str],
@@ -30,7 +31,7 @@ struct Build {
 }
 
 const DEFAULT_V020: Build = Build {
-    package: "autodeploy-guest",
+    dir: "guest",
     module: "autodeploy_guest.wasm",
     features: &[],
     file: "default-0.2.0.wasm",
@@ -38,7 +39,7 @@ const DEFAULT_V020: Build = Build {
 };
 
 const DEFAULT_V010: Build = Build {
-    package: "autodeploy-guest",
+    dir: "guest",
     module: "autodeploy_guest.wasm",
     features: &["wit-0-1-0"],
     file: "default-0.1.0.wasm",
@@ -46,7 +47,7 @@ const DEFAULT_V010: Build = Build {
 };
 
 const SYNC_WINDOWS: Build = Build {
-    package: "autodeploy-sync-windows",
+    dir: "policies/sync-windows",
     module: "autodeploy_sync_windows.wasm",
     features: &[],
     file: "sync-windows.wasm",
@@ -56,7 +57,7 @@ const SYNC_WINDOWS: Build = Build {
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("host/ sits in the workspace");
-    let sync_windows = root.join("policies/sync-windows/Cargo.toml").is_file();
+    let sync_windows = root.join(SYNC_WINDOWS.dir).join("Cargo.toml").is_file();
     let mut watched = vec!["policy-contract", "guest", "Cargo.toml", "Cargo.lock"];
     // A path that does not exist would make cargo rerun this script on every
     // build; a new policies/ folder comes with a workspace Cargo.toml change.
@@ -97,11 +98,12 @@ fn main() {
 /// before the next build replaces it.
 fn componentize(root: &Path, target_dir: &Path, build: &Build) -> Vec<u8> {
     let mut cargo = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // The crate's own manifest selects it whether or not it is a workspace
+    // member.
     cargo
-        .args(["build", "--release", "-p", build.package])
-        .args(["--target", GUEST_TARGET])
+        .args(["build", "--release", "--target", GUEST_TARGET])
         .arg("--manifest-path")
-        .arg(root.join("Cargo.toml"))
+        .arg(root.join(build.dir).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir);
     if !build.features.is_empty() {
@@ -123,12 +125,12 @@ fn componentize(root: &Path, target_dir: &Path, build: &Build) -> Vec<u8> {
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
     let status = cargo
         .status()
-        .unwrap_or_else(|e| panic!("run cargo for {}: {e}", build.package));
+        .unwrap_or_else(|e| panic!("run cargo for {}: {e}", build.dir));
     if !status.success() {
         panic!(
-            "building the policy {} ({}) failed; is the wasm target installed? \
+            "building the policy in {} ({}) failed; is the wasm target installed? \
              run `rustup target add {GUEST_TARGET}`",
-            build.package, build.file
+            build.dir, build.file
         );
     }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use wasmtime::component::InstancePre;
 use wasmtime::{AsContextMut, Result};
 
-use super::super::{
+use crate::policy::{
     CommitDecision, ComposeImages, DigestChange, Facts, GitSource, ImageDecision, Lookup,
     NodeState, Project, ProjectKind, TriggerSource, Verdict, WatchPlan,
 };
