@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::policy::{ProjectKind, Verdict};
+use crate::policy::Verdict;
 use crate::store::{
-    DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite, now, refuse_to_migrate,
+    DeploySource, Deployment, ProjectRecord, ProjectType, StoreError, TriggerWrite, now,
+    refuse_to_migrate,
 };
 
 /// What fired, what to deploy and what to record as tracked.
@@ -62,7 +63,7 @@ pub async fn trigger(
         };
         let mut node_id = None;
         if failure.is_none()
-            && project.fields.project_type == ProjectKind::Compose
+            && project.fields.project_type == ProjectType::Compose
             && let Some(pinned) = project.pinned_node_id
         {
             let node = app.store.node(pinned).await?;

@@ -13,6 +13,7 @@
 
 mod bindings;
 pub mod cli;
+pub mod facts;
 mod handle;
 pub mod selftest;
 
@@ -37,7 +38,7 @@ use wasmtime::{
 };
 
 pub use bindings::{FUNCTIONS, INTERFACE};
-pub use handle::{PolicyHandle, SwapError};
+pub use handle::{MAX_CONFIG_BYTES, PolicyHandle, SwapError};
 
 /// The default policy, built from `guest/` by `build.rs`.
 pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));

@@ -21,8 +21,9 @@ use super::schedule::Schedule;
 use super::{Checked, TriggerError, commit_moved};
 use crate::app::App;
 use crate::git::GitError;
-use crate::policy::GitSource;
-use crate::store::{DeploySource, EventKind, POLL_MIN_SECONDS, ProjectRecord, StoreError};
+use crate::store::{
+    DeploySource, EventKind, GitSource, POLL_MIN_SECONDS, ProjectRecord, StoreError,
+};
 
 pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on

@@ -20,9 +20,11 @@ use super::schedule::Schedule;
 use crate::app::App;
 use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
-use crate::policy::{GitSource, Lookup, ProjectKind};
+use crate::policy::Lookup;
 use crate::registry::ImageRef;
-use crate::store::{DeploySource, DeployStatus, EventKind, ProjectRecord, StoreError};
+use crate::store::{
+    DeploySource, DeployStatus, EventKind, GitSource, ProjectRecord, ProjectType, StoreError,
+};
 
 pub const IMAGE_WATCH: &str = "image-watch";
 /// Lookups (and compose-file reads) in flight at once.
@@ -130,8 +132,8 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     let started = Instant::now();
     let Some((_, projects, broken)) = super::enabled_projects_checked(
         app,
-        |p| p.fields.project_type == ProjectKind::Compose,
-        |b| b.project_type.is_none_or(|k| k == ProjectKind::Compose),
+        |p| p.fields.project_type == ProjectType::Compose,
+        |b| b.project_type.is_none_or(|k| k == ProjectType::Compose),
     )
     .await?
     else {
