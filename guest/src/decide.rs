@@ -1,400 +1,357 @@
-//! The deploy decisions: when a commit or an image digest deploys, and which
-//! projects may be auto-deployed at all.
+//! The decisions as `autodeploy:policy@0.2.0` asks them: the host passes the
+//! state of the world in (`Facts`) and this policy decides everything,
+//! including what the host decided itself under 0.1.0: the master switch and
+//! the per-project toggle, which triggers watch a project, refuse-to-migrate
+//! and which project kinds the agents can run.
+//!
+//! The rules of 0.1.0 (`crate::v0_1_0`) still decide whether a commit or a
+//! digest moved and whether a project is complete enough to deploy; this
+//! module puts the gates in front of them.
 
 use std::collections::BTreeMap;
 
 use crate::model::{
-    CommitDecision, DigestChange, ImageDecision, Lookup, Project, ProjectKind, Verdict,
+    CommitDecision, Facts, GitSource, ImageDecision, Lookup, NodeState, Project, ProjectKind,
+    TriggerSource, Verdict, WatchPlan,
 };
+use crate::v0_1_0::{self, kind_name};
 
-/// Compares the tracked branch's remote head with the last deployed commit.
-///
-/// No tracked commit yet deploys once, so the project is aligned with its
-/// branch; a branch that is gone is an error, never a deploy.
-pub fn decide_commit(
-    project: &Project,
-    remote_head: Option<&str>,
-) -> Result<CommitDecision, String> {
-    let branch = &project.git_branch;
-    let head = remote_head.ok_or_else(|| {
-        format!("branch {branch:?} does not exist on the remote; nothing to deploy")
-    })?;
-    let head = normalize_sha(head)
-        .ok_or_else(|| format!("remote head {head:?} of branch {branch:?} is not a commit SHA"))?;
-    let last = project.last_tracked_commit.trim().to_ascii_lowercase();
-
-    Ok(if last.is_empty() {
-        CommitDecision {
-            trigger: true,
-            reason: format!(
-                "no commit tracked yet: deploying {branch} at {} to align",
-                short(&head)
-            ),
-            record: Some(head),
-        }
-    } else if last == head {
-        CommitDecision {
-            trigger: false,
-            record: None,
-            reason: format!("{branch} is still at {}", short(&head)),
-        }
+/// Why automatic deploys of `project` are held right now, if they are: the
+/// operator's master switch, then the project's own toggle.
+pub fn paused(project: &Project, facts: &Facts) -> Option<&'static str> {
+    if !facts.auto_deploy_master_enabled {
+        Some("auto-deploy is paused (master switch off)")
+    } else if !project.auto_deploy_enabled {
+        Some("auto-deploy is off for this project")
     } else {
-        CommitDecision {
-            trigger: true,
-            reason: format!("{branch} moved from {} to {}", short(&last), short(&head)),
-            record: Some(head),
-        }
-    })
+        None
+    }
 }
 
-/// Compares fresh registry lookups with the digests recorded on the last tick.
-///
-/// `lookups` has one entry per image the compose file uses now. The first
-/// tick (nothing recorded) only seeds; an image seen for the first time is
-/// recorded without deploying (adding it was a commit: the git trigger's job);
-/// a failed lookup keeps the previous digest so a registry hiccup never causes
-/// a false redeploy; an image gone from the file drops out; any moved digest
-/// deploys.
+/// Which automatic triggers look at the project: its repository (polled when
+/// external, reconciled after pushes when hosted) and, for compose projects,
+/// the digests of the compose file's images. Nothing while auto-deploy is
+/// paused or off, and nothing for kinds with nothing to deploy.
+pub fn watch_plan(project: &Project, facts: &Facts) -> WatchPlan {
+    let nothing = |reason: String| WatchPlan {
+        poll_commits: false,
+        reconcile_pushes: false,
+        watch_images: false,
+        reason,
+    };
+    if let Some(why) = paused(project, facts) {
+        return nothing(format!("{why}: no trigger watches this project"));
+    }
+    if matches!(project.kind, ProjectKind::Tunnel | ProjectKind::DomainOnly) {
+        return nothing(format!(
+            "{} projects have nothing to deploy: no trigger watches them",
+            kind_name(project.kind)
+        ));
+    }
+    let poll_commits = project.git_source == GitSource::External;
+    let reconcile_pushes = project.git_source == GitSource::Hosted;
+    let watch_images = project.kind == ProjectKind::Compose;
+    let mut watched = vec![if poll_commits {
+        "polling the remote branch"
+    } else {
+        "pushes to the hosted branch"
+    }];
+    if watch_images {
+        watched.push("the compose file's image digests");
+    }
+    WatchPlan {
+        poll_commits,
+        reconcile_pushes,
+        watch_images,
+        reason: format!("watching {}", watched.join(" and ")),
+    }
+}
+
+/// Compares the tracked branch's remote head with the last deployed commit
+/// (see [`v0_1_0::decide_commit`]). An automatic trigger while auto-deploy is
+/// paused or off deploys nothing and records nothing, so the change is seen
+/// again once it is on; a person's deploy is not held.
+pub fn decide_commit(
+    project: &Project,
+    facts: &Facts,
+    source: TriggerSource,
+    remote_head: Option<&str>,
+) -> Result<CommitDecision, String> {
+    if source.is_automatic()
+        && let Some(why) = paused(project, facts)
+    {
+        return Ok(CommitDecision {
+            trigger: false,
+            record: None,
+            reason: format!("{why}; not deploying"),
+        });
+    }
+    v0_1_0::decide_commit(project, remote_head)
+}
+
+/// Compares fresh registry lookups with the recorded digests (see
+/// [`v0_1_0::decide_images`]). Image lookups are always automatic: while
+/// auto-deploy is paused or off the recorded map stays as it was, so a digest
+/// that moved meanwhile deploys once it is on.
 pub fn decide_images(
     project: &Project,
+    facts: &Facts,
     prior: &BTreeMap<String, String>,
     lookups: &BTreeMap<String, Lookup>,
 ) -> ImageDecision {
-    if project.kind != ProjectKind::Compose {
+    if let Some(why) = paused(project, facts) {
         return ImageDecision {
             trigger: false,
             record: prior.clone(),
             moved: vec![],
             added: vec![],
-            reason: "only compose projects watch image digests".into(),
+            reason: format!("{why}; digests not compared"),
         };
     }
-    let seeding = prior.is_empty();
-    let mut record = BTreeMap::new();
-    let mut moved = Vec::new();
-    let mut added = Vec::new();
-    let mut failed = Vec::new();
+    v0_1_0::decide_images(project, prior, lookups)
+}
 
-    for (image, lookup) in lookups {
-        let fresh = match lookup {
-            Lookup::Digest(d) if is_digest(d) => Ok(d),
-            Lookup::Digest(d) => Err(format!("registry returned a malformed digest {d:?}")),
-            Lookup::Failed(e) => Err(e.clone()),
-        };
-        match (fresh, prior.get(image)) {
-            (Ok(now), Some(before)) => {
-                if now != before {
-                    moved.push(DigestChange {
-                        image: image.clone(),
-                        previous: before.clone(),
-                        current: now.clone(),
-                    });
-                }
-                record.insert(image.clone(), now.clone());
-            }
-            (Ok(now), None) => {
-                added.push(image.clone());
-                record.insert(image.clone(), now.clone());
-            }
-            (Err(e), before) => {
-                if let Some(before) = before {
-                    record.insert(image.clone(), before.clone());
-                }
-                failed.push(format!("{image} ({e})"));
-            }
+/// May the toggle be set to `enable`? The same rules as 0.1.0: the master
+/// switch pauses deploys but leaves every toggle settable.
+pub fn check_auto_deploy(project: &Project, _facts: &Facts, enable: bool) -> Verdict {
+    v0_1_0::check_auto_deploy(project, enable)
+}
+
+/// May a deployment be queued now? An automatic one not while auto-deploy is
+/// paused or off; none for a project that is incomplete
+/// ([`v0_1_0::check_deployable`]), of a kind no agent runs, or pinned to a node
+/// that is offline (a compose project's named volumes live on its node, so it
+/// never moves to another).
+pub fn check_deployable(project: &Project, facts: &Facts, source: TriggerSource) -> Verdict {
+    if source.is_automatic()
+        && let Some(why) = paused(project, facts)
+    {
+        return Verdict::Refused(format!("{why}; not deploying"));
+    }
+    let verdict = v0_1_0::check_deployable(project);
+    if !verdict.is_allowed() {
+        return verdict;
+    }
+    if !facts.agent_kinds.contains(&project.kind) {
+        return Verdict::Refused(no_agent_runs(project.kind, &facts.agent_kinds));
+    }
+    if let Some(node) = &facts.pinned_node
+        && node.state == NodeState::Offline
+    {
+        return Verdict::Refused(refuse_to_migrate(&node.name));
+    }
+    verdict
+}
+
+/// Why a project of `kind` cannot be deployed by agents that run `kinds`.
+pub fn no_agent_runs(kind: ProjectKind, kinds: &[ProjectKind]) -> String {
+    let runs: Vec<&str> = kinds.iter().map(|k| kind_name(*k)).collect();
+    format!(
+        "no deploy agent runs {} projects; the agents run: {}",
+        kind_name(kind),
+        if runs.is_empty() {
+            "nothing".to_string()
+        } else {
+            runs.join(", ")
         }
-    }
-    let dropped: Vec<&str> = prior
-        .keys()
-        .filter(|image| !lookups.contains_key(*image))
-        .map(String::as_str)
-        .collect();
-
-    let mut parts = Vec::new();
-    if seeding {
-        parts.push(format!(
-            "first watch: recorded {} image digest(s) without deploying",
-            record.len()
-        ));
-    } else if moved.is_empty() {
-        parts.push("no image digest moved".to_string());
-    } else {
-        let list: Vec<String> = moved
-            .iter()
-            .map(|m| {
-                format!(
-                    "{} {} -> {}",
-                    m.image,
-                    short_digest(&m.previous),
-                    short_digest(&m.current)
-                )
-            })
-            .collect();
-        parts.push(format!("image digest moved upstream: {}", list.join(", ")));
-    }
-    if !seeding && !added.is_empty() {
-        parts.push(format!(
-            "new in the compose file, recorded without deploying: {}",
-            added.join(", ")
-        ));
-    }
-    if !failed.is_empty() {
-        parts.push(format!(
-            "lookup failed, previous digest kept: {}",
-            failed.join(", ")
-        ));
-    }
-    if !dropped.is_empty() {
-        parts.push(format!(
-            "no longer in the compose file: {}",
-            dropped.join(", ")
-        ));
-    }
-
-    ImageDecision {
-        trigger: !moved.is_empty(),
-        record,
-        moved,
-        added,
-        reason: parts.join("; "),
-    }
+    )
 }
 
-/// May the project's auto-deploy toggle be set to `enable`? Turning it off is
-/// always allowed.
-pub fn check_auto_deploy(project: &Project, enable: bool) -> Verdict {
-    if !enable {
-        return Verdict::Allowed("auto-deploy turned off".into());
-    }
-    match project.kind {
-        ProjectKind::Tunnel => Verdict::Refused(
-            "tunnel projects have no auto-deploy: they route to a service that runs elsewhere"
-                .into(),
-        ),
-        ProjectKind::DomainOnly => Verdict::Refused(
-            "domain_only projects have nothing to deploy, so auto-deploy cannot be enabled".into(),
-        ),
-        kind => {
-            let mut reason = String::from("auto-deploy enabled");
-            if project.last_tracked_commit.trim().is_empty() {
-                reason.push_str(
-                    "; no commit is tracked yet, so the next push or poll deploys once to align",
-                );
-            }
-            if kind == ProjectKind::Compose {
-                reason
-                    .push_str("; the image watcher's first tick records digests without deploying");
-            }
-            Verdict::Allowed(reason)
-        }
-    }
-}
-
-/// Can a deploy task be produced for the project? Compose deploys need to
-/// know which service and port to expose.
-pub fn check_deployable(project: &Project) -> Verdict {
-    match project.kind {
-        ProjectKind::Tunnel | ProjectKind::DomainOnly => {
-            return Verdict::Refused(format!(
-                "{} projects have nothing to deploy",
-                kind_name(project.kind)
-            ));
-        }
-        ProjectKind::Compose => {
-            let service = project
-                .expose_service
-                .as_deref()
-                .map(str::trim)
-                .unwrap_or("");
-            let mut missing = Vec::new();
-            if service.is_empty() {
-                missing.push("expose_service is not set".to_string());
-            }
-            match project.expose_port {
-                None => missing.push("expose_port is not set".to_string()),
-                Some(p) if p == 0 || p > 65535 => {
-                    missing.push(format!("expose_port {p} is not a TCP port (1-65535)"))
-                }
-                Some(_) => {}
-            }
-            if !missing.is_empty() {
-                return Verdict::Refused(format!(
-                    "compose projects need expose_service and expose_port before they can deploy: {}",
-                    missing.join(", ")
-                ));
-            }
-        }
-        ProjectKind::Deployment | ProjectKind::Image => {}
-    }
-    Verdict::Allowed(format!(
-        "{} project can be deployed",
-        kind_name(project.kind)
-    ))
-}
-
-fn kind_name(kind: ProjectKind) -> &'static str {
-    match kind {
-        ProjectKind::Deployment => "deployment",
-        ProjectKind::Compose => "compose",
-        ProjectKind::Image => "image",
-        ProjectKind::Tunnel => "tunnel",
-        ProjectKind::DomainOnly => "domain_only",
-    }
-}
-
-/// A full SHA-1 (40) or SHA-256 (64) object name, lower-cased.
-fn normalize_sha(s: &str) -> Option<String> {
-    let s = s.trim().to_ascii_lowercase();
-    ((s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
-}
-
-/// An OCI content digest as registries return it for manifests.
-fn is_digest(s: &str) -> bool {
-    let hex_len = |h: &str, n: usize| {
-        h.len() == n && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    match s.split_once(':') {
-        Some(("sha256", h)) => hex_len(h, 64),
-        Some(("sha512", h)) => hex_len(h, 128),
-        _ => false,
-    }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-fn short_digest(d: &str) -> &str {
-    // "sha256:" plus 12 hex digits is enough to tell digests apart in a reason.
-    &d[..d.len().min(19)]
+/// Why a pinned project's deployment cannot run while its node is offline.
+pub fn refuse_to_migrate(node: &str) -> String {
+    format!(
+        "node {node} is offline; this compose project is pinned to it (its named volumes live there), refusing to migrate"
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PinnedNode;
 
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";
 
-    fn digest(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
-    }
-
-    fn compose() -> Project {
+    fn enabled(kind: ProjectKind, git_source: GitSource) -> Project {
         Project {
-            kind: ProjectKind::Compose,
+            kind,
+            git_source,
+            auto_deploy_enabled: true,
+            last_tracked_commit: A.into(),
+            expose_service: Some("web".into()),
+            expose_port: Some(80),
             ..Project::default()
         }
     }
 
-    #[test]
-    fn empty_tracked_commit_deploys_once_to_align() {
-        let d = decide_commit(&Project::default(), Some(A)).unwrap();
-        assert!(d.trigger);
-        assert_eq!(d.record.as_deref(), Some(A));
-        assert!(d.reason.contains("align"));
+    fn master_off() -> Facts {
+        Facts {
+            auto_deploy_master_enabled: false,
+            ..Facts::default()
+        }
+    }
+
+    fn plan(p: &WatchPlan) -> (bool, bool, bool) {
+        (p.poll_commits, p.reconcile_pushes, p.watch_images)
     }
 
     #[test]
-    fn unchanged_head_does_not_deploy_and_records_nothing() {
-        let p = Project {
-            last_tracked_commit: A.to_uppercase(),
-            ..Project::default()
-        };
-        let d = decide_commit(&p, Some(A)).unwrap();
-        assert!(!d.trigger);
-        assert_eq!(d.record, None);
+    fn the_watch_plan_follows_source_and_kind() {
+        let f = Facts::default();
+        use GitSource::*;
+        use ProjectKind::*;
+        let cases = [
+            (Deployment, External, (true, false, false)),
+            (Deployment, Hosted, (false, true, false)),
+            (Compose, External, (true, false, true)),
+            (Compose, Hosted, (false, true, true)),
+            (Image, Hosted, (false, true, false)),
+            (Tunnel, External, (false, false, false)),
+            (DomainOnly, Hosted, (false, false, false)),
+        ];
+        for (kind, source, want) in cases {
+            assert_eq!(
+                plan(&watch_plan(&enabled(kind, source), &f)),
+                want,
+                "{kind:?} {source:?}"
+            );
+        }
     }
 
     #[test]
-    fn moved_head_deploys_and_missing_branch_is_an_error() {
-        let p = Project {
-            last_tracked_commit: A.into(),
-            ..Project::default()
+    fn the_master_switch_and_the_toggle_empty_the_watch_plan() {
+        let p = enabled(ProjectKind::Compose, GitSource::External);
+        let off = watch_plan(&p, &master_off());
+        assert_eq!(plan(&off), (false, false, false));
+        assert!(off.reason.contains("master switch off"), "{}", off.reason);
+        let toggled = Project {
+            auto_deploy_enabled: false,
+            ..p
         };
-        let d = decide_commit(&p, Some(B)).unwrap();
-        assert!(d.trigger && d.record.as_deref() == Some(B));
+        let off = watch_plan(&toggled, &Facts::default());
+        assert_eq!(plan(&off), (false, false, false));
         assert!(
-            decide_commit(&p, None)
-                .unwrap_err()
-                .contains("does not exist")
+            off.reason.contains("off for this project"),
+            "{}",
+            off.reason
+        );
+    }
+
+    #[test]
+    fn automatic_commits_wait_for_the_switches_and_manual_ones_do_not() {
+        let p = enabled(ProjectKind::Deployment, GitSource::Hosted);
+        let held = decide_commit(&p, &master_off(), TriggerSource::AutoPoll, Some(B)).unwrap();
+        assert!(!held.trigger && held.record.is_none(), "{held:?}");
+        let toggled = Project {
+            auto_deploy_enabled: false,
+            ..p.clone()
+        };
+        let held = decide_commit(
+            &toggled,
+            &Facts::default(),
+            TriggerSource::AutoPush,
+            Some(B),
+        )
+        .unwrap();
+        assert!(!held.trigger && held.reason.contains("off for this project"));
+        let manual =
+            decide_commit(&toggled, &master_off(), TriggerSource::Manual, Some(B)).unwrap();
+        assert!(manual.trigger && manual.record.as_deref() == Some(B));
+        let on = decide_commit(&p, &Facts::default(), TriggerSource::AutoPoll, Some(B)).unwrap();
+        assert!(on.trigger);
+    }
+
+    #[test]
+    fn a_held_image_decision_keeps_the_recorded_digests() {
+        let p = enabled(ProjectKind::Compose, GitSource::Hosted);
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let prior = BTreeMap::from([("x:1".to_string(), a.clone())]);
+        let lookups = BTreeMap::from([("x:1".to_string(), Lookup::Digest(b.clone()))]);
+        let held = decide_images(&p, &master_off(), &prior, &lookups);
+        assert!(!held.trigger);
+        assert_eq!(held.record, prior);
+        let on = decide_images(&p, &Facts::default(), &prior, &lookups);
+        assert!(on.trigger);
+        assert_eq!(on.record["x:1"], b);
+    }
+
+    #[test]
+    fn deployability_weighs_switches_kinds_and_the_pinned_node() {
+        let p = enabled(ProjectKind::Compose, GitSource::Hosted);
+        let f = Facts::default();
+        assert!(check_deployable(&p, &f, TriggerSource::AutoImage).is_allowed());
+        let off = check_deployable(&p, &master_off(), TriggerSource::AutoImage);
+        assert!(off.reason().contains("master switch off"), "{off:?}");
+        assert!(!off.is_allowed());
+        assert!(check_deployable(&p, &master_off(), TriggerSource::Manual).is_allowed());
+
+        let pinned = |state| Facts {
+            pinned_node: Some(PinnedNode {
+                name: "n1".into(),
+                state,
+            }),
+            ..Facts::default()
+        };
+        let refused = check_deployable(&p, &pinned(NodeState::Offline), TriggerSource::Manual);
+        assert!(!refused.is_allowed());
+        assert!(
+            refused.reason().contains("refusing to migrate"),
+            "{refused:?}"
+        );
+        assert!(refused.reason().contains("n1"), "{refused:?}");
+        assert!(
+            check_deployable(&p, &pinned(NodeState::Online), TriggerSource::Manual).is_allowed()
+        );
+
+        let deployment = enabled(ProjectKind::Deployment, GitSource::Hosted);
+        let no_agent = check_deployable(&deployment, &f, TriggerSource::Manual);
+        assert!(!no_agent.is_allowed());
+        assert!(
+            no_agent
+                .reason()
+                .contains("no deploy agent runs deployment projects"),
+            "{no_agent:?}"
+        );
+        let all = Facts {
+            agent_kinds: vec![ProjectKind::Deployment],
+            ..Facts::default()
+        };
+        assert!(check_deployable(&deployment, &all, TriggerSource::Manual).is_allowed());
+        // An incomplete project is refused for what it lacks, before the agents.
+        let bare = Project {
+            expose_service: None,
+            ..p
+        };
+        let incomplete = check_deployable(
+            &bare,
+            &Facts {
+                agent_kinds: vec![],
+                ..f
+            },
+            TriggerSource::Manual,
         );
         assert!(
-            decide_commit(&p, Some("HEAD"))
-                .unwrap_err()
-                .contains("not a commit SHA")
+            incomplete.reason().contains("expose_service"),
+            "{incomplete:?}"
         );
     }
 
     #[test]
-    fn first_image_tick_seeds_without_deploying() {
-        let lookups = BTreeMap::from([("redis:7".to_string(), Lookup::Digest(digest('a')))]);
-        let d = decide_images(&compose(), &BTreeMap::new(), &lookups);
-        assert!(!d.trigger);
-        assert_eq!(d.record["redis:7"], digest('a'));
-    }
-
-    #[test]
-    fn moved_digest_deploys_failed_lookup_keeps_previous_and_gone_images_drop() {
-        let prior = BTreeMap::from([
-            ("a:1".to_string(), digest('a')),
-            ("b:1".to_string(), digest('b')),
-            ("gone:1".to_string(), digest('c')),
-        ]);
-        let lookups = BTreeMap::from([
-            ("a:1".to_string(), Lookup::Digest(digest('d'))),
-            ("b:1".to_string(), Lookup::Failed("timeout".into())),
-            ("new:1".to_string(), Lookup::Digest(digest('e'))),
-        ]);
-        let d = decide_images(&compose(), &prior, &lookups);
-        assert!(d.trigger);
-        assert_eq!(d.moved.len(), 1);
-        assert_eq!(d.record.len(), 3);
-        assert_eq!(d.record["b:1"], digest('b'));
-        assert_eq!(d.added, ["new:1"]);
-        assert!(!d.record.contains_key("gone:1"));
-    }
-
-    #[test]
-    fn malformed_digest_counts_as_a_failed_lookup() {
-        let prior = BTreeMap::from([("a:1".to_string(), digest('a'))]);
-        let lookups = BTreeMap::from([("a:1".to_string(), Lookup::Digest("latest".into()))]);
-        let d = decide_images(&compose(), &prior, &lookups);
-        assert!(!d.trigger);
-        assert_eq!(d.record, prior);
-        assert!(d.reason.contains("malformed"));
-    }
-
-    #[test]
-    fn toggle_and_deployability_rules() {
-        let tunnel = Project {
-            kind: ProjectKind::Tunnel,
-            ..Project::default()
-        };
-        let domain = Project {
-            kind: ProjectKind::DomainOnly,
-            ..Project::default()
-        };
-        assert!(matches!(
-            check_auto_deploy(&tunnel, true),
-            Verdict::Refused(_)
-        ));
-        assert!(matches!(
-            check_auto_deploy(&domain, true),
-            Verdict::Refused(_)
-        ));
-        assert!(matches!(
-            check_auto_deploy(&domain, false),
-            Verdict::Allowed(_)
-        ));
-        assert!(
-            matches!(check_deployable(&compose()), Verdict::Refused(r) if r.contains("expose_service"))
+    fn labels_change_no_default_decision() {
+        let mut p = enabled(ProjectKind::Compose, GitSource::External);
+        let f = Facts::default();
+        let before = (
+            watch_plan(&p, &f),
+            decide_commit(&p, &f, TriggerSource::AutoPoll, Some(B)),
+            check_deployable(&p, &f, TriggerSource::AutoPoll),
         );
-        let ready = Project {
-            expose_service: Some("web".into()),
-            expose_port: Some(80),
-            ..compose()
-        };
-        assert!(matches!(check_deployable(&ready), Verdict::Allowed(_)));
+        p.labels.insert("team".into(), "payments".into());
+        let after = (
+            watch_plan(&p, &f),
+            decide_commit(&p, &f, TriggerSource::AutoPoll, Some(B)),
+            check_deployable(&p, &f, TriggerSource::AutoPoll),
+        );
+        assert_eq!(before, after);
     }
 }

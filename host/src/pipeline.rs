@@ -55,7 +55,16 @@ pub async fn trigger(
     let span = tracing::info_span!("trigger", project = project.id, source = ?t.source);
     async move {
         let view = project.policy_view();
-        let (verdict, policy) = app.decide(move |p| p.check_deployable(&view)).await;
+        let facts = crate::policy::facts::placeholder(
+            app,
+            project.fields.project_type,
+            project.pinned_node_id,
+        )
+        .await?;
+        let source = t.source.into();
+        let (verdict, policy) = app
+            .decide(move |p| p.check_deployable(&view, &facts, source))
+            .await;
         let mut failure = match verdict {
             Ok(Verdict::Allowed(_)) => None,
             Ok(Verdict::Refused(reason)) => Some(reason),

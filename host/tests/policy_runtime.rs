@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy::policy::{
-    BUNDLED_POLICY, DEFAULT_FUEL, MIN_FUEL, PolicyConfig, PolicyError, PolicyRuntime, Project,
+    BUNDLED_POLICY, DEFAULT_FUEL, Facts, MIN_FUEL, PolicyConfig, PolicyError, PolicyRuntime,
+    Project, TriggerSource,
 };
 use common::load::CpuLoad;
 use common::*;
@@ -36,7 +37,7 @@ fn bundled_component_imports_nothing_and_exports_the_contract() {
         .keys()
         .map(|k| resolve.name_world_key(k))
         .collect();
-    assert_eq!(exports, ["autodeploy:policy/decisions@0.1.0"]);
+    assert_eq!(exports, ["autodeploy:policy/decisions@0.2.0"]);
 }
 
 /// A runtime with an instruction budget of `fuel` and a wall-clock
@@ -126,7 +127,12 @@ fn memory_bomb_fails_with_the_memory_limit() {
     let rt = runtime(1000, 16);
     let hostile = rt.load(&hostile_policy(MEMORY_BOMB_BODY), "bomb").unwrap();
     let err = hostile
-        .decide_commit(&Project::default(), None)
+        .decide_commit(
+            &Project::default(),
+            &Facts::default(),
+            TriggerSource::Manual,
+            None,
+        )
         .unwrap_err();
     assert!(
         matches!(err, PolicyError::Memory { call: "decide-commit", limit } if limit == 16 << 20),
@@ -147,14 +153,22 @@ fn memory_limit_is_configurable() {
         .load(&hostile_policy(grow), "grow")
         .unwrap();
     assert!(matches!(
-        small.check_deployable(&Project::default()),
+        small.check_deployable(
+            &Project::default(),
+            &Facts::default(),
+            TriggerSource::Manual
+        ),
         Err(PolicyError::Memory { .. })
     ));
     let large = runtime(1000, 64)
         .load(&hostile_policy(grow), "grow")
         .unwrap();
     assert!(matches!(
-        large.check_deployable(&Project::default()),
+        large.check_deployable(
+            &Project::default(),
+            &Facts::default(),
+            TriggerSource::Manual
+        ),
         Err(PolicyError::Trap { .. })
     ));
 }
@@ -165,7 +179,7 @@ fn trap_fails_one_call_with_a_clear_error() {
         .load(&hostile_policy(TRAP_BODY), "trap")
         .unwrap();
     let err = hostile
-        .check_auto_deploy(&Project::default(), true)
+        .check_auto_deploy(&Project::default(), &Facts::default(), true)
         .unwrap_err();
     assert!(
         matches!(
@@ -186,7 +200,15 @@ fn a_session_refuses_calls_after_a_trap() {
         .load(&hostile_policy(TRAP_BODY), "trap")
         .unwrap();
     let mut session = hostile.session().unwrap();
-    assert!(session.check_deployable(&Project::default()).is_err());
+    assert!(
+        session
+            .check_deployable(
+                &Project::default(),
+                &Facts::default(),
+                TriggerSource::Manual
+            )
+            .is_err()
+    );
     let err = session.policy_info().unwrap_err();
     assert!(err.to_string().contains("failed an earlier call"), "{err}");
 }
@@ -205,7 +227,7 @@ world policy { export decisions; }"#;
         .err()
         .expect("refused");
     let msg = err.to_string();
-    assert!(matches!(err, PolicyError::Missing(_)), "{msg}");
+    assert!(matches!(err, PolicyError::Missing { .. }), "{msg}");
     for f in [
         "parse-compose",
         "decide-commit",
@@ -216,6 +238,56 @@ world policy { export decisions; }"#;
         assert!(msg.contains(f), "{msg} should name {f}");
     }
     assert!(!msg.contains("policy-info"), "{msg}");
+}
+
+#[test]
+fn missing_functions_are_named_for_the_version_exported() {
+    let partial = r#"package autodeploy:policy@0.2.0;
+interface decisions {
+    record policy-meta { name: string, version: string }
+    record compose-images { images: list<string>, skipped: list<string> }
+    policy-info: func() -> policy-meta;
+    parse-compose: func(yaml: string) -> result<compose-images, string>;
+}
+world policy { export decisions; }"#;
+    let bytes = component(partial, "policy", "", |_| POLICY_INFO_BODY.into());
+    let err = runtime(100, 64)
+        .load(&bytes, "partial")
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("does not implement autodeploy:policy/decisions@0.2.0"),
+        "{msg}"
+    );
+    for f in ["watch-plan", "decide-commit", "check-deployable"] {
+        assert!(msg.contains(f), "{msg} should name {f}");
+    }
+    assert!(!msg.contains("parse-compose"), "{msg}");
+}
+
+#[test]
+fn an_unknown_contract_version_is_named() {
+    let future = r#"package autodeploy:policy@0.3.0;
+interface decisions {
+    record policy-meta { name: string, version: string }
+    policy-info: func() -> policy-meta;
+}
+world policy { export decisions; }"#;
+    let bytes = component(future, "policy", "", |_| POLICY_INFO_BODY.into());
+    let msg = runtime(100, 64)
+        .load(&bytes, "future")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        msg.contains("autodeploy:policy/decisions@0.3.0") && msg.contains("does not know"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("autodeploy:policy/decisions@0.2.0 or autodeploy:policy/decisions@0.1.0"),
+        "{msg}"
+    );
 }
 
 #[test]

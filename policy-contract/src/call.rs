@@ -15,35 +15,54 @@ use crate::model::{
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "call", content = "input", rename_all = "kebab-case")]
+// Omitted arguments take their defaults (a default project, the facts of a
+// plain running daemon, a manual source): the 0.1.0 vectors name no facts,
+// and a vector only spells out what it is about.
 pub enum Call {
     PolicyInfo,
     ParseCompose {
         yaml: String,
     },
     WatchPlan {
+        #[serde(default)]
         project: Project,
+        #[serde(default)]
         facts: Facts,
     },
     DecideCommit {
+        #[serde(default)]
         project: Project,
+        #[serde(default)]
         facts: Facts,
+        #[serde(default)]
         source: TriggerSource,
+        #[serde(default)]
         remote_head: Option<String>,
     },
     DecideImages {
+        #[serde(default)]
         project: Project,
+        #[serde(default)]
         facts: Facts,
+        #[serde(default)]
         prior: BTreeMap<String, String>,
+        #[serde(default)]
         lookups: BTreeMap<String, Lookup>,
     },
     CheckAutoDeploy {
+        #[serde(default)]
         project: Project,
+        #[serde(default)]
         facts: Facts,
+        #[serde(default)]
         enable: bool,
     },
     CheckDeployable {
+        #[serde(default)]
         project: Project,
+        #[serde(default)]
         facts: Facts,
+        #[serde(default)]
         source: TriggerSource,
     },
 }

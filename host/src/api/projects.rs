@@ -404,8 +404,9 @@ async fn check_selector_change(
 }
 
 async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {
+    let facts = crate::policy::facts::placeholder(app, view.kind, None).await?;
     match app
-        .decide(move |p| p.check_auto_deploy(&view, enable))
+        .decide(move |p| p.check_auto_deploy(&view, &facts, enable))
         .await
         .0
     {

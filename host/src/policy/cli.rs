@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    DEFAULT_DEADLINE, DEFAULT_FUEL, Lookup, MIN_FUEL, Policy, PolicyConfig, PolicyRuntime, Project,
-    ProjectKind,
+    DEFAULT_DEADLINE, DEFAULT_FUEL, Facts, Lookup, MIN_FUEL, Policy, PolicyConfig, PolicyRuntime,
+    Project, ProjectKind, TriggerSource,
 };
 
 /// A budget this large would take minutes to burn: the backstop decides first.
@@ -72,9 +72,11 @@ pub enum PolicyCommand {
     Info,
     /// List the images a compose file uses (FILE, or - for stdin).
     ParseCompose { file: PathBuf },
-    /// Decide on a branch head. Stdin: {"last_tracked": "SHA or empty", "remote_head": "SHA or null"}.
+    /// Decide on a branch head. Stdin: {"last_tracked": "SHA or empty", "remote_head": "SHA or null"},
+    /// optionally "project", "facts" and "source" (default: auto-deploy on, auto-poll).
     DecideCommit,
-    /// Decide on image digests. Stdin: {"prior": {IMAGE: DIGEST}, "lookups": {IMAGE: {"digest": D} | {"error": E}}}.
+    /// Decide on image digests. Stdin: {"prior": {IMAGE: DIGEST}, "lookups": {IMAGE: {"digest": D} | {"error": E}}},
+    /// optionally "project" and "facts" (default: a compose project with auto-deploy on).
     DecideImages,
     /// Send a policy component to the running daemon, which validates it and
     /// switches to it.
@@ -112,20 +114,29 @@ pub fn run(command: &PolicyCommand, args: &PolicyArgs) -> Result<()> {
         }
         PolicyCommand::DecideCommit => {
             let input: CommitInput = parse_stdin()?;
-            let mut project = input.project.unwrap_or_default();
+            let mut project = input.project.unwrap_or(Project {
+                auto_deploy_enabled: true,
+                ..Project::default()
+            });
             if let Some(last) = input.last_tracked {
                 project.last_tracked_commit = last;
             }
-            let d = policy.decide_commit(&project, input.remote_head.as_deref())?;
+            let d = policy.decide_commit(
+                &project,
+                &input.facts,
+                input.source,
+                input.remote_head.as_deref(),
+            )?;
             json!({ "trigger": d.trigger, "record": d.record, "reason": d.reason })
         }
         PolicyCommand::DecideImages => {
             let input: ImagesInput = parse_stdin()?;
             let project = input.project.unwrap_or(Project {
                 kind: ProjectKind::Compose,
+                auto_deploy_enabled: true,
                 ..Project::default()
             });
-            let d = policy.decide_images(&project, &input.prior, &input.lookups)?;
+            let d = policy.decide_images(&project, &input.facts, &input.prior, &input.lookups)?;
             let moved: Vec<&str> = d.moved.iter().map(|m| m.image.as_str()).collect();
             json!({
                 "trigger": d.trigger,
@@ -153,6 +164,15 @@ struct CommitInput {
     remote_head: Option<String>,
     #[serde(default)]
     project: Option<Project>,
+    #[serde(default)]
+    facts: Facts,
+    /// What the daemon decides on when it polls.
+    #[serde(default = "auto_poll")]
+    source: TriggerSource,
+}
+
+fn auto_poll() -> TriggerSource {
+    TriggerSource::AutoPoll
 }
 
 #[derive(Deserialize)]
@@ -164,6 +184,8 @@ struct ImagesInput {
     lookups: BTreeMap<String, Lookup>,
     #[serde(default)]
     project: Option<Project>,
+    #[serde(default)]
+    facts: Facts,
 }
 
 fn read_stdin() -> Result<String> {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use autodeploy_policy_contract::model::{Facts, NodeState, PinnedNode, ProjectKind};
+use super::{Facts, NodeState, PinnedNode, ProjectKind};
 
 use crate::app::App;
 use crate::store::{Node, ProjectRecord, Settings, StoreError};
@@ -98,14 +98,43 @@ impl FactBase {
         self.master
     }
 
+    /// Reads the settings and only the node `pinned` names: for a single
+    /// decision.
+    pub async fn read_for(app: &App, pinned: Option<i64>) -> Result<FactBase, StoreError> {
+        let settings = app.store.settings().await?;
+        let nodes = match pinned {
+            Some(id) => match app.store.node(id).await {
+                Ok(node) => vec![node],
+                // Deleted meanwhile: that unpinned the project.
+                Err(StoreError::NotFound(_)) => vec![],
+                Err(e) => return Err(e),
+            },
+            None => vec![],
+        };
+        Ok(Self::from_parts(&settings, &nodes, app.policy.config()))
+    }
+
+    /// Whether this base read the node `project` is pinned to (a project
+    /// read after the base may have been pinned since).
+    pub fn knows(&self, project: &ProjectRecord) -> bool {
+        project
+            .pinned_node_id
+            .is_none_or(|id| self.nodes.contains_key(&id))
+    }
+
     /// The facts for one project.
     pub fn facts(&self, project: &ProjectRecord) -> Facts {
+        self.facts_pinned(project.pinned_node_id)
+    }
+
+    /// The facts for a project pinned to `pinned` (a project being created
+    /// is pinned nowhere).
+    pub fn facts_pinned(&self, pinned: Option<i64>) -> Facts {
         Facts {
             auto_deploy_master_enabled: self.master,
             now_unix_seconds: self.now,
             config: self.config.to_string(),
-            pinned_node: project
-                .pinned_node_id
+            pinned_node: pinned
                 // A node deleted since the project was read unpinned it
                 // (the schema sets the column to NULL).
                 .and_then(|id| self.nodes.get(&id))
@@ -125,14 +154,21 @@ impl FactBase {
 /// The facts for one decision about `project`: the settings and only the
 /// node it is pinned to are read.
 pub async fn gather(app: &App, project: &ProjectRecord) -> Result<Facts, StoreError> {
-    let settings = app.store.settings().await?;
-    let nodes = match project.pinned_node_id {
-        Some(id) => match app.store.node(id).await {
-            Ok(node) => vec![node],
-            Err(StoreError::NotFound(_)) => vec![],
-            Err(e) => return Err(e),
-        },
-        None => vec![],
-    };
-    Ok(FactBase::from_parts(&settings, &nodes, app.policy.config()).facts(project))
+    Ok(FactBase::read_for(app, project.pinned_node_id)
+        .await?
+        .facts(project))
+}
+
+/// The facts for `project` from a tick's `base` when it has them, else
+/// read afresh.
+pub async fn from_base(
+    app: &App,
+    base: &FactBase,
+    project: &ProjectRecord,
+) -> Result<Facts, StoreError> {
+    if base.knows(project) {
+        Ok(base.facts(project))
+    } else {
+        gather(app, project).await
+    }
 }

@@ -1,5 +1,10 @@
-//! The policy runtime: loads a policy component, checks it implements the
-//! contract, and runs each decision in a fresh, bounded instance.
+//! The policy runtime: loads a policy component, checks which version of the
+//! contract it implements, and runs each decision in a fresh, bounded
+//! instance.
+//!
+//! A component may implement `autodeploy:policy@0.1.0` or `@0.2.0`; `wit/`
+//! holds one bindings module per version and the rest of the daemon sees
+//! only the contract's plain types, always in 0.2.0 terms ([`Policy::run`]).
 //!
 //! A policy is compiled once; every decision instantiates it anew from an
 //! `InstancePre` (a few microseconds with the pooling allocator) under an
@@ -11,11 +16,11 @@
 //! answer on an idle host and on a saturated one. A wall-clock deadline (epoch
 //! interruption) stays as a generous backstop only.
 
-mod bindings;
 pub mod cli;
 pub mod facts;
 mod handle;
 pub mod selftest;
+mod wit;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,23 +29,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use autodeploy_guest::model::{
-    CommitDecision, ComposeImages, DigestChange, GitSource, ImageDecision, Lookup, Project,
-    ProjectKind, Verdict,
+pub use autodeploy_policy_contract::model::{
+    CommitDecision, ComposeImages, DigestChange, Facts, GitSource, ImageDecision, Lookup,
+    NodeState, PinnedNode, PolicyMeta, Project, ProjectKind, TriggerSource, Verdict, WatchPlan,
 };
+pub use autodeploy_policy_contract::{Answer, Call, WitVersion};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     Trap,
 };
 
-pub use bindings::{FUNCTIONS, INTERFACE};
 pub use handle::{MAX_CONFIG_BYTES, PolicyHandle, SwapError};
 
-/// The default policy, built from `guest/` by `build.rs`.
+/// The default policy, built from `guest/` for contract 0.2.0 by `build.rs`.
 pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
 
 /// Bytes of each pooled linear memory kept mapped between instances.
@@ -101,10 +105,16 @@ pub enum PolicyError {
     Invalid(String),
     #[error("policy imports {}, but a policy gets no host functions (no WASI, no clock, files or network)", .0.join(", "))]
     Imports(Vec<String>),
-    #[error("policy does not implement {INTERFACE}: missing {}", .0.join(", "))]
-    Missing(Vec<String>),
-    #[error("policy does not match {INTERFACE}: {0}")]
-    Incompatible(String),
+    #[error("policy does not implement {interface}: missing {}", .missing.join(", "))]
+    Missing {
+        interface: String,
+        missing: Vec<String>,
+    },
+    #[error("policy does not match {interface}: {message}")]
+    Incompatible {
+        interface: &'static str,
+        message: String,
+    },
     #[error("policy call {call} exceeded its instruction budget of {fuel}")]
     Budget { call: &'static str, fuel: u64 },
     #[error("policy call {call} exceeded its deadline of {deadline:?}")]
@@ -187,18 +197,22 @@ impl PolicyRuntime {
         let sha256 = crate::secrets::hex(&Sha256::digest(bytes));
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
-        check_shape(&self.engine, &component)?;
+        let wit_version = wit::check_shape(&self.engine, &component)?;
+        let incompatible = |e: wasmtime::Error| PolicyError::Incompatible {
+            interface: wit_version.interface(),
+            message: format!("{e:#}"),
+        };
         let pre = Linker::new(&self.engine)
             .instantiate_pre(&component)
-            .map_err(|e| PolicyError::Incompatible(format!("{e:#}")))?;
-        let pre =
-            bindings::Pre::new(pre).map_err(|e| PolicyError::Incompatible(format!("{e:#}")))?;
+            .map_err(incompatible)?;
+        let pre = wit::Pre::new(wit_version, pre).map_err(incompatible)?;
         let mut policy = Policy {
             runtime: self.clone(),
             pre,
             info: PolicyInfo {
                 name: String::new(),
                 version: String::new(),
+                wit_version,
                 sha256,
                 source: source.into(),
             },
@@ -219,47 +233,13 @@ impl Drop for PolicyRuntime {
     }
 }
 
-/// Names every import, and every part of the contract that is missing, at
-/// once: more use to a policy author than the first type error.
-fn check_shape(engine: &Engine, component: &Component) -> Result<(), PolicyError> {
-    let ty = component.component_type();
-    let imports: Vec<String> = ty
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    if !imports.is_empty() {
-        return Err(PolicyError::Imports(imports));
-    }
-    let exported = ty.exports(engine).find_map(|(name, item)| match item.ty {
-        ComponentItem::ComponentInstance(i) if name == INTERFACE => Some(i),
-        _ => None,
-    });
-    let Some(instance) = exported else {
-        return Err(PolicyError::Missing(vec![format!(
-            "the exported interface {INTERFACE}"
-        )]));
-    };
-    let present: Vec<String> = instance
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    let missing: Vec<String> = FUNCTIONS
-        .iter()
-        .filter(|f| !present.iter().any(|p| p == *f))
-        .map(|f| f.to_string())
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(PolicyError::Missing(missing))
-    }
-}
-
 /// What is known about a loaded policy; every decision is stored with it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyInfo {
     pub name: String,
     pub version: String,
+    /// The contract version the component implements.
+    pub wit_version: WitVersion,
     pub sha256: String,
     pub source: String,
 }
@@ -268,13 +248,18 @@ pub struct PolicyInfo {
 /// instance; use [`Policy::session`] to make several calls on one instance.
 pub struct Policy {
     runtime: Arc<PolicyRuntime>,
-    pre: bindings::Pre<CallState>,
+    pre: wit::Pre<CallState>,
     info: PolicyInfo,
 }
 
 impl Policy {
     pub fn info(&self) -> &PolicyInfo {
         &self.info
+    }
+
+    /// The contract version the component implements.
+    pub fn wit_version(&self) -> WitVersion {
+        self.info.wit_version
     }
 
     /// One instance for several calls. After any failed call it refuses
@@ -305,43 +290,73 @@ impl Policy {
         })
     }
 
+    /// Answers one call in 0.2.0 terms, whatever version the component
+    /// implements. A policy's own error value (invalid YAML, a missing
+    /// branch) is part of the answer; `Err` is a failure of the component
+    /// (trap, budget, deadline, memory).
+    pub fn run(&self, call: &Call) -> Result<Answer, PolicyError> {
+        self.session()?.run(call)
+    }
+
+    /// Answers one call in the terms of the component's own contract version:
+    /// for a 0.1.0 component, without the gates the host adds. What its own
+    /// conformance vectors test.
+    pub fn run_own(&self, call: &Call) -> Result<Answer, PolicyError> {
+        self.session()?.run_own(call)
+    }
+
     pub fn parse_compose(&self, yaml: &str) -> Result<ComposeImages, PolicyError> {
         self.session()?.parse_compose(yaml)
+    }
+
+    pub fn watch_plan(&self, project: &Project, facts: &Facts) -> Result<WatchPlan, PolicyError> {
+        self.session()?.watch_plan(project, facts)
     }
 
     pub fn decide_commit(
         &self,
         project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
         remote_head: Option<&str>,
     ) -> Result<CommitDecision, PolicyError> {
-        self.session()?.decide_commit(project, remote_head)
+        self.session()?
+            .decide_commit(project, facts, source, remote_head)
     }
 
     pub fn decide_images(
         &self,
         project: &Project,
+        facts: &Facts,
         prior: &BTreeMap<String, String>,
         lookups: &BTreeMap<String, Lookup>,
     ) -> Result<ImageDecision, PolicyError> {
-        self.session()?.decide_images(project, prior, lookups)
+        self.session()?
+            .decide_images(project, facts, prior, lookups)
     }
 
     pub fn check_auto_deploy(
         &self,
         project: &Project,
+        facts: &Facts,
         enable: bool,
     ) -> Result<Verdict, PolicyError> {
-        self.session()?.check_auto_deploy(project, enable)
+        self.session()?.check_auto_deploy(project, facts, enable)
     }
 
-    pub fn check_deployable(&self, project: &Project) -> Result<Verdict, PolicyError> {
-        self.session()?.check_deployable(project)
+    pub fn check_deployable(
+        &self,
+        project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
+    ) -> Result<Verdict, PolicyError> {
+        self.session()?.check_deployable(project, facts, source)
     }
 }
 
 pub struct PolicySession {
     store: Store<CallState>,
-    instance: bindings::Instance,
+    instance: wit::Instance,
     config: PolicyConfig,
     broken: bool,
     last_fuel: Option<u64>,
@@ -357,7 +372,7 @@ impl PolicySession {
     fn call<T>(
         &mut self,
         call: &'static str,
-        f: impl FnOnce(&bindings::Instance, &mut Store<CallState>) -> wasmtime::Result<T>,
+        f: impl FnOnce(&wit::Instance, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Result<T, PolicyError> {
         if self.broken {
             return Err(PolicyError::Trap {
@@ -383,45 +398,74 @@ impl PolicySession {
         self.call("policy-info", |i, s| i.policy_info(s))
     }
 
+    pub fn run(&mut self, call: &Call) -> Result<Answer, PolicyError> {
+        self.call(call.name(), |i, s| i.run(s, call))
+    }
+
+    pub fn run_own(&mut self, call: &Call) -> Result<Answer, PolicyError> {
+        self.call(call.name(), |i, s| i.run_own(s, call))
+    }
+
     pub fn parse_compose(&mut self, yaml: &str) -> Result<ComposeImages, PolicyError> {
         let call = "parse-compose";
         self.call(call, |i, s| i.parse_compose(s, yaml))?
             .map_err(|message| PolicyError::Rejected { call, message })
     }
 
+    pub fn watch_plan(
+        &mut self,
+        project: &Project,
+        facts: &Facts,
+    ) -> Result<WatchPlan, PolicyError> {
+        self.call("watch-plan", |i, s| i.watch_plan(s, project, facts))
+    }
+
     pub fn decide_commit(
         &mut self,
         project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
         remote_head: Option<&str>,
     ) -> Result<CommitDecision, PolicyError> {
         let call = "decide-commit";
-        self.call(call, |i, s| i.decide_commit(s, project, remote_head))?
-            .map_err(|message| PolicyError::Rejected { call, message })
+        self.call(call, |i, s| {
+            i.decide_commit(s, project, facts, source, remote_head)
+        })?
+        .map_err(|message| PolicyError::Rejected { call, message })
     }
 
     pub fn decide_images(
         &mut self,
         project: &Project,
+        facts: &Facts,
         prior: &BTreeMap<String, String>,
         lookups: &BTreeMap<String, Lookup>,
     ) -> Result<ImageDecision, PolicyError> {
         self.call("decide-images", |i, s| {
-            i.decide_images(s, project, prior, lookups)
+            i.decide_images(s, project, facts, prior, lookups)
         })
     }
 
     pub fn check_auto_deploy(
         &mut self,
         project: &Project,
+        facts: &Facts,
         enable: bool,
     ) -> Result<Verdict, PolicyError> {
         self.call("check-auto-deploy", |i, s| {
-            i.check_auto_deploy(s, project, enable)
+            i.check_auto_deploy(s, project, facts, enable)
         })
     }
 
-    pub fn check_deployable(&mut self, project: &Project) -> Result<Verdict, PolicyError> {
-        self.call("check-deployable", |i, s| i.check_deployable(s, project))
+    pub fn check_deployable(
+        &mut self,
+        project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
+    ) -> Result<Verdict, PolicyError> {
+        self.call("check-deployable", |i, s| {
+            i.check_deployable(s, project, facts, source)
+        })
     }
 }
 

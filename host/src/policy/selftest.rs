@@ -1,36 +1,24 @@
 //! Runs the contract's conformance vectors against a policy: the self-test a
-//! new policy must pass before the daemon switches to it.
+//! new policy must pass before the daemon switches to it. A policy is tested
+//! against the vectors of the contract version it implements, in that
+//! version's own terms.
 
-use autodeploy_guest::vectors::{Case, cases, check, outcome};
-use serde_json::{Value, json};
+use autodeploy_policy_contract::vectors::{Case, cases, check};
+use serde_json::Value;
 
-use super::{Policy, PolicyError};
+use super::{Call, Policy, PolicyError};
 
-/// One case's answer from `policy`, in the vectors' terms. A failure of the
-/// component itself (trap, budget, deadline) is returned as `Err`.
+/// One case's answer from `policy`, in the vectors' terms, read in the terms
+/// of the policy's own contract version ([`Policy::run_own`]). A failure of
+/// the component itself (trap, budget, deadline) is returned as `Err`.
 pub fn run_case(policy: &Policy, case: &Case) -> Result<Value, PolicyError> {
-    fn answer<T: serde::Serialize>(r: Result<T, PolicyError>) -> Result<Value, PolicyError> {
-        match r {
-            Ok(v) => Ok(outcome(Ok(v))),
-            Err(PolicyError::Rejected { message, .. }) => Ok(outcome::<()>(Err(message))),
-            Err(other) => Err(other),
-        }
-    }
-    let i = &case.input;
-    match case.call.as_str() {
-        "policy-info" => {
-            let info = policy.info();
-            Ok(outcome(Ok(
-                json!({ "name": info.name, "version": info.version }),
-            )))
-        }
-        "parse-compose" => answer(policy.parse_compose(&i.yaml)),
-        "decide-commit" => answer(policy.decide_commit(&i.project, i.remote_head.as_deref())),
-        "decide-images" => answer(policy.decide_images(&i.project, &i.prior, &i.lookups)),
-        "check-auto-deploy" => answer(policy.check_auto_deploy(&i.project, i.enable)),
-        "check-deployable" => answer(policy.check_deployable(&i.project)),
-        other => Ok(outcome::<()>(Err(format!("unknown call {other:?}")))),
-    }
+    policy.run_own(&case.call).map(|a| a.to_json())
+}
+
+/// One case's answer in 0.2.0 terms ([`Policy::run`]): how the daemon reads
+/// the policy, with the host's gates around a 0.1.0 component.
+pub fn run_case_current(policy: &Policy, case: &Case) -> Result<Value, PolicyError> {
+    policy.run(&case.call).map(|a| a.to_json())
 }
 
 /// Every failing case, described; empty when the policy passes. The
@@ -39,7 +27,8 @@ pub fn run_case(policy: &Policy, case: &Case) -> Result<Value, PolicyError> {
 /// refuse, and a looping policy would otherwise burn a budget per case.
 pub fn self_test(policy: &Policy) -> Vec<String> {
     let mut failures = Vec::new();
-    for case in cases().iter().filter(|case| case.call != "policy-info") {
+    let all = cases(policy.wit_version());
+    for case in all.iter().filter(|case| case.call != Call::PolicyInfo) {
         match run_case(policy, case) {
             Ok(answer) => failures.extend(check(case, &answer).err()),
             Err(e) => {

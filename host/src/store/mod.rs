@@ -160,6 +160,7 @@ impl ProjectFields {
             last_tracked_commit: String::new(),
             expose_service: self.expose_service.clone(),
             expose_port: self.expose_port.and_then(|p| u32::try_from(p).ok()),
+            labels: self.labels.clone(),
         }
     }
 }
@@ -169,21 +170,6 @@ impl ProjectFields {
 impl From<ProjectType> for crate::policy::ProjectKind {
     fn from(t: ProjectType) -> Self {
         use crate::policy::ProjectKind as K;
-        match t {
-            ProjectType::Deployment => K::Deployment,
-            ProjectType::Compose => K::Compose,
-            ProjectType::Image => K::Image,
-            ProjectType::Tunnel => K::Tunnel,
-            ProjectType::DomainOnly => K::DomainOnly,
-        }
-    }
-}
-
-// Until the host's bindings speak the contract crate's types, the facts
-// (contract types) need this one too.
-impl From<ProjectType> for autodeploy_policy_contract::model::ProjectKind {
-    fn from(t: ProjectType) -> Self {
-        use autodeploy_policy_contract::model::ProjectKind as K;
         match t {
             ProjectType::Deployment => K::Deployment,
             ProjectType::Compose => K::Compose,
@@ -232,6 +218,18 @@ pub enum DeploySource {
     AutoPoll,
     AutoPush,
     AutoImage,
+}
+
+impl From<DeploySource> for crate::policy::TriggerSource {
+    fn from(s: DeploySource) -> Self {
+        use crate::policy::TriggerSource;
+        match s {
+            DeploySource::Manual => TriggerSource::Manual,
+            DeploySource::AutoPoll => TriggerSource::AutoPoll,
+            DeploySource::AutoPush => TriggerSource::AutoPush,
+            DeploySource::AutoImage => TriggerSource::AutoImage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -392,9 +392,23 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
         .collect();
     let prior = w.project.last_tracked_image_digests.clone();
     let view = w.project.policy_view();
+    let facts = match crate::policy::facts::placeholder(
+        app,
+        w.project.fields.project_type,
+        w.project.pinned_node_id,
+    )
+    .await
+    {
+        Ok(facts) => facts,
+        Err(e) => {
+            return Outcome::Error {
+                error: format!("cannot gather the facts for the policy: {e}"),
+            };
+        }
+    };
     let (decision, _) = {
         let prior = prior.clone();
-        app.decide(move |p| p.decide_images(&view, &prior, &lookups))
+        app.decide(move |p| p.decide_images(&view, &facts, &prior, &lookups))
             .await
     };
     let d = match decision {

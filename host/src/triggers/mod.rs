@@ -132,8 +132,11 @@ pub async fn commit_moved(
     source: DeploySource,
 ) -> Result<Option<Deployment>, TriggerError> {
     let view = project.policy_view();
+    let facts =
+        crate::policy::facts::placeholder(app, project.fields.project_type, project.pinned_node_id)
+            .await?;
     let (decision, _) = app
-        .decide(move |p| p.decide_commit(&view, head.as_deref()))
+        .decide(move |p| p.decide_commit(&view, &facts, source.into(), head.as_deref()))
         .await;
     let d = decision.map_err(|e| TriggerError::Policy(e.to_string()))?;
     if !d.trigger {

@@ -1,12 +1,12 @@
-//! The wit-bindgen layer: converts WIT types to the plain model and back.
-//! No decision is made here.
+//! Exports `autodeploy:policy/decisions@0.1.0` (the `wit-0-1-0` feature):
+//! today's rules with no facts; the host applies the gates.
 
 use std::collections::BTreeMap;
 
 use crate::model;
 
 wit_bindgen::generate!({
-    path: "../wit/policy@0.1.0",
+    path: "../policy-contract/wit/policy@0.1.0",
     world: "policy",
 });
 
@@ -16,9 +16,10 @@ struct DefaultPolicy;
 
 impl wit::Guest for DefaultPolicy {
     fn policy_info() -> wit::PolicyMeta {
+        let meta = crate::policy_meta();
         wit::PolicyMeta {
-            name: crate::POLICY_NAME.into(),
-            version: crate::POLICY_VERSION.into(),
+            name: meta.name,
+            version: meta.version,
         }
     }
 
@@ -33,10 +34,12 @@ impl wit::Guest for DefaultPolicy {
         project: wit::Project,
         remote_head: Option<String>,
     ) -> Result<wit::CommitDecision, String> {
-        crate::decide_commit(&project.into(), remote_head.as_deref()).map(|d| wit::CommitDecision {
-            trigger: d.trigger,
-            record: d.record,
-            reason: d.reason,
+        crate::v0_1_0::decide_commit(&project.into(), remote_head.as_deref()).map(|d| {
+            wit::CommitDecision {
+                trigger: d.trigger,
+                record: d.record,
+                reason: d.reason,
+            }
         })
     }
 
@@ -57,7 +60,7 @@ impl wit::Guest for DefaultPolicy {
                 (l.image, result)
             })
             .collect();
-        let d = crate::decide_images(&project.into(), &prior, &lookups);
+        let d = crate::v0_1_0::decide_images(&project.into(), &prior, &lookups);
         wit::ImageDecision {
             trigger: d.trigger,
             record: d
@@ -80,11 +83,11 @@ impl wit::Guest for DefaultPolicy {
     }
 
     fn check_auto_deploy(project: wit::Project, enable: bool) -> wit::Verdict {
-        crate::check_auto_deploy(&project.into(), enable).into()
+        crate::v0_1_0::check_auto_deploy(&project.into(), enable).into()
     }
 
     fn check_deployable(project: wit::Project) -> wit::Verdict {
-        crate::check_deployable(&project.into()).into()
+        crate::v0_1_0::check_deployable(&project.into()).into()
     }
 }
 
@@ -109,6 +112,7 @@ impl From<wit::Project> for model::Project {
             last_tracked_commit: p.last_tracked_commit,
             expose_service: p.expose_service,
             expose_port: p.expose_port,
+            labels: Default::default(),
         }
     }
 }

@@ -1,45 +1,34 @@
-//! The one module that sees wasmtime's generated bindings. Everything crossing
-//! it is converted to or from `autodeploy_guest::model`, the plain data types
-//! of the contract.
+//! `autodeploy:policy@0.2.0`: the facts go in, every answer comes from the
+//! component. This module only converts between the generated types and the
+//! contract's plain ones.
 
 use std::collections::BTreeMap;
 
-use autodeploy_guest::model::{
-    CommitDecision, ComposeImages, DigestChange, GitSource, ImageDecision, Lookup, Project,
-    ProjectKind, Verdict,
-};
 use wasmtime::component::InstancePre;
 use wasmtime::{AsContextMut, Result};
+
+use super::super::{
+    CommitDecision, ComposeImages, DigestChange, Facts, GitSource, ImageDecision, Lookup,
+    NodeState, Project, ProjectKind, TriggerSource, Verdict, WatchPlan,
+};
 
 mod generated {
     wasmtime::component::bindgen!({
         world: "policy",
-        path: "../wit/policy@0.1.0",
+        path: "../policy-contract/wit/policy@0.2.0",
     });
 }
 
 use generated::exports::autodeploy::policy::decisions as wit;
 
-/// The name under which a component exports the contract's interface.
-pub const INTERFACE: &str = "autodeploy:policy/decisions@0.1.0";
-/// The functions that interface must export.
-pub const FUNCTIONS: [&str; 6] = [
-    "policy-info",
-    "parse-compose",
-    "decide-commit",
-    "decide-images",
-    "check-auto-deploy",
-    "check-deployable",
-];
-
-/// A type-checked, ready-to-instantiate policy.
+/// A type-checked, ready-to-instantiate 0.2.0 policy.
 pub struct Pre<T: 'static>(generated::PolicyPre<T>);
 
-/// One instance of a policy.
+/// One instance of a 0.2.0 policy.
 pub struct Instance(generated::Policy);
 
 impl<T: 'static> Pre<T> {
-    /// Checks the component's exports against the contract's types.
+    /// Checks the component's exports against the 0.2.0 types.
     pub fn new(pre: InstancePre<T>) -> Result<Self> {
         generated::PolicyPre::new(pre).map(Pre)
     }
@@ -73,15 +62,38 @@ impl Instance {
             }))
     }
 
+    pub fn watch_plan(
+        &self,
+        store: impl AsContextMut,
+        project: &Project,
+        facts: &Facts,
+    ) -> Result<WatchPlan> {
+        let p = self
+            .api()
+            .call_watch_plan(store, &project.into(), &facts.into())?;
+        Ok(WatchPlan {
+            poll_commits: p.poll_commits,
+            reconcile_pushes: p.reconcile_pushes,
+            watch_images: p.watch_images,
+            reason: p.reason,
+        })
+    }
+
     pub fn decide_commit(
         &self,
         store: impl AsContextMut,
         project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
         remote_head: Option<&str>,
     ) -> Result<Result<CommitDecision, String>> {
-        let decision = self
-            .api()
-            .call_decide_commit(store, &project.into(), remote_head)?;
+        let decision = self.api().call_decide_commit(
+            store,
+            &project.into(),
+            &facts.into(),
+            source.into(),
+            remote_head,
+        )?;
         Ok(decision.map(|d| CommitDecision {
             trigger: d.trigger,
             record: d.record,
@@ -93,6 +105,7 @@ impl Instance {
         &self,
         store: impl AsContextMut,
         project: &Project,
+        facts: &Facts,
         prior: &BTreeMap<String, String>,
         lookups: &BTreeMap<String, Lookup>,
     ) -> Result<ImageDecision> {
@@ -113,9 +126,13 @@ impl Instance {
                 },
             })
             .collect();
-        let d = self
-            .api()
-            .call_decide_images(store, &project.into(), &prior, &lookups)?;
+        let d = self.api().call_decide_images(
+            store,
+            &project.into(),
+            &facts.into(),
+            &prior,
+            &lookups,
+        )?;
         Ok(ImageDecision {
             trigger: d.trigger,
             record: d.record.into_iter().map(|r| (r.image, r.digest)).collect(),
@@ -137,17 +154,41 @@ impl Instance {
         &self,
         store: impl AsContextMut,
         project: &Project,
+        facts: &Facts,
         enable: bool,
     ) -> Result<Verdict> {
         let v = self
             .api()
-            .call_check_auto_deploy(store, &project.into(), enable)?;
+            .call_check_auto_deploy(store, &project.into(), &facts.into(), enable)?;
         Ok(v.into())
     }
 
-    pub fn check_deployable(&self, store: impl AsContextMut, project: &Project) -> Result<Verdict> {
-        let v = self.api().call_check_deployable(store, &project.into())?;
+    pub fn check_deployable(
+        &self,
+        store: impl AsContextMut,
+        project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
+    ) -> Result<Verdict> {
+        let v = self.api().call_check_deployable(
+            store,
+            &project.into(),
+            &facts.into(),
+            source.into(),
+        )?;
         Ok(v.into())
+    }
+}
+
+impl From<ProjectKind> for wit::ProjectKind {
+    fn from(k: ProjectKind) -> Self {
+        match k {
+            ProjectKind::Deployment => wit::ProjectKind::Deployment,
+            ProjectKind::Compose => wit::ProjectKind::Compose,
+            ProjectKind::Image => wit::ProjectKind::Image,
+            ProjectKind::Tunnel => wit::ProjectKind::Tunnel,
+            ProjectKind::DomainOnly => wit::ProjectKind::DomainOnly,
+        }
     }
 }
 
@@ -156,13 +197,7 @@ impl From<&Project> for wit::Project {
         wit::Project {
             id: p.id.clone(),
             name: p.name.clone(),
-            kind: match p.kind {
-                ProjectKind::Deployment => wit::ProjectKind::Deployment,
-                ProjectKind::Compose => wit::ProjectKind::Compose,
-                ProjectKind::Image => wit::ProjectKind::Image,
-                ProjectKind::Tunnel => wit::ProjectKind::Tunnel,
-                ProjectKind::DomainOnly => wit::ProjectKind::DomainOnly,
-            },
+            kind: p.kind.into(),
             git_source: match p.git_source {
                 GitSource::Hosted => wit::GitSource::Hosted,
                 GitSource::External => wit::GitSource::External,
@@ -172,6 +207,44 @@ impl From<&Project> for wit::Project {
             last_tracked_commit: p.last_tracked_commit.clone(),
             expose_service: p.expose_service.clone(),
             expose_port: p.expose_port,
+            // A BTreeMap iterates sorted by key, as the contract promises.
+            labels: p
+                .labels
+                .iter()
+                .map(|(key, value)| wit::Label {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Facts> for wit::Facts {
+    fn from(f: &Facts) -> Self {
+        wit::Facts {
+            auto_deploy_master_enabled: f.auto_deploy_master_enabled,
+            now_unix_seconds: f.now_unix_seconds,
+            config: f.config.clone(),
+            pinned_node: f.pinned_node.as_ref().map(|n| wit::PinnedNode {
+                name: n.name.clone(),
+                state: match n.state {
+                    NodeState::Online => wit::NodeState::Online,
+                    NodeState::Offline => wit::NodeState::Offline,
+                },
+            }),
+            agent_kinds: f.agent_kinds.iter().map(|k| (*k).into()).collect(),
+        }
+    }
+}
+
+impl From<TriggerSource> for wit::TriggerSource {
+    fn from(s: TriggerSource) -> Self {
+        match s {
+            TriggerSource::Manual => wit::TriggerSource::Manual,
+            TriggerSource::AutoPoll => wit::TriggerSource::AutoPoll,
+            TriggerSource::AutoPush => wit::TriggerSource::AutoPush,
+            TriggerSource::AutoImage => wit::TriggerSource::AutoImage,
         }
     }
 }
