@@ -134,7 +134,7 @@ pub async fn create(
     let mut fields = fields;
     if req.auto_deploy_enabled {
         let view = fields.policy_view();
-        check_toggle(&app, view, true).await?;
+        check_toggle(&app, view, None, true).await?;
         fields.auto_deploy_enabled = true;
     }
     let push_token = (fields.git_source == GitSource::Hosted).then(|| new_token("adp"));
@@ -271,7 +271,7 @@ pub async fn update(
             ..current.clone()
         }
         .policy_view();
-        check_toggle(&app, view, enable).await?;
+        check_toggle(&app, view, current.pinned_node_id, enable).await?;
         f.auto_deploy_enabled = enable;
         let word = if enable { "enabled" } else { "disabled" };
         app.store
@@ -403,10 +403,21 @@ async fn check_selector_change(
     Ok(())
 }
 
-async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {
-    let facts = crate::policy::facts::placeholder(app, view.kind, None).await?;
+/// Asks the policy whether the toggle may be set to `enable`, on the facts
+/// of a project pinned to `pinned` (a new project: nowhere).
+async fn check_toggle(
+    app: &App,
+    view: crate::policy::Project,
+    pinned: Option<i64>,
+    enable: bool,
+) -> ApiResult<()> {
+    let facts = crate::policy::facts::FactBase::read_for(app, pinned)
+        .await?
+        .facts_pinned(pinned);
     match app
-        .decide(move |p| p.check_auto_deploy(&view, &facts, enable))
+        .decide_with(facts, move |p, facts| {
+            p.check_auto_deploy(&view, facts, enable)
+        })
         .await
         .0
     {
