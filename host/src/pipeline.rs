@@ -1,11 +1,12 @@
 //! The trigger pipeline: the one way a deployment comes to be, whatever
 //! fired it (a person, a push, a poll, an image watch).
 //!
-//! It asks the policy whether the project can be deployed, checks a pinned
-//! compose project's node, and hands the store one write that creates (or
-//! coalesces into) the deployment and records the new tracked state in the
-//! same transaction: a crash never loses or repeats a deploy. A deploy that
-//! fails here, before any node, records the failure but not the tracked
+//! It gathers the facts (the master switch, the pinned node's state, what the
+//! agents run, the time, the operator's config), asks the policy whether the
+//! project can be deployed now, and hands the store one write that creates
+//! (or coalesces into) the deployment and records the new tracked state in
+//! the same transaction: a crash never loses or repeats a deploy. A deploy the
+//! policy refuses is recorded as failed with its reason, but not the tracked
 //! state, so the next tick tries the same change again.
 
 use std::collections::BTreeMap;
@@ -13,10 +14,8 @@ use std::collections::BTreeMap;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::policy::{ProjectKind, Verdict};
-use crate::store::{
-    DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite, now, refuse_to_migrate,
-};
+use crate::policy::Verdict;
+use crate::store::{DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite};
 
 /// What fired, what to deploy and what to record as tracked.
 #[derive(Debug, Clone)]
@@ -54,34 +53,26 @@ pub async fn trigger(
     let span = tracing::info_span!("trigger", project = project.id, source = ?t.source);
     async move {
         let view = project.policy_view();
-        let facts = crate::policy::facts::placeholder(
-            app,
-            project.fields.project_type,
-            project.pinned_node_id,
-        )
-        .await?;
+        let facts = crate::policy::facts::gather(app, project).await?;
         let source = t.source.into();
         let (verdict, policy) = app
-            .decide(move |p| p.check_deployable(&view, &facts, source))
+            .decide_with(facts, move |p, facts| {
+                p.check_deployable(&view, facts, source)
+            })
             .await;
-        let mut failure = match verdict {
+        let failure = match verdict {
             Ok(Verdict::Allowed(_)) => None,
             Ok(Verdict::Refused(reason)) => Some(reason),
             Err(e) => Some(format!("the policy could not decide: {e}")),
         };
-        let mut node_id = None;
-        if failure.is_none()
-            && project.fields.project_type == ProjectKind::Compose
-            && let Some(pinned) = project.pinned_node_id
-        {
-            let node = app.store.node(pinned).await?;
-            let offline_after = app.store.settings().await?.node_offline_after_seconds as i64;
-            if node.online(now(), offline_after) {
-                node_id = Some(pinned);
-            } else {
-                failure = Some(refuse_to_migrate(&node.name));
-            }
-        }
+        // Whether a pinned project may deploy (its node online) is the
+        // policy's call; once it may, the deployment is for that node alone:
+        // its named volumes live there.
+        let node_id = if failure.is_none() {
+            project.pinned_node_id
+        } else {
+            None
+        };
         let write = TriggerWrite {
             project_id: project.id,
             source: t.source,

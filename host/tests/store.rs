@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use autodeploy::store::{
-    DeploySource, DeployStatus, EventKind, GitSource, ProjectFields, ProjectKind, SqlStore, Store,
+    DeploySource, DeployStatus, EventKind, GitSource, ProjectFields, ProjectType, SqlStore, Store,
     StoreError, TriggerWrite,
 };
 
 fn fields(name: &str) -> ProjectFields {
     ProjectFields {
         name: name.into(),
-        project_type: ProjectKind::Compose,
+        project_type: ProjectType::Compose,
         git_source: GitSource::Hosted,
         git_url: None,
         git_branch: "main".into(),
@@ -26,6 +26,7 @@ fn fields(name: &str) -> ProjectFields {
         auto_deploy_enabled: true,
         image_ref: None,
         container_port: None,
+        labels: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/policy", get(admin::get_policy).put(admin::put_policy))
         .route("/policy/rollback", post(admin::rollback_policy))
+        .route("/policy/config", put(admin::put_policy_config))
         .route("/nodes", get(admin::list_nodes).post(admin::add_node))
         .route("/nodes/{id}", axum::routing::delete(admin::delete_node))
         .route("/events", get(admin::events))

@@ -31,6 +31,10 @@ pub const SQLITE: &[Migration] = &[
         name: "0005_node_scope.sql",
         sql: include_str!("../../../migrations/sqlite/0005_node_scope.sql"),
     },
+    Migration {
+        name: "0006_project_labels.sql",
+        sql: include_str!("../../../migrations/sqlite/0006_project_labels.sql"),
+    },
 ];
 
 pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {
