@@ -45,7 +45,9 @@ async fn create(d: &Daemon, name: &str, env: &str) -> (i64, String) {
             "/api/projects",
             Some(json!({
                 "name": name,
-                "project_type": "deployment",
+                "project_type": "image",
+                "image_ref": "registry.test/app:1",
+                "container_port": 8080,
                 "auto_deploy_enabled": true,
                 "labels": {"env": env},
             })),
