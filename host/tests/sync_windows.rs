@@ -188,3 +188,66 @@ async fn a_push_in_a_deny_window_is_held_and_deployed_when_the_window_closes() {
     );
     d.stop();
 }
+
+#[tokio::test]
+async fn a_manual_deploy_in_a_window_marked_manual_is_refused_with_the_window_named() {
+    let dir = temp_dir("sync-windows-manual");
+    let clock = dir.join("policy-clock");
+    std::fs::write(&clock, IN_THE_WINDOW.to_string()).unwrap();
+    let d = Daemon::start_with(
+        &dir,
+        &[],
+        &[("AUTODEPLOY_TEST_ONLY_CLOCK_FILE", clock.to_str().unwrap())],
+    );
+    let (status, v) = d
+        .raw(
+            Method::PUT,
+            "/api/policy",
+            Some(ADMIN),
+            std::fs::read(SYNC_WINDOWS).unwrap(),
+            "application/wasm",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let strict = NIGHT_FREEZE.replace(r#""match_labels""#, r#""manual":true,"match_labels""#);
+    let (status, v) = d
+        .raw(
+            Method::PUT,
+            "/api/policy/config",
+            Some(ADMIN),
+            strict.into_bytes(),
+            "text/plain",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (prod, _) = create(&d, "shop", "prod").await;
+    let (staging, _) = create(&d, "shop-staging", "staging").await;
+
+    let manual = |id: i64| {
+        let d = &d;
+        async move {
+            d.ok(
+                Method::POST,
+                &format!("/api/projects/{id}/deployments"),
+                None,
+            )
+            .await
+        }
+    };
+    let refused = manual(prod).await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(
+        refused["error"],
+        "held by deny window \"night freeze\" (0 22 * * * for 8h, Europe/Berlin) until \
+         2026-11-27 06:00 CET; the window holds manual deploys too (manual: true)",
+        "{refused}"
+    );
+    let queued = manual(staging).await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+
+    // After the window the same request is queued.
+    std::fs::write(&clock, AFTER_THE_WINDOW.to_string()).unwrap();
+    let queued = manual(prod).await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    d.stop();
+}
