@@ -31,5 +31,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo clippy (guest, wasm32: the wit-bindgen layer only builds there)"
 cargo clippy -p autodeploy-guest --target wasm32-unknown-unknown -- -D warnings
 cargo clippy -p autodeploy-guest --target wasm32-unknown-unknown --features wit-0-1-0 -- -D warnings
+cargo clippy -p autodeploy-sync-windows --target wasm32-unknown-unknown -- -D warnings
 echo "==> cargo test"
 cargo test --workspace

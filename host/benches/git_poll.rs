@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use autodeploy::app::App;
 use autodeploy::policy::cli::PolicyArgs;
 use autodeploy::serve::{ServeArgs, open};
-use autodeploy::store::{DeployStatus, GitSource, ProjectFields, ProjectKind};
+use autodeploy::store::{DeployStatus, GitSource, ProjectFields, ProjectType};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -141,7 +141,7 @@ async fn poll_ticks() {
     for i in 0..REPOS {
         let fields = ProjectFields {
             name: format!("r{i}"),
-            project_type: ProjectKind::Deployment,
+            project_type: ProjectType::Deployment,
             git_source: GitSource::External,
             git_url: Some(format!("git://127.0.0.1:{proxy}/r{i}.git")),
             git_branch: "main".into(),
@@ -151,6 +151,7 @@ async fn poll_ticks() {
             auto_deploy_enabled: true,
             image_ref: None,
             container_port: None,
+            labels: Default::default(),
         };
         app.store.create_project(&fields, None, None).await.unwrap();
     }

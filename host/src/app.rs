@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use autodeploy_policy_contract::Call;
-
 use crate::decisions::shadow::ShadowSlot;
 use crate::decisions::{Decided, DecisionLog, PendingDecision};
-use crate::policy::{PolicyError, PolicyHandle};
+use crate::policy::{Call, PolicyError, PolicyHandle};
 use crate::secrets::{SecretKey, token_hash};
 use crate::store::{Store, StoreError};
 
@@ -58,8 +56,17 @@ impl App {
     /// entry is written when the returned `PendingDecision` is dropped, or
     /// with the deployment it made when handed to the pipeline. A running
     /// shadow policy gets the call after the live answer is known.
-    pub async fn decide_call(&self, call: Call) -> Decided {
-        let policy = self.policy.current();
+    ///
+    /// The call's `facts.config` is set to the deciding policy's own, read
+    /// together with it, so a policy swapped in after the facts were
+    /// gathered never sees another's config (and the log shows the one used).
+    pub async fn decide_call(&self, mut call: Call) -> Decided {
+        let (policy, config) = self.policy.current_with_config();
+        if let Some(facts) = call.facts_mut()
+            && *facts.config != *config
+        {
+            facts.config = config.to_string();
+        }
         let info = policy.info().clone();
         let shadow = self.shadow.current();
         let (kind, project_id) = (
@@ -197,8 +204,13 @@ pub struct LoopState {
     /// Ticks the loop ran on its own (ticks asked for through the API not
     /// counted).
     pub ticks: u64,
-    /// When the next tick is due (Unix seconds); `None` while paused.
+    /// When the next tick is due (Unix seconds); `None` while a tick runs
+    /// or the loop is stopped.
     pub next_tick_at: Option<i64>,
+    /// Projects the last tick looked at: those the policy's watch plan named
+    /// for this loop. 0 when the policy watches nothing (e.g. with the
+    /// master switch off).
+    pub last_tick_watched: Option<usize>,
 }
 
 impl LoopStates {
@@ -210,24 +222,25 @@ impl LoopStates {
         entry.last_error = error;
     }
 
-    /// A tick the loop ran on its own has ended.
-    pub fn ticked(&self, name: &'static str, paused: bool, error: Option<String>) {
+    /// A tick the loop ran on its own has ended, having looked at
+    /// `watched` projects (`None`: it failed before it knew).
+    pub fn ticked(&self, name: &'static str, watched: Option<usize>, error: Option<String>) {
         let mut all = self.0.lock().expect("loop state lock");
         let entry = all.entry(name).or_default();
-        entry.state = if paused { "paused" } else { "running" }.to_string();
+        entry.state = "running".to_string();
         entry.last_tick_at = Some(crate::store::now());
         entry.last_error = error;
         entry.ticks += 1;
         entry.next_tick_at = None;
+        entry.last_tick_watched = watched;
     }
 
-    /// The loop waits: for its next tick at `next` (Unix seconds), or, with
-    /// `None`, for the master switch to be turned on again.
-    pub fn waiting(&self, name: &'static str, next: Option<i64>) {
+    /// The loop waits for its next tick at `next` (Unix seconds).
+    pub fn waiting(&self, name: &'static str, next: i64) {
         let mut all = self.0.lock().expect("loop state lock");
         let entry = all.entry(name).or_default();
-        entry.state = if next.is_some() { "running" } else { "paused" }.to_string();
-        entry.next_tick_at = next;
+        entry.state = "running".to_string();
+        entry.next_tick_at = Some(next);
     }
 
     /// A state that is not a tick (stopped, off); the last tick stays shown.

@@ -63,6 +63,9 @@ pub enum ProjectCommand {
         expose_port: Option<u16>,
         #[arg(long)]
         auto_deploy: bool,
+        /// A label KEY=VALUE the policy can read (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     List,
     Show {
@@ -188,6 +191,18 @@ fn changes(pairs: &[String]) -> Result<Value> {
     Ok(Value::Object(map))
 }
 
+/// `--label KEY=VALUE` flags into a JSON map; values stay strings.
+fn label_map(pairs: &[String]) -> Result<Value> {
+    let mut map = Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("label {pair:?} is not KEY=VALUE"))?;
+        map.insert(k.to_string(), Value::from(v));
+    }
+    Ok(Value::Object(map))
+}
+
 fn print(v: &Value) {
     if !v.is_null() {
         println!("{}", serde_json::to_string_pretty(v).expect("JSON prints"));
@@ -208,10 +223,11 @@ pub async fn project(args: &ClientArgs, cmd: &ProjectCommand) -> Result<()> {
             expose_service,
             expose_port,
             auto_deploy,
+            labels,
         } => {
             let mut body = json!({
                 "name": name, "project_type": project_type, "git_source": source,
-                "auto_deploy_enabled": auto_deploy,
+                "auto_deploy_enabled": auto_deploy, "labels": label_map(labels)?,
             });
             for (k, v) in [
                 ("git_url", git_url.clone().map(Value::from)),
@@ -273,17 +289,10 @@ pub async fn node(args: &ClientArgs, cmd: &NodeCommand) -> Result<()> {
     let c = Client::new(args)?;
     let out = match cmd {
         NodeCommand::Add { name, labels } => {
-            let mut map = Map::new();
-            for pair in labels {
-                let (k, v) = pair
-                    .split_once('=')
-                    .with_context(|| format!("label {pair:?} is not KEY=VALUE"))?;
-                map.insert(k.to_string(), Value::from(v));
-            }
             c.send(
                 reqwest::Method::POST,
                 "/api/nodes",
-                Some(json!({ "name": name, "labels": map })),
+                Some(json!({ "name": name, "labels": label_map(labels)? })),
             )
             .await?
         }
@@ -301,17 +310,57 @@ pub async fn node(args: &ClientArgs, cmd: &NodeCommand) -> Result<()> {
     Ok(())
 }
 
-/// `autodeploy policy load FILE`: send a component to the daemon.
-pub async fn load_policy(args: &ClientArgs, file: &PathBuf) -> Result<()> {
+/// `autodeploy policy load FILE [--config CFG]`: send a component (and its
+/// config) to the daemon.
+pub async fn load_policy(
+    args: &ClientArgs,
+    file: &PathBuf,
+    config: Option<&std::path::Path>,
+) -> Result<()> {
     let c = Client::new(args)?;
     let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
     let req = c
         .http
         .put(format!("{}/api/policy", c.base))
-        .bearer_auth(&c.token)
-        .body(bytes);
+        .bearer_auth(&c.token);
+    let req = match config {
+        // One request, so the policy never runs a moment without its config.
+        Some(path) => {
+            use base64::Engine;
+            let config = read_text(path)?;
+            req.json(&json!({
+                "wasm_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                "config": config,
+            }))
+        }
+        None => req.body(bytes),
+    };
     print(&answer(req).await?);
     Ok(())
+}
+
+/// `autodeploy policy set-config FILE`: the running policy's new config.
+pub async fn set_policy_config(args: &ClientArgs, file: &std::path::Path) -> Result<()> {
+    let c = Client::new(args)?;
+    let config = read_text(file)?;
+    let req = c
+        .http
+        .put(format!("{}/api/policy/config", c.base))
+        .bearer_auth(&c.token)
+        .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(config);
+    print(&answer(req).await?);
+    Ok(())
+}
+
+/// A text file, or stdin for `-`.
+fn read_text(path: &std::path::Path) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("read stdin")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
 }
 
 pub async fn rollback_policy(args: &ClientArgs) -> Result<()> {

@@ -84,8 +84,13 @@ fn run(cli: Cli) -> Result<()> {
             init_logging();
             block_on(autodeploy::agent::runner::run(args.clone()))
         }
-        Command::Policy(PolicyCommand::Load { file }) => {
-            block_on(client::load_policy(&ClientArgs::from_env(), file))
+        Command::Policy(PolicyCommand::Load { file, config }) => block_on(client::load_policy(
+            &ClientArgs::from_env(),
+            file,
+            config.as_deref(),
+        )),
+        Command::Policy(PolicyCommand::SetConfig { file }) => {
+            block_on(client::set_policy_config(&ClientArgs::from_env(), file))
         }
         Command::Policy(PolicyCommand::Rollback) => {
             block_on(client::rollback_policy(&ClientArgs::from_env()))

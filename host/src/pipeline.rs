@@ -1,11 +1,12 @@
 //! The trigger pipeline: the one way a deployment comes to be, whatever
 //! fired it (a person, a push, a poll, an image watch).
 //!
-//! It asks the policy whether the project can be deployed, checks a pinned
-//! compose project's node, and hands the store one write that creates (or
-//! coalesces into) the deployment and records the new tracked state in the
-//! same transaction: a crash never loses or repeats a deploy. A deploy that
-//! fails here, before any node, records the failure but not the tracked
+//! It gathers the facts (the master switch, the pinned node's state, what the
+//! agents run, the time, the operator's config), asks the policy whether the
+//! project can be deployed now, and hands the store one write that creates
+//! (or coalesces into) the deployment and records the new tracked state in
+//! the same transaction: a crash never loses or repeats a deploy. A deploy the
+//! policy refuses is recorded as failed with its reason, but not the tracked
 //! state, so the next tick tries the same change again.
 
 use std::collections::BTreeMap;
@@ -17,10 +18,7 @@ use autodeploy_policy_contract::{Answer, Call};
 
 use crate::app::App;
 use crate::decisions::PendingDecision;
-use crate::policy::ProjectKind;
-use crate::store::{
-    DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite, now, refuse_to_migrate,
-};
+use crate::store::{DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite};
 
 /// What fired, what to deploy and what to record as tracked.
 #[derive(Debug)]
@@ -60,12 +58,7 @@ pub async fn trigger(
 ) -> Result<Deployment, StoreError> {
     let span = tracing::info_span!("trigger", project = project.id, source = ?t.source);
     async move {
-        let facts = crate::policy::facts::placeholder(
-            app,
-            project.fields.project_type,
-            project.pinned_node_id,
-        )
-        .await?;
+        let facts = crate::policy::facts::gather(app, project).await?;
         let decided = app
             .decide_call(Call::CheckDeployable {
                 project: project.policy_view(),
@@ -74,7 +67,7 @@ pub async fn trigger(
             })
             .await;
         let policy = decided.policy;
-        let mut failure = match decided.answer {
+        let failure = match decided.answer {
             Ok(Answer::CheckDeployable(Verdict::Allowed(_))) => None,
             Ok(Answer::CheckDeployable(Verdict::Refused(reason))) => Some(reason),
             Ok(other) => Some(format!(
@@ -85,19 +78,14 @@ pub async fn trigger(
         };
         let mut decisions = t.decisions;
         decisions.push(decided.decision);
-        let mut node_id = None;
-        if failure.is_none()
-            && project.fields.project_type == ProjectKind::Compose
-            && let Some(pinned) = project.pinned_node_id
-        {
-            let node = app.store.node(pinned).await?;
-            let offline_after = app.store.settings().await?.node_offline_after_seconds as i64;
-            if node.online(now(), offline_after) {
-                node_id = Some(pinned);
-            } else {
-                failure = Some(refuse_to_migrate(&node.name));
-            }
-        }
+        // Whether a pinned project may deploy (its node online) is the
+        // policy's call; once it may, the deployment is for that node alone:
+        // its named volumes live there.
+        let node_id = if failure.is_none() {
+            project.pinned_node_id
+        } else {
+            None
+        };
         let write = TriggerWrite {
             project_id: project.id,
             source: t.source,

@@ -220,6 +220,18 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     );
     let info = initial.info().clone();
     tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, source = %info.source, "policy loaded");
+    // Without the config it was given, a policy could decide otherwise than
+    // the operator set it up to: refuse to start rather than drop it.
+    let policy_config = PolicyHandle::stored_config(&policy_dir, &info.sha256)
+        .context("read the policy's stored config")?;
+    if let Some(clock) = crate::policy::facts::test_only_clock() {
+        tracing::warn!(
+            file = %clock.display(),
+            "{} is set: the policy's clock is read from this file, not the system clock; \
+             this is for tests only",
+            crate::policy::facts::TEST_ONLY_CLOCK_FILE
+        );
+    }
 
     let git_timeout = Duration::from_secs(args.git_timeout_seconds);
     // The cap itself is a tokio timeout around each lookup (one clear error);
@@ -233,7 +245,7 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     let app = Arc::new(App {
         store: Arc::new(store),
         data_dir: args.data_dir.clone(),
-        policy: PolicyHandle::new(runtime, initial, Some(policy_dir)),
+        policy: PolicyHandle::new(runtime, initial, Some(policy_dir)).with_config(policy_config),
         key,
         admin_env_hash,
         loops: LoopStates::default(),

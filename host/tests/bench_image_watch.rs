@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use autodeploy::policy::cli::PolicyArgs;
 use autodeploy::serve::{ServeArgs, open};
-use autodeploy::store::{GitSource, ProjectFields, ProjectKind};
+use autodeploy::store::{GitSource, ProjectFields, ProjectType};
 use common::registry::TestRegistry;
 
 const PROJECTS: usize = 1000;
@@ -59,7 +59,7 @@ async fn image_watch_tick_over_1000_projects() {
     for i in 0..PROJECTS {
         let fields = ProjectFields {
             name: format!("p{i}"),
-            project_type: ProjectKind::Compose,
+            project_type: ProjectType::Compose,
             git_source: GitSource::Hosted,
             git_url: None,
             git_branch: "main".into(),
@@ -69,6 +69,7 @@ async fn image_watch_tick_over_1000_projects() {
             auto_deploy_enabled: true,
             image_ref: None,
             container_port: None,
+            labels: Default::default(),
         };
         let p = app.store.create_project(&fields, None, None).await.unwrap();
         let compose: String = [0, 1, 7]

@@ -112,7 +112,7 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
             format!("http://127.0.0.1:{}/r{i}.git", trickle.port)
         };
         d.create_project(
-            json!({"name": format!("trickle-{i}"), "project_type": "deployment",
+            json!({"name": format!("trickle-{i}"), "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080,
             "git_source": "external", "git_url": url, "auto_deploy_enabled": true}),
         )
         .await;
@@ -122,7 +122,7 @@ async fn trickling_remotes_cost_their_cap_not_a_thread_and_a_push_still_complete
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "pushed", "project_type": "deployment"})),
+            Some(json!({"name": "pushed", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080})),
         )
         .await;
     let (hosted_id, token) = (
@@ -304,7 +304,7 @@ async fn settings_written_into_the_database_are_clamped_when_read() {
     let d = Daemon::start(&dir);
     let id = d
         .create_project(
-            json!({"name": "a", "project_type": "deployment", "git_source": "external",
+            json!({"name": "a", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "git_source": "external",
             "git_url": format!("file://{}", repo.display()), "auto_deploy_enabled": true}),
         )
         .await;
@@ -363,7 +363,7 @@ async fn a_corrupt_row_is_an_error_for_its_own_project_only() {
             "expose_service": "web", "expose_port": 80})
     };
     let good = d
-        .create_project(external("good", &good_repo, "deployment"))
+        .create_project(external("good", &good_repo, "compose"))
         .await;
     let bad = d
         .create_project(external("bad", &bad_repo, "compose"))

@@ -32,7 +32,7 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
         let d = Daemon::start(&dir);
         if round == 0 {
             project = d
-                .create_project(json!({"name": "web", "project_type": "deployment"}))
+                .create_project(json!({"name": "web", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
                 .await;
             node_token = d
                 .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
@@ -155,7 +155,7 @@ async fn sigkill_after_the_ref_moved_is_reconciled_at_start_up() {
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "web", "project_type": "deployment", "auto_deploy_enabled": true})),
+            Some(json!({"name": "web", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "auto_deploy_enabled": true})),
         )
         .await;
     let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());

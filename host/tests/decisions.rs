@@ -320,6 +320,24 @@ fn bundled_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// A 0.1.0 component that traps on every call, replayed over `all`: each
+/// call it gets fails and is a difference. It gets every call but
+/// watch-plan, which 0.1.0 lacks and the host's gates answer.
+fn assert_trap_replay(r: &Value, all: &[Value]) {
+    let failed = r["failed"].as_i64().unwrap();
+    assert!(failed > 0, "{r}");
+    assert_eq!(r["differ"], failed, "{r}");
+    let watch_plans = all.iter().filter(|v| v["call"] == "watch-plan").count() as i64;
+    let skipped: i64 = r["skipped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(r["replayed"].as_i64().unwrap(), all.len() as i64 - skipped);
+    assert_eq!(failed, all.len() as i64 - skipped - watch_plans, "{r}");
+}
+
 fn replay(args: &[&str], data_dir: &Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
         .args(["policy", "replay"])
@@ -468,8 +486,7 @@ async fn replay_reports_exactly_the_decisions_that_would_differ() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["self_test"]["passed"], false);
-    assert_eq!(report["replay"]["failed"], report["replay"]["replayed"]);
-    assert_eq!(report["replay"]["differ"], report["replay"]["replayed"]);
+    assert_trap_replay(&report["replay"], &all);
 
     // What cannot run is an error.
     let out = replay(&[candidate.to_str().unwrap()], &dir.join("nowhere"));
@@ -538,8 +555,7 @@ async fn a_dry_run_replays_recent_decisions_and_switches_nothing() {
             .unwrap()
             .is_empty()
     );
-    assert!(answer["replay"]["replayed"].as_i64().unwrap() > 0);
-    assert_eq!(answer["replay"]["failed"], answer["replay"]["replayed"]);
+    assert_trap_replay(&answer["replay"], &decisions(&d, "limit=500").await);
 
     // Nothing switched, nothing stored, no policy event.
     assert_eq!(d.ok(Method::GET, "/api/policy", None).await, active);
@@ -640,4 +656,149 @@ async fn a_shadow_policy_answers_beside_the_live_one_and_is_never_acted_on() {
         d.ok(Method::GET, "/api/policy/shadow", None).await,
         json!({"active": false})
     );
+}
+
+/// A deny window open at every minute, for every project: automatic deploys
+/// are held, manual ones pass.
+const DENY_ALWAYS: &str =
+    r#"{"windows":[{"name":"freeze","kind":"deny","schedule":"* * * * *","duration":"1h"}]}"#;
+
+#[tokio::test]
+async fn replay_shows_exactly_the_decisions_sync_windows_would_change() {
+    let dir = temp_dir("decisions-replay-sync-windows");
+    let data = dir.join("data");
+    let d = Daemon::start(&data);
+    history(&d, &dir).await;
+    let all = decisions(&d, "limit=500").await;
+    assert!(d.stop().success());
+    let sync_windows = env!("AUTODEPLOY_POLICY_SYNC_WINDOWS_WASM");
+
+    // Without windows it decides as the default policy does.
+    let out = replay(&[sync_windows, "--json"], &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["self_test"]["passed"], true);
+    assert_eq!(report["replay"]["replayed"], all.len());
+    assert_eq!(report["replay"]["differ"], 0, "{report}");
+
+    // With a deny window open all the time, exactly the automatic deploys
+    // change: each decide-commit that deployed a push is held. Manual
+    // deploys, and decisions that deployed nothing, stay as they were.
+    let config = dir.join("deny.json");
+    std::fs::write(&config, DENY_ALWAYS).unwrap();
+    let out = replay(
+        &[sync_windows, "--config", config.to_str().unwrap(), "--json"],
+        &data,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut expected: Vec<i64> = all
+        .iter()
+        .filter(|v| {
+            v["call"] == "decide-commit"
+                && v["output"]["ok"]["trigger"] == true
+                && v["input"]["input"]["source"] != "manual"
+        })
+        .map(|v| v["id"].as_i64().unwrap())
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 3, "one per push");
+    let r = &report["replay"];
+    let diffs = r["diffs"].as_array().unwrap();
+    let got: Vec<i64> = diffs.iter().map(|v| v["id"].as_i64().unwrap()).collect();
+    assert_eq!(got, expected, "{r}");
+    assert_eq!(r["replayed"], all.len());
+    assert_eq!(r["failed"], 0);
+    for diff in diffs {
+        assert_eq!(diff["recorded"]["ok"]["trigger"], true);
+        assert_eq!(diff["candidate"]["ok"]["trigger"], false, "{diff}");
+        assert!(
+            diff["candidate"]["ok"]["record"].is_null(),
+            "held: nothing recorded"
+        );
+        assert!(
+            diff["candidate"]["ok"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("freeze"),
+            "{diff}"
+        );
+    }
+    // The text report names the same decisions.
+    let out = replay(&[sync_windows, "--config", config.to_str().unwrap()], &data);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("\n  candidate: ").count(), 3, "{text}");
+    assert!(
+        text.contains(&format!(
+            "replayed {}, differ 3, failed 0, skipped 0",
+            all.len()
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_that_would_hold_a_deploy_counts_it_and_the_live_policy_deploys() {
+    let dir = temp_dir("decisions-shadow-sync-windows");
+    let d = Daemon::start(&dir.join("data"));
+    only_asked_ticks(&d).await;
+    let wasm = std::fs::read(env!("AUTODEPLOY_POLICY_SYNC_WINDOWS_WASM")).unwrap();
+    let upload = json!({"wasm_base64": b64(&wasm), "config": DENY_ALWAYS});
+    let started = d.ok(Method::POST, "/api/policy/shadow", Some(upload)).await;
+    assert_eq!(started["policy"]["name"], "autodeploy-sync-windows");
+
+    let p = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(
+                json!({"name": "web", "project_type": "image", "image_ref": IMAGE,
+                        "container_port": 8080, "auto_deploy_enabled": true}),
+            ),
+        )
+        .await;
+    let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
+    let work = work_tree(&dir);
+    let sha = commit(&work, "first");
+    push(&work, &remote(&d, id, token));
+
+    // The live policy deployed the push.
+    let deps = d.deployments(id).await;
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0]["target_commit"], sha.as_str());
+    assert_eq!(
+        d.ok(Method::GET, &format!("/api/projects/{id}"), None)
+            .await["last_tracked_commit_sha"],
+        sha.as_str()
+    );
+    // The shadow would have held it: counted and kept, not acted on.
+    common::wait_until("the shadow saw the push's decisions", WAIT, || async {
+        d.ok(Method::GET, "/api/policy/shadow", None).await["differ"] == 1
+    })
+    .await;
+    let shadow = d.ok(Method::GET, "/api/policy/shadow", None).await;
+    let diff = &shadow["diffs"][0];
+    assert_eq!(
+        (&diff["call"], &diff["project_id"]),
+        (&json!("decide-commit"), &json!(id))
+    );
+    assert_eq!(diff["live"]["ok"]["trigger"], true);
+    assert_eq!(diff["live"]["ok"]["record"], sha.as_str());
+    assert_eq!(diff["shadow"]["ok"]["trigger"], false);
+    assert_eq!(shadow["failed"], 0);
+    assert!(
+        d.log()
+            .contains("the shadow policy would decide differently")
+    );
+    assert_eq!(d.deployments(id).await.len(), 1);
+    let stopped = d.ok(Method::DELETE, "/api/policy/shadow", None).await;
+    assert_eq!(stopped["differ"], 1);
 }

@@ -435,13 +435,16 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
         None,
     )
     .await;
+    // The policy knows what the agents run: a kind they cannot deploy is
+    // refused before it is queued, never handed to a node.
     let dep_build = finished(&d, build, 0).await;
     assert_eq!(dep_build["status"], "failed");
+    assert!(dep_build["node_id"].is_null(), "{dep_build}");
     assert!(
         dep_build["error"]
             .as_str()
             .unwrap()
-            .contains("deployment project is not deployed"),
+            .contains("no deploy agent runs deployment projects"),
         "{}",
         dep_build["error"]
     );

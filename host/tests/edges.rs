@@ -98,7 +98,7 @@ async fn half_open_connections_leave_the_api_and_git_answering() {
     let d = start(&dir, &[]);
     set_soft_nofile(hard);
     let id = d
-        .create_project(json!({"name": "edge", "project_type": "deployment"}))
+        .create_project(json!({"name": "edge", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
 
     let held: Vec<TcpStream> = (0..1100).map(|_| half_open(&d)).collect();
@@ -227,7 +227,7 @@ async fn a_client_that_stops_reading_an_answer_is_dropped() {
     let dir = temp_dir("edges-slow-reader");
     let d = start(&dir, &[("AUTODEPLOY_IDLE_TIMEOUT_SECONDS", "2")]);
     let id = d
-        .create_project(json!({"name": "fat", "project_type": "deployment"}))
+        .create_project(json!({"name": "fat", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
     // A pack far larger than what the sockets on both sides can buffer.
     let work = dir.join("work");
@@ -336,7 +336,7 @@ async fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "big", "project_type": "deployment", "auto_deploy_enabled": true})),
+            Some(json!({"name": "big", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "auto_deploy_enabled": true})),
         )
         .await;
     let id = p["id"].as_i64().unwrap();
@@ -417,7 +417,7 @@ async fn the_data_dir_and_database_are_private() {
     assert_eq!(mode(&dir), 0o700, "an existing 0755 data dir is tightened");
     assert_eq!(mode(&db), 0o600);
     // Writes go through the WAL.
-    d.create_project(json!({"name": "p", "project_type": "deployment"}))
+    d.create_project(json!({"name": "p", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
     for suffix in ["-wal", "-shm"] {
         let f = dir.join(format!("autodeploy.db{suffix}"));

@@ -70,10 +70,10 @@ async fn pushes_to_hosted_repositories_trigger_auto_push() {
     let d = Daemon::start(&dir);
     let a = create(
         &d,
-        json!({"name": "a", "project_type": "deployment", "auto_deploy_enabled": true}),
+        json!({"name": "a", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "auto_deploy_enabled": true}),
     )
     .await;
-    let b = create(&d, json!({"name": "b", "project_type": "deployment"})).await;
+    let b = create(&d, json!({"name": "b", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080})).await;
     let (a_id, b_id) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
     let (a_token, b_token) = (
         a["push_token"].as_str().unwrap(),
@@ -250,7 +250,7 @@ async fn external_repositories_are_polled_over_every_transport() {
     only_asked_ticks(&d).await;
     // A hosted project of this daemon serves as an external smart-HTTP remote
     // with basic auth.
-    let hosted = create(&d, json!({"name": "hosted", "project_type": "deployment"})).await;
+    let hosted = create(&d, json!({"name": "hosted", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080})).await;
     let hosted_token = hosted["push_token"].as_str().unwrap().to_string();
     let work = dir.join("hosted-work");
     std::fs::create_dir_all(&work).unwrap();
@@ -265,7 +265,7 @@ async fn external_repositories_are_polled_over_every_transport() {
     let http_url = format!("{}/git/{}.git", d.url, hosted["id"]);
 
     let external = |name: &str, url: String, extra: Value| {
-        let mut body = json!({"name": name, "project_type": "deployment", "git_source": "external", "git_url": url, "auto_deploy_enabled": true});
+        let mut body = json!({"name": name, "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "git_source": "external", "git_url": url, "auto_deploy_enabled": true});
         body.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
@@ -496,7 +496,7 @@ async fn a_push_to_any_branch_compares_the_tracked_branch() {
     let dir = temp_dir("git-align");
     let d = Daemon::start(&dir);
     only_asked_ticks(&d).await;
-    let p = create(&d, json!({"name": "a", "project_type": "deployment"})).await;
+    let p = create(&d, json!({"name": "a", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080})).await;
     let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();

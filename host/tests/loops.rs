@@ -47,7 +47,7 @@ async fn settings(d: &Daemon, body: Value) {
 
 /// An external project polling `bare` over file://, auto-deploy on.
 async fn external(d: &Daemon, bare: &Path) -> i64 {
-    d.create_project(json!({"name": "ext", "project_type": "deployment",
+    d.create_project(json!({"name": "ext", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080,
         "git_source": "external", "git_url": format!("file://{}", bare.display()),
         "auto_deploy_enabled": true}))
         .await
@@ -149,7 +149,7 @@ async fn a_changed_poll_interval_applies_from_the_next_tick() {
 }
 
 #[tokio::test]
-async fn the_master_switch_pauses_the_loops_themselves() {
+async fn with_the_master_switch_off_the_loop_ticks_but_looks_nothing_up() {
     let dir = temp_dir("loops-master");
     let repos = dir.join("repos");
     let bare = repos.join("repo.git");
@@ -160,7 +160,7 @@ async fn the_master_switch_pauses_the_loops_themselves() {
     let d = Daemon::start(&dir);
     settings(&d, json!({"auto_deploy_poll_interval_seconds": INTERVAL})).await;
     let id = d
-        .create_project(json!({"name": "ext", "project_type": "deployment",
+        .create_project(json!({"name": "ext", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080,
             "git_source": "external",
             "git_url": format!("http://127.0.0.1:{}/git/repo.git", nginx.port),
             "credentials": {"kind": "https", "username": "deploy", "token": "loops-remote-token"},
@@ -176,35 +176,48 @@ async fn the_master_switch_pauses_the_loops_themselves() {
         first.as_str()
     );
 
+    // Off: the switch is a fact the policy weighs. The loop goes on
+    // ticking; the policy's watch plan names nothing, so nothing is looked
+    // up and nothing deploys.
+    let off = unix_now();
     settings(&d, json!({"auto_deploy_master_enabled": false})).await;
-    wait_until("the poll loop says it is paused", HANG, || async {
-        loop_state(&d, "git-poll").await["state"] == "paused"
-    })
+    wait_until(
+        "a poll tick after the switch went off watched nothing",
+        HANG,
+        || async {
+            let s = loop_state(&d, "git-poll").await;
+            s["last_tick_at"].as_i64().unwrap_or(0) > off && s["last_tick_watched"] == 0
+        },
+    )
     .await;
-    let ticked = |s: Value| (s["last_tick_at"].clone(), s["ticks"].clone());
-    let before = ticked(loop_state(&d, "git-poll").await);
+    let ticks = loop_state(&d, "git-poll").await["ticks"].as_u64().unwrap();
     let requests = asked();
     let second = commit_to(&bare, "main", "second");
     hold_still().await;
-    assert_eq!(asked(), requests, "paused, nothing reaches the remote");
-    // Paused, the loop does not tick at all (not ticks that find the switch
-    // off), and waits for the switch rather than for a time.
-    let paused = loop_state(&d, "git-poll").await;
-    assert_eq!(ticked(paused.clone()), before, "{paused}");
-    assert!(paused["next_tick_at"].is_null(), "{paused}");
+    assert_eq!(
+        asked(),
+        requests,
+        "switched off, nothing reaches the remote"
+    );
+    let state = loop_state(&d, "git-poll").await;
+    assert!(
+        state["ticks"].as_u64().unwrap() > ticks,
+        "the loop keeps ticking: {state}"
+    );
+    assert_eq!(state["state"], "running", "{state}");
+    assert_eq!(state["last_tick_watched"], 0, "{state}");
+    assert!(state["next_tick_at"].is_i64(), "{state}");
     assert_eq!(
         newest(&d, id).await.unwrap()["target_commit"],
-        first.as_str()
+        first.as_str(),
+        "nothing deploys while the switch is off"
     );
-    let image = loop_state(&d, "image-watch").await;
-    assert_eq!(image["state"], "paused", "{image}");
-    assert!(image["next_tick_at"].is_null(), "{image}");
     let project = d
         .ok(Method::GET, &format!("/api/projects/{id}"), None)
         .await;
     assert_eq!(project["auto_deploy_enabled"], true, "the toggle is kept");
 
-    // On again: the tick overdue since the pause runs at once.
+    // On again: the commit made meanwhile deploys within two intervals.
     let resumed = unix_now();
     settings(&d, json!({"auto_deploy_master_enabled": true})).await;
     wait_until("the poll loop deploys the new commit", HANG, || async {
@@ -219,10 +232,10 @@ async fn the_master_switch_pauses_the_loops_themselves() {
         "deployed {}s after the switch was turned on",
         at - resumed
     );
-    assert_eq!(loop_state(&d, "git-poll").await["state"], "running");
+    assert_eq!(loop_state(&d, "git-poll").await["last_tick_watched"], 1);
     assert!(
         asked() > requests,
-        "resumed, the loop asks the remote again"
+        "switched on, the loop asks the remote again"
     );
     d.stop();
 }
@@ -244,7 +257,7 @@ fn push_compose(d: &Daemon, work: &Path, id: i64, token: &str, compose: &str) {
 #[tokio::test]
 async fn the_image_watcher_fires_on_its_own_at_its_minimum_interval() {
     let dir = temp_dir("loops-image");
-    let reg = TestRegistry::start(&dir.join("registry"), None, None);
+    let reg = TestRegistry::start_logged(&dir.join("registry"));
     let v1 = reg.push("app", "1", "version one");
     let image = format!("{}/app:1", reg.addr);
     let d = Daemon::start_with(&dir, &[], &[(TEST_ONLY_MIN, "10")]);
@@ -326,18 +339,47 @@ async fn the_image_watcher_fires_on_its_own_at_its_minimum_interval() {
     let state = loop_state(&d, "image-watch").await;
     assert!(state["ticks"].as_u64().unwrap() >= 2, "{state}");
 
-    // The master switch pauses the watcher itself: no tick, so no lookup.
+    // Off: the watcher ticks on, but the policy watches nothing, so no
+    // registry lookup and no deployment.
+    let off = unix_now();
     settings(&d, json!({"auto_deploy_master_enabled": false})).await;
-    wait_until("the image watcher says it is paused", HANG, || async {
-        let s = loop_state(&d, "image-watch").await;
-        s["state"] == "paused" && s["next_tick_at"].is_null()
-    })
+    wait_until(
+        "an image tick after the switch went off watched nothing",
+        HANG,
+        || async {
+            let s = loop_state(&d, "image-watch").await;
+            s["last_tick_at"].as_i64().unwrap_or(0) > off && s["last_tick_watched"] == 0
+        },
+    )
     .await;
-    let ticks = loop_state(&d, "image-watch").await["ticks"].clone();
-    reg.push("app", "1", "version three");
+    let ticks = loop_state(&d, "image-watch").await["ticks"]
+        .as_u64()
+        .unwrap();
+    let v3 = reg.push("app", "1", "version three");
+    let lookups = reg.manifest_requests();
     hold_still().await;
-    assert_eq!(loop_state(&d, "image-watch").await["ticks"], ticks);
+    let state = loop_state(&d, "image-watch").await;
+    assert!(state["ticks"].as_u64().unwrap() > ticks, "{state}");
+    assert_eq!(state["last_tick_watched"], 0, "{state}");
+    assert_eq!(reg.manifest_requests(), lookups, "no lookup while off");
     assert_eq!(d.deployments(id).await.len(), 1);
+
+    // On again: the tag that moved meanwhile deploys.
+    let resumed = unix_now();
+    settings(&d, json!({"auto_deploy_master_enabled": true})).await;
+    wait_until(
+        "the image watcher deploys the tag moved while off",
+        HANG,
+        || async { d.deployments(id).await.len() == 2 },
+    )
+    .await;
+    let dep = newest(&d, id).await.unwrap();
+    assert_eq!(dep["source"], "auto-image", "{dep}");
+    assert_eq!(dep["target_digests"][&image], v3.as_str(), "{dep}");
+    assert!(
+        dep["created_at"].as_i64().unwrap() <= resumed + 2 * INTERVAL,
+        "{dep}"
+    );
     d.stop();
 }
 

@@ -44,7 +44,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
 
     let web = d.create_project(json!({"name": "web", "project_type": "compose", "expose_service": "web", "expose_port": 80})).await;
     let api = d
-        .create_project(json!({"name": "api", "project_type": "deployment"}))
+        .create_project(json!({"name": "api", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
 
     // n1 claims web's first deploy: web is now pinned to n1.
@@ -249,7 +249,7 @@ async fn hosted_with_commit(d: &Daemon, work: &Path, name: &str) -> (i64, String
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": name, "project_type": "deployment"})),
+            Some(json!({"name": name, "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080})),
         )
         .await;
     let id = p["id"].as_i64().unwrap();
@@ -362,7 +362,7 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
         .admin(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": "y", "project_type": "deployment", "node_selector": {"zone": "e u"}})),
+            Some(json!({"name": "y", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "node_selector": {"zone": "e u"}})),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
@@ -379,7 +379,7 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
             Method::POST,
             "/api/projects",
             Some(json!({
-                "name": "euapp", "project_type": "deployment", "git_source": "external",
+                "name": "euapp", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "git_source": "external",
                 "git_url": "https://git.example.invalid/euapp.git",
                 "credentials": {"kind": "https", "username": "u", "token": secret},
                 "node_selector": {"zone": "eu"},
@@ -390,7 +390,7 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
     let euapp = p["id"].as_i64().unwrap();
     // Matches no node: stays queued.
     let nowhere = d
-        .create_project(json!({"name": "nowhere", "project_type": "deployment", "node_selector": {"zone": "mars"}}))
+        .create_project(json!({"name": "nowhere", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "node_selector": {"zone": "mars"}}))
         .await;
     for id in [euapp, nowhere] {
         let q = d
@@ -648,7 +648,7 @@ async fn a_restarted_control_plane_does_not_fail_the_deploys_of_nodes_that_come_
     .await;
     let n1 = add_node(&d, "n1").await;
     let api = d
-        .create_project(json!({"name": "api", "project_type": "deployment"}))
+        .create_project(json!({"name": "api", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
     d.ok(
         Method::POST,

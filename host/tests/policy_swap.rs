@@ -48,7 +48,7 @@ async fn policies_swap_refuse_and_roll_back_without_a_restart() {
     let d = Daemon::start(&dir);
     let bundled = active_sha(&d).await;
     let id = d
-        .create_project(json!({"name": "api", "project_type": "deployment"}))
+        .create_project(json!({"name": "api", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
 
     // A hostile policy, junk, and a policy missing functions are refused

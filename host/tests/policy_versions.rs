@@ -36,7 +36,7 @@ async fn push_deploys(d: &Daemon, work: &Path, name: &str) {
         .ok(
             Method::POST,
             "/api/projects",
-            Some(json!({"name": name, "project_type": "deployment", "auto_deploy_enabled": true})),
+            Some(json!({"name": name, "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "auto_deploy_enabled": true})),
         )
         .await;
     let id = p["id"].as_i64().unwrap();

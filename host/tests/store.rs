@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use autodeploy::store::{
     DecisionCall, DecisionQuery, DecisionRecord, DeploySource, DeployStatus, EventKind, GitSource,
-    ProjectFields, ProjectKind, SqlStore, Store, StoreError, TriggerWrite,
+    ProjectFields, ProjectType, SqlStore, Store, StoreError, TriggerWrite,
 };
 
 fn fields(name: &str) -> ProjectFields {
     ProjectFields {
         name: name.into(),
-        project_type: ProjectKind::Compose,
+        project_type: ProjectType::Compose,
         git_source: GitSource::Hosted,
         git_url: None,
         git_branch: "main".into(),
@@ -26,6 +26,7 @@ fn fields(name: &str) -> ProjectFields {
         auto_deploy_enabled: true,
         image_ref: None,
         container_port: None,
+        labels: Default::default(),
     }
 }
 

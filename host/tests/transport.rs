@@ -29,7 +29,7 @@ fn tls_server(dir: &Path) -> (TestCa, Nginx, String) {
 fn external(name: &str, url: &str) -> Value {
     json!({
         "name": name,
-        "project_type": "deployment",
+        "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080,
         "git_source": "external",
         "git_url": url,
         "auto_deploy_enabled": true,
@@ -240,7 +240,7 @@ async fn a_credential_on_plain_http_is_refused_unless_the_host_is_loopback_or_li
             Method::POST,
             "/api/projects",
             Some(
-                json!({"name": "anon", "project_type": "deployment", "git_source": "external",
+                json!({"name": "anon", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "git_source": "external",
                         "git_url": "http://git.example.com/r.git"}),
             ),
         )
@@ -311,7 +311,7 @@ async fn a_password_in_git_url_is_refused_and_never_repeated_or_stored() {
             .admin(
                 Method::POST,
                 "/api/projects",
-                Some(json!({"name": "leaky", "project_type": "deployment",
+                Some(json!({"name": "leaky", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080,
                             "git_source": "external", "git_url": url})),
             )
             .await;
@@ -323,7 +323,7 @@ async fn a_password_in_git_url_is_refused_and_never_repeated_or_stored() {
         assert!(!body.to_string().contains(pw), "echoed: {body}");
     }
     let id = d
-        .create_project(json!({"name": "ok", "project_type": "deployment",
+        .create_project(json!({"name": "ok", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080,
                                "git_source": "external", "git_url": "https://u@git.example/r.git"}))
         .await;
     for (url, pw) in secrets {
@@ -423,7 +423,7 @@ async fn pinned_ssh_host_keys_are_enforced_and_a_mismatch_deploys_nothing() {
         repos.join("ssh.git").display()
     );
     let project = |name: &str, pins: Option<&str>| {
-        let mut body = json!({"name": name, "project_type": "deployment", "git_source": "external",
+        let mut body = json!({"name": name, "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080, "git_source": "external",
             "git_url": url, "auto_deploy_enabled": true,
             "credentials": {"kind": "ssh", "private_key": key}});
         if let Some(p) = pins {

@@ -11,9 +11,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::store::now;
+use crate::store::{ProjectType, now};
 
 pub const NODE_WATCH: &str = "node-watch";
+
+/// The project types this version's agent deploys. The policy gets them as
+/// a fact and refuses a deploy of any other type before it is queued.
+pub const KINDS: [ProjectType; 2] = [ProjectType::Compose, ProjectType::Image];
 
 /// Every few seconds, fails the queued and running deployments of nodes not
 /// seen for `node_offline_after_seconds` (re-read each tick).

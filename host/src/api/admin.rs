@@ -7,13 +7,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
-use crate::policy::{PolicyInfo, SwapError};
+use crate::policy::{MAX_CONFIG_BYTES, PolicyInfo, SwapError};
 use crate::secrets::{new_token, token_hash};
 use crate::store::{Event, Node, NodeDeletion, Settings, now};
 
@@ -56,18 +57,53 @@ pub async fn put_settings(
     Ok(Json(settings))
 }
 
-pub async fn get_policy(State(app): State<Arc<App>>) -> Json<PolicyInfo> {
-    Json(app.policy.current().info().clone())
+/// The active policy and the operator's config for it. The config is not
+/// secret by contract (it reaches every decision and the decision log), so
+/// it is shown.
+#[derive(Serialize)]
+pub struct PolicyAnswer {
+    #[serde(flatten)]
+    info: PolicyInfo,
+    /// `null` when none is set.
+    config: Option<String>,
+    config_sha256: Option<String>,
 }
 
-/// The body is the component's bytes. Validation (compile, contract check,
-/// self-test) runs off the async threads; the running policy stays unless
-/// the new one passes. With `?dry_run=true` nothing is switched: the answer
-/// is the self-test's result and the replay of recent decisions.
+fn policy_answer(app: &App) -> PolicyAnswer {
+    let (policy, config) = app.policy.current_with_config();
+    let set = !config.is_empty();
+    PolicyAnswer {
+        info: policy.info().clone(),
+        config_sha256: set.then(|| crate::secrets::hex(&sha2::Sha256::digest(config.as_bytes()))),
+        config: set.then(|| config.to_string()),
+    }
+}
+
+pub async fn get_policy(State(app): State<Arc<App>>) -> Json<PolicyAnswer> {
+    Json(policy_answer(&app))
+}
+
+/// `PUT /api/policy` with a JSON body: the component and its config at once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpload {
+    /// The component's bytes, base64 (standard alphabet, padded).
+    wasm_base64: String,
+    /// The operator's config for it; absent keeps the one stored for this
+    /// component before, if any; "" removes it.
+    config: Option<String>,
+}
+
+/// The body is the component's bytes, or (with `Content-Type:
+/// application/json`) a [`PolicyUpload`] carrying its config too.
+/// Validation (compile, contract check, self-test) runs off the async
+/// threads; the running policy stays unless the new one passes. With
+/// `?dry_run=true` nothing is switched: the answer is the self-test's result
+/// and the replay of recent decisions.
 pub async fn put_policy(
     State(app): State<Arc<App>>,
     query: Result<Query<super::decisions::CandidateParams>, QueryRejection>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
@@ -77,32 +113,109 @@ pub async fn put_policy(
             .await?
             .into_response());
     }
-    if body.is_empty() {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let (wasm, config) = if json {
+        let upload: PolicyUpload = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "a JSON policy upload is {{\"wasm_base64\": \"...\", \"config\": \"...\"}}: {e}"
+            ))
+        })?;
+        use base64::Engine;
+        let wasm = base64::engine::general_purpose::STANDARD
+            .decode(upload.wasm_base64.trim())
+            .map_err(|_| ApiError::bad_request("wasm_base64 is not valid base64"))?;
+        (Bytes::from(wasm), upload.config)
+    } else {
+        (body, None)
+    };
+    if wasm.is_empty() {
         return Err(ApiError::bad_request(
             "the request body must be a WebAssembly component",
         ));
     }
     let swap = app.clone();
-    let info = tokio::task::spawn_blocking(move || swap.policy.install(&body, "api"))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("policy load failed: {e}"),
-            )
-        })?
-        .map_err(swap_error)?;
+    let with_config = config.is_some();
+    let info = tokio::task::spawn_blocking(move || {
+        swap.policy
+            .install_with_config(&wasm, "api", config.as_deref())
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("policy load failed: {e}"),
+        )
+    })?
+    .map_err(swap_error)?;
+    let answer = policy_answer(&app);
+    let config_note = match &answer.config_sha256 {
+        Some(sha) if with_config => format!(", config {sha}"),
+        Some(sha) => format!(", its stored config {sha}"),
+        None => ", no config".to_string(),
+    };
     app.store
         .log_event(
             None,
             crate::store::EventKind::PolicySwitched,
-            &format!("{} {} ({})", info.name, info.version, info.sha256),
+            &format!(
+                "{} {} ({}){config_note}",
+                info.name, info.version, info.sha256
+            ),
         )
         .await?;
-    Ok(Json(info).into_response())
+    Ok(Json(answer).into_response())
 }
 
-pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<PolicyInfo>> {
+/// `PUT /api/policy/config`: the body (UTF-8 text, at most 64 KiB; empty
+/// removes it) becomes the active policy's config. A policy change: logged
+/// as an event.
+pub async fn put_policy_config(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> ApiResult<Json<PolicyAnswer>> {
+    if body.len() > MAX_CONFIG_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the policy config is {} bytes; at most {MAX_CONFIG_BYTES} are allowed",
+                body.len()
+            ),
+        ));
+    }
+    let config = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the policy config must be UTF-8 text"))?;
+    let swap = app.clone();
+    let info = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || swap.policy.set_config(&config))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("storing the policy config failed: {e}"),
+                )
+            })?
+            .map_err(swap_error)?
+    };
+    let answer = policy_answer(&app);
+    let what = match &answer.config_sha256 {
+        Some(sha) => format!("config {sha} ({} bytes)", config.len()),
+        None => "config removed".to_string(),
+    };
+    app.store
+        .log_event(
+            None,
+            crate::store::EventKind::PolicyConfigChanged,
+            &format!("{} {} ({}): {what}", info.name, info.version, info.sha256),
+        )
+        .await?;
+    Ok(Json(answer))
+}
+
+pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<PolicyAnswer>> {
     let info = app.policy.rollback().map_err(swap_error)?;
     app.store
         .log_event(
@@ -111,7 +224,7 @@ pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<Poli
             &format!("{} {} ({})", info.name, info.version, info.sha256),
         )
         .await?;
-    Ok(Json(info))
+    Ok(Json(policy_answer(&app)))
 }
 
 fn swap_error(e: SwapError) -> ApiError {
@@ -121,6 +234,7 @@ fn swap_error(e: SwapError) -> ApiError {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
         SwapError::NoPrevious => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        SwapError::Config(_) => ApiError::bad_request(e.to_string()),
         other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
     }
 }

@@ -44,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(decisions::stop_shadow),
         )
         .route("/decisions", get(decisions::list))
+        .route("/policy/config", put(admin::put_policy_config))
         .route("/nodes", get(admin::list_nodes).post(admin::add_node))
         .route("/nodes/{id}", axum::routing::delete(admin::delete_node))
         .route("/events", get(admin::events))

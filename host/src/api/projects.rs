@@ -12,9 +12,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
 use crate::pipeline::{self, Trigger};
-use crate::policy::{GitSource, ProjectKind, Verdict};
+use crate::policy::Verdict;
 use crate::secrets::{Secret, new_token, token_hash};
-use crate::store::{CredentialKind, Deployment, ProjectFields, ProjectRecord, SealedCredential};
+use crate::store::{
+    CredentialKind, Deployment, GitSource, ProjectFields, ProjectRecord, ProjectType,
+    SealedCredential,
+};
 
 /// A credential as the API accepts it. The secret is never returned.
 #[derive(Deserialize)]
@@ -28,7 +31,7 @@ pub enum CredentialInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     name: String,
-    project_type: ProjectKind,
+    project_type: ProjectType,
     #[serde(default)]
     git_source: GitSource,
     git_url: Option<String>,
@@ -46,6 +49,9 @@ pub struct CreateProject {
     /// Node labels (all pairs) a node needs to claim this project.
     #[serde(default)]
     node_selector: BTreeMap<String, String>,
+    /// The user's own labels, for the policy to read.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// Absent fields stay as they are; `null` clears a clearable one.
@@ -73,6 +79,9 @@ pub struct UpdateProject {
     /// `null` or `{}` clears it.
     #[serde(default, deserialize_with = "present")]
     node_selector: Option<Option<BTreeMap<String, String>>>,
+    /// Replaces the labels; `null` or `{}` clears them.
+    #[serde(default, deserialize_with = "present")]
+    labels: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -117,6 +126,7 @@ pub async fn create(
         auto_deploy_enabled: false,
         image_ref: req.image_ref,
         container_port: req.container_port,
+        labels: req.labels,
     };
     validate(&fields, req.credentials.as_ref())?;
     check_known_hosts(&fields, req.ssh_known_hosts.as_deref())?;
@@ -124,7 +134,7 @@ pub async fn create(
     let mut fields = fields;
     if req.auto_deploy_enabled {
         let view = fields.policy_view();
-        check_toggle(&app, view, true).await?;
+        check_toggle(&app, view, None, true).await?;
         fields.auto_deploy_enabled = true;
     }
     let push_token = (fields.git_source == GitSource::Hosted).then(|| new_token("adp"));
@@ -224,6 +234,9 @@ pub async fn update(
     if let Some(v) = req.container_port {
         f.container_port = v;
     }
+    if let Some(v) = req.labels {
+        f.labels = v.unwrap_or_default();
+    }
     let credentials = req.credentials;
     validate(&f, credentials.as_ref().and_then(Option::as_ref))?;
     // A stored token counts as much as one sent now: it must not be moved
@@ -258,7 +271,7 @@ pub async fn update(
             ..current.clone()
         }
         .policy_view();
-        check_toggle(&app, view, enable).await?;
+        check_toggle(&app, view, current.pinned_node_id, enable).await?;
         f.auto_deploy_enabled = enable;
         let word = if enable { "enabled" } else { "disabled" };
         app.store
@@ -390,9 +403,18 @@ async fn check_selector_change(
     Ok(())
 }
 
-async fn check_toggle(app: &App, view: crate::policy::Project, enable: bool) -> ApiResult<()> {
+/// Asks the policy whether the toggle may be set to `enable`, on the facts
+/// of a project pinned to `pinned` (a new project: nowhere).
+async fn check_toggle(
+    app: &App,
+    view: crate::policy::Project,
+    pinned: Option<i64>,
+    enable: bool,
+) -> ApiResult<()> {
     use crate::policy::{Answer, Call};
-    let facts = crate::policy::facts::placeholder(app, view.kind, None).await?;
+    let facts = crate::policy::facts::FactBase::read_for(app, pinned)
+        .await?
+        .facts_pinned(pinned);
     let decided = app
         .decide_call(Call::CheckAutoDeploy {
             project: view,
@@ -487,19 +509,20 @@ fn validate(f: &ProjectFields, credential: Option<&CredentialInput>) -> ApiResul
         return bad("expose_service must not be blank".into());
     }
     match (f.project_type, f.image_ref.as_deref(), f.container_port) {
-        (ProjectKind::Image, Some(image), Some(port)) => {
+        (ProjectType::Image, Some(image), Some(port)) => {
             crate::registry::ImageRef::parse(image)
                 .map_err(|e| ApiError::bad_request(format!("image_ref: {e}")))?;
             if !(1..=65535).contains(&port) {
                 return bad(format!("container_port {port} is not a TCP port (1-65535)"));
             }
         }
-        (ProjectKind::Image, _, _) => {
+        (ProjectType::Image, _, _) => {
             return bad("image projects need image_ref and container_port".into());
         }
         (_, None, None) => {}
         _ => return bad("image_ref and container_port belong to image projects only".into()),
     }
+    super::admin::check_labels("labels", &f.labels)?;
     Ok(())
 }
 

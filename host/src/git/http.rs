@@ -23,8 +23,8 @@ use tokio_util::io::ReaderStream;
 
 use crate::app::App;
 use crate::git::{hosted_path, local_head, repos_dir};
-use crate::policy::GitSource;
 use crate::secrets::token_hash;
+use crate::store::GitSource;
 
 static MAX_PUSH_BYTES: AtomicU64 = AtomicU64::new(100 << 20);
 static BODY_IDLE_MS: AtomicU64 = AtomicU64::new(60_000);

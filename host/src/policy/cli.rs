@@ -80,7 +80,17 @@ pub enum PolicyCommand {
     DecideImages,
     /// Send a policy component to the running daemon, which validates it and
     /// switches to it.
-    Load { file: PathBuf },
+    Load {
+        file: PathBuf,
+        /// The operator's config for the policy: this file's text is passed
+        /// to every decision. Without it, the config stored for this policy
+        /// before (if any) stays.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Give the running daemon's policy a new config: FILE's text (- for
+    /// stdin; an empty file removes the config).
+    SetConfig { file: PathBuf },
     /// Switch the running daemon back to its previous policy.
     Rollback,
     /// Re-run the decisions the daemon recorded against a candidate policy
@@ -141,8 +151,11 @@ pub fn run(command: &PolicyCommand, args: &PolicyArgs) -> Result<()> {
                 "changes": d.moved,
             })
         }
-        PolicyCommand::Load { .. } | PolicyCommand::Rollback | PolicyCommand::Replay(_) => {
-            bail!("policy load, rollback and replay are dispatched by main")
+        PolicyCommand::Load { .. }
+        | PolicyCommand::SetConfig { .. }
+        | PolicyCommand::Rollback
+        | PolicyCommand::Replay(_) => {
+            bail!("policy load, set-config, rollback and replay are dispatched by main")
         }
     };
     println!("{output}");

@@ -42,7 +42,7 @@ use wasmtime::{
     Trap,
 };
 
-pub use handle::{PolicyHandle, SwapError};
+pub use handle::{MAX_CONFIG_BYTES, PolicyHandle, SwapError};
 
 /// The default policy, built from `guest/` for contract 0.2.0 by `build.rs`.
 pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));

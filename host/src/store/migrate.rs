@@ -32,6 +32,10 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../../migrations/sqlite/0005_node_scope.sql"),
     },
     Migration {
+        name: "0006_project_labels.sql",
+        sql: include_str!("../../../migrations/sqlite/0006_project_labels.sql"),
+    },
+    Migration {
         name: "0007_decision_log.sql",
         sql: include_str!("../../../migrations/sqlite/0007_decision_log.sql"),
     },

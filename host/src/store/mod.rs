@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use crate::policy::{GitSource, ProjectKind};
 pub use decisions::{
     DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
 };
@@ -62,6 +61,30 @@ pub fn refuse_to_migrate(node: &str) -> String {
     )
 }
 
+/// What a project is, as stored and as the API and the agent name it. The
+/// policy has its own enum for this; [`ProjectRecord::policy_view`] converts.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectType {
+    #[default]
+    Deployment,
+    Compose,
+    Image,
+    Tunnel,
+    DomainOnly,
+}
+
+/// Where a project's repository lives: served by the daemon, or elsewhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GitSource {
+    #[default]
+    Hosted,
+    External,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectRecord {
     pub id: i64,
@@ -97,7 +120,7 @@ impl ProjectRecord {
 pub struct BrokenProject {
     pub id: i64,
     pub name: String,
-    pub project_type: Option<ProjectKind>,
+    pub project_type: Option<ProjectType>,
     pub git_source: Option<GitSource>,
     pub auto_deploy_enabled: Option<bool>,
     pub error: String,
@@ -107,7 +130,7 @@ pub struct BrokenProject {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectFields {
     pub name: String,
-    pub project_type: ProjectKind,
+    pub project_type: ProjectType,
     pub git_source: GitSource,
     /// Shown without any password a row from an older version may hold.
     #[serde(serialize_with = "shown_git_url")]
@@ -120,6 +143,9 @@ pub struct ProjectFields {
     /// Image projects: the image to run and the port it serves on.
     pub image_ref: Option<String>,
     pub container_port: Option<i64>,
+    /// The user's own labels; the policy sees them, the daemon does not
+    /// interpret them.
+    pub labels: BTreeMap<String, String>,
 }
 
 fn shown_git_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -132,14 +158,38 @@ impl ProjectFields {
         crate::policy::Project {
             id: String::new(),
             name: self.name.clone(),
-            kind: self.project_type,
-            git_source: self.git_source,
+            kind: self.project_type.into(),
+            git_source: self.git_source.into(),
             git_branch: self.git_branch.clone(),
             auto_deploy_enabled: self.auto_deploy_enabled,
             last_tracked_commit: String::new(),
             expose_service: self.expose_service.clone(),
             expose_port: self.expose_port.and_then(|p| u32::try_from(p).ok()),
-            labels: BTreeMap::new(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+// The one place where the store's enums become the policy's: the two evolve
+// apart (a contract version is frozen once released; the store's is not).
+impl From<ProjectType> for crate::policy::ProjectKind {
+    fn from(t: ProjectType) -> Self {
+        use crate::policy::ProjectKind as K;
+        match t {
+            ProjectType::Deployment => K::Deployment,
+            ProjectType::Compose => K::Compose,
+            ProjectType::Image => K::Image,
+            ProjectType::Tunnel => K::Tunnel,
+            ProjectType::DomainOnly => K::DomainOnly,
+        }
+    }
+}
+
+impl From<GitSource> for crate::policy::GitSource {
+    fn from(s: GitSource) -> Self {
+        match s {
+            GitSource::Hosted => crate::policy::GitSource::Hosted,
+            GitSource::External => crate::policy::GitSource::External,
         }
     }
 }
@@ -327,6 +377,8 @@ pub enum EventKind {
     PolicyShadowStarted,
     #[serde(rename = "policy.shadow-stopped")]
     PolicyShadowStopped,
+    #[serde(rename = "policy.config-changed")]
+    PolicyConfigChanged,
     #[serde(rename = "node.added")]
     NodeAdded,
     #[serde(rename = "node.deleted")]
@@ -364,6 +416,7 @@ impl EventKind {
         EventKind::PolicyRolledBack,
         EventKind::PolicyShadowStarted,
         EventKind::PolicyShadowStopped,
+        EventKind::PolicyConfigChanged,
         EventKind::NodeAdded,
         EventKind::NodeDeleted,
         EventKind::ProjectUnpinned,
@@ -389,6 +442,7 @@ impl EventKind {
             EventKind::PolicyRolledBack => "policy.rolled-back",
             EventKind::PolicyShadowStarted => "policy.shadow-started",
             EventKind::PolicyShadowStopped => "policy.shadow-stopped",
+            EventKind::PolicyConfigChanged => "policy.config-changed",
             EventKind::NodeAdded => "node.added",
             EventKind::NodeDeleted => "node.deleted",
             EventKind::ProjectUnpinned => "project.unpinned",

@@ -13,7 +13,7 @@ use super::*;
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
-     p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
+     p.labels, p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
      p.ssh_known_hosts, p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
 const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
 const NODE_COLUMNS: &str = "id, name, labels, last_seen_at, created_at";
@@ -131,7 +131,7 @@ fn digests_from(s: &str) -> Result<BTreeMap<String, String>> {
     })
 }
 
-/// A node's labels or a project's node selector.
+/// A node's labels, a project's labels or its node selector.
 fn string_map(what: &str, s: &str) -> Result<BTreeMap<String, String>> {
     serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
 }
@@ -167,6 +167,7 @@ fn decode_project(id: i64, row: &AnyRow) -> Result<ProjectRecord> {
             auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
             image_ref: row.try_get("image_ref")?,
             container_port: row.try_get("container_port")?,
+            labels: string_map("labels", &row.try_get::<String, _>("labels")?)?,
         },
         last_tracked_commit_sha: row.try_get("last_tracked_commit_sha")?,
         last_tracked_image_digests: digests_from(
@@ -255,7 +256,7 @@ fn node_from(row: &AnyRow) -> Result<Node> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// Binds a project's user-set fields as `$1`..`$11`, in column order.
+/// Binds a project's user-set fields as `$1`..`$12`, in column order.
 fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
     q.bind(&f.name)
         .bind(enum_str(&f.project_type))
@@ -268,6 +269,7 @@ fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
         .bind(f.auto_deploy_enabled as i64)
         .bind(&f.image_ref)
         .bind(f.container_port)
+        .bind(string_map_json(&f.labels))
 }
 
 /// Unique-constraint violations become a conflict naming what clashed.
@@ -326,8 +328,8 @@ impl Store for SqlStore {
         let t = now();
         let query = sqlx::query(
             "INSERT INTO projects (name, project_type, git_source, git_url, git_branch, compose_file_path, \
-             expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, push_token_hash, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+             expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, labels, push_token_hash, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
         );
         let row = bind_fields(query, f)
             .bind(push_token_hash)
@@ -394,7 +396,7 @@ impl Store for SqlStore {
         let query = sqlx::query(
             "UPDATE projects SET name = $1, project_type = $2, git_source = $3, git_url = $4, git_branch = $5, \
              compose_file_path = $6, expose_service = $7, expose_port = $8, auto_deploy_enabled = $9, \
-             image_ref = $10, container_port = $11, updated_at = $12 WHERE id = $13",
+             image_ref = $10, container_port = $11, labels = $12, updated_at = $13 WHERE id = $14",
         );
         let done = bind_fields(query, f)
             .bind(now())

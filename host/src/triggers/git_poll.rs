@@ -1,12 +1,12 @@
 //! The git poller: every `auto_deploy_poll_interval_seconds` (a changed
-//! interval applies from the next tick), starting at start-up, paused while
-//! the master switch is off, it reads the tracked branch's head of each
-//! enabled external project and triggers `auto-poll` when it moved. Lookups
-//! run concurrently (`auto_deploy_poll_concurrency`), each capped, so one
-//! slow or hanging remote costs its own project the timeout and nothing else.
-//! The same tick reconciles every enabled hosted project (a local read, as
-//! `auto-push`): a push cut off by a crash or whose trigger failed deploys
-//! here.
+//! interval applies from the next tick), starting at start-up, it asks the
+//! policy's watch plan for every project, reads the tracked branch's head of
+//! each external project whose plan polls commits, and triggers `auto-poll`
+//! when it moved. Lookups run concurrently (`auto_deploy_poll_concurrency`),
+//! each capped, so one slow or hanging remote costs its own project the
+//! timeout and nothing else. The same tick reconciles each hosted project
+//! whose plan reconciles pushes (a local read, as `auto-push`): a push cut
+//! off by a crash or whose trigger failed deploys here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +21,11 @@ use super::schedule::Schedule;
 use super::{Checked, TriggerError, commit_moved};
 use crate::app::App;
 use crate::git::GitError;
-use crate::policy::GitSource;
-use crate::store::{DeploySource, EventKind, POLL_MIN_SECONDS, ProjectRecord, StoreError};
+use crate::policy::Facts;
+use crate::policy::facts::FactBase;
+use crate::store::{
+    DeploySource, EventKind, GitSource, POLL_MIN_SECONDS, ProjectRecord, StoreError,
+};
 
 pub const GIT_POLL: &str = "git-poll";
 /// Spread of the random delay before each lookup, so a thousand projects on
@@ -37,9 +40,14 @@ static DB_SLOTS: Semaphore = Semaphore::const_new(4);
 
 #[derive(Debug, Default, Serialize)]
 pub struct TickSummary {
-    /// The master switch was off: nothing was checked.
+    /// The master switch was off during this tick (the policy decided what
+    /// that meant; the default policy then watches nothing).
     pub paused: bool,
+    /// Projects looked at: those whose watch plan polls or reconciles them,
+    /// and rows that cannot be read.
     pub checked: usize,
+    /// Projects the policy's watch plan left out of this trigger.
+    pub not_watched: usize,
     /// Deployments queued (or coalesced into a queued one).
     pub triggered: usize,
     /// Deployments that failed before reaching a node; retried next tick.
@@ -64,47 +72,58 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
     });
     while schedule.next(&app, &cancel).await {
         match tick(&app).await {
-            Ok(s) => app.loops.ticked(GIT_POLL, s.paused, None),
+            Ok(s) => app.loops.ticked(GIT_POLL, Some(s.checked), None),
             Err(e) => {
                 tracing::warn!(error = %e, "git poll tick failed");
-                app.loops.ticked(GIT_POLL, false, Some(e.to_string()));
+                app.loops.ticked(GIT_POLL, None, Some(e.to_string()));
             }
         }
     }
     app.loops.state(GIT_POLL, "stopped", None);
 }
 
-/// One tick over every enabled project: external ones polled, hosted ones
-/// reconciled. Ticks never overlap.
+/// One tick over every project: the policy's watch plan for each, then
+/// external ones polled and hosted ones reconciled as their plans say.
+/// Ticks never overlap.
 pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
-    let Some((settings, projects, broken)) =
-        super::enabled_projects_checked(app, |_| true, |_| true).await?
-    else {
-        return Ok(TickSummary {
-            paused: true,
-            ..TickSummary::default()
-        });
-    };
+    let (base, projects, broken) = super::tick_projects(app).await?;
+    let settings = app.store.settings().await?;
+    let base = Arc::new(base);
+    // A hosted repository is reconciled, an external one polled; a plan
+    // naming the other for a project has nothing to do there.
+    let mut results = Vec::new();
+    let (mut hosted, mut external, mut not_watched) = (Vec::new(), Vec::new(), 0);
+    for (project, facts, plan) in super::watch_plans(app, &base, projects).await {
+        match plan {
+            Ok(plan) => match project.fields.git_source {
+                GitSource::Hosted if plan.reconcile_pushes => hosted.push(project),
+                GitSource::External if plan.poll_commits => external.push((project, facts)),
+                _ => not_watched += 1,
+            },
+            Err(error) => results.push(ProjectResult {
+                project_id: project.id,
+                name: project.fields.name.clone(),
+                result: failed(app, &project, EventKind::PollFailed, error).await,
+            }),
+        }
+    }
     // Clamped when read; `max(1)` keeps a zero from ever stalling the tick.
     let permits = Arc::new(Semaphore::new(
         (settings.auto_deploy_poll_concurrency as usize).max(1),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    let (hosted, external): (Vec<_>, Vec<_>) = projects
-        .into_iter()
-        .partition(|p| p.fields.git_source == GitSource::Hosted);
     // Local reads: no jitter and slots of their own, so a hanging remote
     // never holds them up.
     let local = Arc::new(Semaphore::new(LOCAL_CONCURRENCY));
     for project in hosted {
-        let (app, local) = (app.clone(), local.clone());
+        let (app, local, base) = (app.clone(), local.clone(), base.clone());
         let span = tracing::info_span!("trigger", project = project.id, source = "auto-push");
         tasks.spawn(
             async move {
                 let result = match local.acquire_owned().await {
-                    Ok(_permit) => reconcile(&app, &project).await,
+                    Ok(_permit) => reconcile(&app, &project, &base).await,
                     Err(_) => Checked::Error {
                         error: "the tick was stopped".into(),
                     },
@@ -118,7 +137,7 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
             .instrument(span),
         );
     }
-    for project in external {
+    for (project, facts) in external {
         let (app, permits) = (app.clone(), permits.clone());
         let span = tracing::info_span!("trigger", project = project.id, source = "auto-poll");
         tasks.spawn(
@@ -126,7 +145,7 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
                 let jitter = rand::rng().random_range(0..=MAX_JITTER_MS);
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
                 let result = match permits.acquire_owned().await {
-                    Ok(_permit) => check(&app, &project).await,
+                    Ok(_permit) => check(&app, &project, facts).await,
                     Err(_) => Checked::Error {
                         error: "the tick was stopped".into(),
                     },
@@ -140,7 +159,6 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
             .instrument(span),
         );
     }
-    let mut results = Vec::new();
     // A row that does not decode is an error for its own project only.
     for b in broken {
         let error = format!("the project's stored row is unreadable: {}", b.error);
@@ -165,8 +183,9 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     results.sort_by_key(|r| r.project_id);
     let count = |f: fn(&Checked) -> bool| results.iter().filter(|r| f(&r.result)).count();
     Ok(TickSummary {
-        paused: false,
+        paused: !base.master_enabled(),
         checked: results.len(),
+        not_watched,
         triggered: count(|c| matches!(c, Checked::Triggered { .. })),
         failed: count(|c| matches!(c, Checked::Failed { .. })),
         errors: count(|c| matches!(c, Checked::Error { .. })),
@@ -175,7 +194,7 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     })
 }
 
-async fn check(app: &App, project: &ProjectRecord) -> Checked {
+async fn check(app: &App, project: &ProjectRecord, facts: Facts) -> Checked {
     let url = project.fields.git_url.clone().unwrap_or_default();
     let head = match lookup(app, project, &url).await {
         Ok(head) => head,
@@ -185,7 +204,7 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
             return failed(app, project, EventKind::PollFailed, error).await;
         }
     };
-    match commit_moved(app, project, head, DeploySource::AutoPoll).await {
+    match commit_moved(app, project, facts, head, DeploySource::AutoPoll).await {
         Ok(Some(d)) => {
             app.poll_errors.clear(project.id);
             Checked::from_deployment(d)
@@ -207,8 +226,8 @@ async fn check(app: &App, project: &ProjectRecord) -> Checked {
 
 /// A hosted project: its bare repository's branch head against the tracked
 /// commit.
-async fn reconcile(app: &App, project: &ProjectRecord) -> Checked {
-    match super::reconcile_hosted(app, project.id).await {
+async fn reconcile(app: &App, project: &ProjectRecord, base: &FactBase) -> Checked {
+    match super::reconcile_hosted(app, project.id, base).await {
         Ok(Some(d)) => {
             app.poll_errors.clear(project.id);
             Checked::from_deployment(d)

@@ -1,9 +1,9 @@
-//! The image-digest watcher (compose projects): every
+//! The image-digest watcher: every
 //! `auto_deploy_image_watch_interval_seconds` (a changed interval applies
-//! from the next tick; paused while the master switch is off) it reads each enabled compose
-//! project's compose file at its branch tip, lets the policy list the
-//! images, looks up each distinct image's digest once for all projects, and
-//! lets the policy decide per project. A moved digest triggers `auto-image`;
+//! from the next tick) it asks the policy's watch plan for every project,
+//! reads the compose file at the branch tip of each one whose plan watches
+//! images, lets the policy list the images, looks up each distinct image's
+//! digest once for all projects, and lets the policy decide per project. A moved digest triggers `auto-image`;
 //! the recorded map is written with the deployment, or on its own when
 //! nothing deploys.
 
@@ -21,9 +21,9 @@ use super::schedule::Schedule;
 use crate::app::App;
 use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
-use crate::policy::{GitSource, Lookup, ProjectKind};
+use crate::policy::{Facts, Lookup};
 use crate::registry::ImageRef;
-use crate::store::{DeploySource, DeployStatus, EventKind, ProjectRecord, StoreError};
+use crate::store::{DeploySource, DeployStatus, EventKind, GitSource, ProjectRecord, StoreError};
 
 pub const IMAGE_WATCH: &str = "image-watch";
 /// Lookups (and compose-file reads) in flight at once.
@@ -39,7 +39,11 @@ pub enum WatchError {
 
 #[derive(Debug, Default, Serialize)]
 pub struct ImageTick {
+    /// The master switch was off during this tick (the policy decided what
+    /// that meant; the default policy then watches nothing).
     pub paused: bool,
+    /// Projects the policy's watch plan left out of this trigger.
+    pub not_watched: usize,
     /// Distinct images looked up (each once, whatever number of projects use it).
     pub lookups: usize,
     pub lookup_failures: usize,
@@ -106,10 +110,10 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
     });
     while schedule.next(&app, &cancel).await {
         match tick(&app).await {
-            Ok(t) => app.loops.ticked(IMAGE_WATCH, t.paused, None),
+            Ok(t) => app.loops.ticked(IMAGE_WATCH, Some(t.projects.len()), None),
             Err(e) => {
                 tracing::warn!(error = %e, "image watch tick failed");
-                app.loops.ticked(IMAGE_WATCH, false, Some(e.to_string()));
+                app.loops.ticked(IMAGE_WATCH, None, Some(e.to_string()));
             }
         }
     }
@@ -119,6 +123,8 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 /// What one project's compose file says, before any lookup.
 struct Watched {
     project: ProjectRecord,
+    /// What the watch plan was made on; the decision uses them too.
+    facts: Facts,
     images: Vec<String>,
     skipped: Vec<String>,
 }
@@ -129,34 +135,38 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     }
     let _one_at_a_time = app.image_watch_lock.lock().await;
     let started = Instant::now();
-    let Some((_, projects, broken)) = super::enabled_projects_checked(
-        app,
-        |p| p.fields.project_type == ProjectKind::Compose,
-        |b| b.project_type.is_none_or(|k| k == ProjectKind::Compose),
-    )
-    .await?
-    else {
-        return Ok(ImageTick {
-            paused: true,
-            ..ImageTick::default()
-        });
-    };
+    let (base, projects, broken) = super::tick_projects(app).await?;
+    let mut results = Vec::new();
+    let mut wanted = Vec::new();
+    let mut not_watched = 0;
+    for (project, facts, plan) in super::watch_plans(app, &base, projects).await {
+        match plan {
+            Ok(plan) if plan.watch_images => wanted.push((project, facts)),
+            Ok(_) => not_watched += 1,
+            Err(error) => {
+                let _ = app
+                    .store
+                    .log_event(Some(project.id), EventKind::ImageWatchFailed, &error)
+                    .await;
+                results.push(result(&project, vec![], vec![], Outcome::Error { error }));
+            }
+        }
+    }
 
     // 1. Every compose file, read and parsed by the policy.
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let mut reads = tokio::task::JoinSet::new();
-    for project in projects {
+    for (project, facts) in wanted {
         let (app, permits) = (app.clone(), permits.clone());
         reads.spawn(async move {
             let listed = match permits.acquire_owned().await {
                 Ok(_permit) => list_images(&app, &project).await,
                 Err(_) => Err("the tick was stopped".to_string()),
             };
-            (project, listed)
+            (project, facts, listed)
         });
     }
     let mut watched = Vec::new();
-    let mut results = Vec::new();
     // A row that does not decode is an error for its own project only.
     for b in broken {
         let error = format!("the project's stored row is unreadable: {}", b.error);
@@ -174,7 +184,7 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
         });
     }
     while let Some(joined) = reads.join_next().await {
-        let (project, listed) = match joined {
+        let (project, facts, listed) = match joined {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(error = %e, "a compose read task failed");
@@ -184,6 +194,7 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
         match listed {
             Ok(Some((images, skipped))) => watched.push(Watched {
                 project,
+                facts,
                 images,
                 skipped,
             }),
@@ -285,7 +296,8 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     }
     results.sort_by_key(|r| r.project_id);
     Ok(ImageTick {
-        paused: false,
+        paused: !base.master_enabled(),
+        not_watched,
         lookups: by_ref.len(),
         lookup_failures,
         triggered: results
@@ -401,24 +413,10 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
         .filter_map(|i| all.get(i).map(|l| (i.clone(), l.clone())))
         .collect();
     let prior = w.project.last_tracked_image_digests.clone();
-    let facts = match crate::policy::facts::placeholder(
-        app,
-        w.project.fields.project_type,
-        w.project.pinned_node_id,
-    )
-    .await
-    {
-        Ok(facts) => facts,
-        Err(e) => {
-            return Outcome::Error {
-                error: format!("cannot gather the facts for the policy: {e}"),
-            };
-        }
-    };
     let decided = app
         .decide_call(Call::DecideImages {
             project: w.project.policy_view(),
-            facts,
+            facts: w.facts.clone(),
             prior: prior.clone(),
             lookups,
         })

@@ -1,6 +1,11 @@
 //! The triggers that turn a moved source into a deployment: pushes to hosted
 //! repositories (and their reconciliation), polls of external ones. All end
 //! in `commit_moved`, which asks the policy and calls the one pipeline.
+//!
+//! The host gates nothing itself: each tick reads the facts once, asks the
+//! policy's `watch-plan` for every project, and looks up only what a plan
+//! names. The master switch and each project's toggle are facts the policy
+//! weighs like any other.
 
 pub mod git_poll;
 pub mod image_watch;
@@ -15,9 +20,11 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::git::{Credential, GitError};
 use crate::pipeline::{self, Trigger};
+use crate::policy::facts::{self, FactBase};
+use crate::policy::{Facts, WatchPlan};
 use crate::store::{
     BrokenProject, CredentialKind, DeploySource, DeployStatus, Deployment, EventKind,
-    ProjectRecord, Settings, StoreError,
+    ProjectRecord, StoreError,
 };
 
 /// Decisions that lost a race with another trigger are made again on the
@@ -60,44 +67,63 @@ pub enum TriggerError {
     Git(#[from] GitError),
 }
 
-/// The settings and the projects a tick looks at (auto-deploy on and
-/// `wanted`); `None` while the master switch is off. Rows that do not
-/// decode are left out (see [`enabled_projects_checked`]).
-pub async fn enabled_projects(
+/// What a tick works from: the facts read once, every project, and apart
+/// the rows that do not decode (an error for their own project, never for
+/// the whole tick; the policy cannot judge a row that cannot be read, so
+/// each is reported, whatever its toggle).
+pub async fn tick_projects(
     app: &App,
-    wanted: impl Fn(&ProjectRecord) -> bool,
-) -> Result<Option<(Settings, Vec<ProjectRecord>)>, StoreError> {
-    Ok(enabled_projects_checked(app, wanted, |_| false)
-        .await?
-        .map(|(settings, projects, _)| (settings, projects)))
-}
-
-/// As [`enabled_projects`], and apart the rows that do not decode and that
-/// `broken` (seeing what could be read of them) says concern this tick: a
-/// corrupt row is an error for its own project, never for the whole tick.
-pub async fn enabled_projects_checked(
-    app: &App,
-    wanted: impl Fn(&ProjectRecord) -> bool,
-    broken: impl Fn(&BrokenProject) -> bool,
-) -> Result<Option<(Settings, Vec<ProjectRecord>, Vec<BrokenProject>)>, StoreError> {
-    let settings = app.store.settings().await?;
-    if !settings.auto_deploy_master_enabled {
-        return Ok(None);
-    }
+) -> Result<(FactBase, Vec<ProjectRecord>, Vec<BrokenProject>), StoreError> {
+    let base = FactBase::read(app).await?;
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for row in app.store.projects_checked().await? {
         match row {
-            Ok(p) if p.fields.auto_deploy_enabled && wanted(&p) => good.push(p),
-            Ok(_) => {}
+            Ok(p) => good.push(p),
             Err(b) => {
                 tracing::warn!(project = b.id, error = %b.error, "a project row does not decode");
-                if b.auto_deploy_enabled != Some(false) && broken(&b) {
-                    bad.push(b);
-                }
+                bad.push(b);
             }
         }
     }
-    Ok(Some((settings, good, bad)))
+    Ok((base, good, bad))
+}
+
+/// The policy's watch plan for each project, on the tick's facts, with the
+/// facts it was made on. A plan the policy failed to make is an error for
+/// that project.
+pub async fn watch_plans(
+    app: &App,
+    base: &FactBase,
+    projects: Vec<ProjectRecord>,
+) -> Vec<(ProjectRecord, Facts, Result<WatchPlan, String>)> {
+    let asked = projects.into_iter().map(|project| {
+        let facts = base.facts(&project);
+        async move {
+            let plan = watch_plan(app, &project, facts.clone())
+                .await
+                .map_err(|e| format!("the policy could not plan what to watch: {e}"));
+            (project, facts, plan)
+        }
+    });
+    futures::future::join_all(asked).await
+}
+
+/// The policy's watch plan for one project; `Err` says why there is none.
+async fn watch_plan(app: &App, project: &ProjectRecord, facts: Facts) -> Result<WatchPlan, String> {
+    let decided = app
+        .decide_call(Call::WatchPlan {
+            project: project.policy_view(),
+            facts,
+        })
+        .await;
+    match decided.answer {
+        Ok(Answer::WatchPlan(plan)) => Ok(plan),
+        Ok(other) => Err(format!(
+            "the policy answered watch-plan with {}",
+            other.to_json()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The project's git credential, unsealed, for one lookup.
@@ -124,17 +150,16 @@ pub async fn credential(app: &App, project_id: i64) -> Result<Option<Credential>
 }
 
 /// Compares a branch head with the project's tracked commit through the
-/// policy's `decide-commit`; a decision to deploy goes through the pipeline.
-/// `None` as head means the branch is gone: an error, never a deploy.
+/// policy's `decide-commit` on `facts`; a decision to deploy goes through
+/// the pipeline. `None` as head means the branch is gone: an error, never a
+/// deploy.
 pub async fn commit_moved(
     app: &App,
     project: &ProjectRecord,
+    facts: Facts,
     head: Option<String>,
     source: DeploySource,
 ) -> Result<Option<Deployment>, TriggerError> {
-    let facts =
-        crate::policy::facts::placeholder(app, project.fields.project_type, project.pinned_node_id)
-            .await?;
     let decided = app
         .decide_call(Call::DecideCommit {
             project: project.policy_view(),
@@ -173,13 +198,14 @@ pub async fn commit_moved(
 /// Compares a hosted repository's tracked branch head (a local read) with
 /// the project's tracked commit, and triggers `auto-push` when the policy
 /// says it moved. Runs after every push, whichever branch it moved, and for
-/// every enabled hosted project at start-up and on each poll tick: a push
+/// every hosted project whose watch plan says so on each poll tick: a push
 /// whose trigger failed, or that a crash cut off after the ref moved, is
 /// deployed then. `Ok(None)` when nothing is to deploy, including a branch
-/// nothing was pushed to yet.
+/// nothing was pushed to yet. The facts come from `base` when it has them.
 pub async fn reconcile_hosted(
     app: &App,
     project_id: i64,
+    base: &FactBase,
 ) -> Result<Option<Deployment>, TriggerError> {
     for _ in 0..MAX_REDECIDE {
         let project = app.store.project(project_id).await?;
@@ -191,7 +217,8 @@ pub async fn reconcile_hosted(
         if head.is_none() {
             return Ok(None);
         }
-        match commit_moved(app, &project, head, DeploySource::AutoPush).await {
+        let facts = facts::from_base(app, base, &project).await?;
+        match commit_moved(app, &project, facts, head, DeploySource::AutoPush).await {
             // Another push recorded first: decide again on what it left.
             Err(TriggerError::Store(StoreError::Stale(_))) => continue,
             other => return other,
@@ -202,11 +229,11 @@ pub async fn reconcile_hosted(
     ))))
 }
 
-/// After a push to a hosted repository, whichever branch it moved: with
-/// auto-deploy on (master switch and toggle), the tracked branch's head is
-/// reconciled with the tracked commit (`auto-push` when they differ). The
-/// push itself has succeeded whatever happens here; failures are logged and
-/// recorded in the event log.
+/// After a push to a hosted repository, whichever branch it moved: when the
+/// policy's watch plan reconciles pushes for the project, the tracked
+/// branch's head is reconciled with the tracked commit (`auto-push` when
+/// they differ). The push itself has succeeded whatever happens here;
+/// failures are logged and recorded in the event log.
 pub async fn on_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
     let span = tracing::info_span!("trigger", project = project_id, source = "auto-push");
     after_push(app, project_id, before).instrument(span).await
@@ -226,12 +253,6 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
     // with the tracked commit below; this only decides what is worth a note.
     let moved = after != before;
     let branch = &project.fields.git_branch;
-    let master = app
-        .store
-        .settings()
-        .await
-        .map(|s| s.auto_deploy_master_enabled)
-        .unwrap_or(false);
     let note = |msg: String| async move {
         tracing::info!("{msg}");
         let _ = app
@@ -239,22 +260,35 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
             .log_event(Some(project_id), EventKind::Push, &msg)
             .await;
     };
-    if (!master || !project.fields.auto_deploy_enabled) && !moved {
-        return;
+    let base = match FactBase::read_for(app, project.pinned_node_id).await {
+        Ok(base) => base,
+        Err(e) => {
+            return note(format!(
+                "push to {branch} could not trigger a deployment: {e}"
+            ))
+            .await;
+        }
+    };
+    match watch_plan(app, &project, base.facts(&project)).await {
+        Ok(plan) if !plan.reconcile_pushes => {
+            if moved {
+                note(format!(
+                    "push to {branch}: not deploying; the policy watches no pushes here ({})",
+                    plan.reason
+                ))
+                .await;
+            }
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return note(format!(
+                "push to {branch} could not trigger a deployment: the policy could not plan what to watch: {e}"
+            ))
+            .await;
+        }
     }
-    if !master {
-        return note(format!(
-            "push to {branch}: auto-deploy is paused (master switch off); not deploying"
-        ))
-        .await;
-    }
-    if !project.fields.auto_deploy_enabled {
-        return note(format!(
-            "push to {branch}: auto-deploy is off for this project; not deploying"
-        ))
-        .await;
-    }
-    match reconcile_hosted(app, project_id).await {
+    match reconcile_hosted(app, project_id, &base).await {
         Ok(Some(d)) => tracing::info!(deployment = d.id, "push triggered a deployment"),
         Ok(None) => {}
         Err(e) => {

@@ -1,8 +1,9 @@
 //! When a periodic trigger ticks: one interval after its previous tick
-//! began, the interval and the master switch read again whenever the
-//! settings change. So a new interval applies from the next tick (not after
-//! a wait already begun with the old one), and while the master switch is
-//! off the loop does not tick at all: it waits for the switch.
+//! began, the interval read again whenever the settings change. So a new
+//! interval applies from the next tick (not after a wait already begun with
+//! the old one). The master switch does not stop the loop: it is one of the
+//! facts each tick hands the policy, whose watch plan then says what (if
+//! anything) to look at.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// `first_at_once`: tick as soon as the master switch allows, rather
-    /// than one interval after now.
+    /// `first_at_once`: tick at once, rather than one interval after now.
     pub fn new(
         app: &App,
         name: &'static str,
@@ -40,8 +40,7 @@ impl Schedule {
         }
     }
 
-    /// Waits until the next tick is due with the master switch on; `false`
-    /// when cancelled first.
+    /// Waits until the next tick is due; `false` when cancelled first.
     pub async fn next(&mut self, app: &App, cancel: &CancellationToken) -> bool {
         loop {
             // Marked seen before the read: a change made after it wakes us.
@@ -59,34 +58,23 @@ impl Schedule {
                 }
             };
             let now = Instant::now();
-            let due = settings.auto_deploy_master_enabled.then(|| {
-                self.last
-                    .map_or(now, |t| t + (self.interval)(app, &settings))
-            });
-            if let Some(due) = due
-                && due <= now
-            {
+            let due = self
+                .last
+                .map_or(now, |t| t + (self.interval)(app, &settings));
+            if due <= now {
                 self.last = Some(now);
                 return true;
             }
             app.loops.waiting(
                 self.name,
-                due.map(|d| {
-                    crate::store::now()
-                        + d.saturating_duration_since(now).as_secs_f64().ceil() as i64
-                }),
+                crate::store::now()
+                    + due.saturating_duration_since(now).as_secs_f64().ceil() as i64,
             );
-            let until_due = async {
-                match due {
-                    Some(due) => tokio::time::sleep_until(due.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = cancel.cancelled() => return false,
                 // The sender lives in `App`, which outlives this loop.
                 _ = self.changes.changed() => {}
-                _ = until_due => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
             }
         }
     }
