@@ -1,6 +1,7 @@
 //! What the host gathers for the policy, through the real daemon: project
-//! labels, the operator's policy config (stored with its policy), and the
-//! test-only clock.
+//! labels, the operator's policy config (stored with its policy), the
+//! test-only clock, and a 0.2.0 policy's decisions as the only gates: the
+//! master switch, the toggle and what the agents run are facts it weighs.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::process::Command;
 
 use autodeploy::policy::BUNDLED_POLICY;
 use common::daemon::{ADMIN, Daemon, temp_dir};
+use common::git::git;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -341,4 +343,168 @@ async fn the_test_only_clock_is_announced_loudly_at_start() {
     );
     let plain = Daemon::start(&temp_dir("facts-clock-plain"));
     assert!(!plain.log().contains("AUTODEPLOY_TEST_ONLY_CLOCK_FILE"));
+}
+
+/// A commit on `main` in `work` (made on first use), pushed to project
+/// `id`'s hosted repository; returns its SHA.
+fn push(d: &Daemon, work: &std::path::Path, id: i64, token: &str, message: &str) -> String {
+    if !work.join(".git").exists() {
+        std::fs::create_dir_all(work).unwrap();
+        git(work, &["init", "-q", "-b", "main"]);
+    }
+    std::fs::write(work.join("change"), message).unwrap();
+    git(work, &["add", "change"]);
+    git(work, &["commit", "-q", "-m", message]);
+    let url = format!(
+        "http://push:{token}@{}/git/{id}.git",
+        d.url.trim_start_matches("http://")
+    );
+    git(work, &["push", "-q", &url, "main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+async fn git_tick_for(d: &Daemon, id: i64) -> (Value, Option<Value>) {
+    let tick = d.ok(Method::POST, "/api/ticks/git-poll", None).await;
+    let mine = tick["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["project_id"] == id)
+        .cloned();
+    (tick, mine)
+}
+
+async fn push_events(d: &Daemon, id: i64) -> String {
+    d.ok(
+        Method::GET,
+        &format!("/api/events?project_id={id}&limit=100"),
+        None,
+    )
+    .await
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|e| e["kind"] == "push")
+    .map(|e| e["message"].as_str().unwrap().to_string())
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+#[tokio::test]
+async fn the_policy_decides_every_gate_on_the_facts_it_is_given() {
+    let dir = temp_dir("facts-gates");
+    let d = Daemon::start(&dir);
+    // Only the ticks asked for here: the loop's own next one is an hour away.
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_poll_interval_seconds": 3600})),
+    )
+    .await;
+    let p = d
+        .ok(
+            Method::POST,
+            "/api/projects",
+            Some(json!({"name": "gated", "project_type": "image",
+                        "image_ref": "registry.test/app:1", "container_port": 8080,
+                        "auto_deploy_enabled": true, "labels": {"team": "web"}})),
+        )
+        .await;
+    let (id, token) = (p["id"].as_i64().unwrap(), p["push_token"].as_str().unwrap());
+    let work = dir.join("work");
+
+    // What the agents run is a fact: a kind they cannot run is refused by
+    // the policy before it is queued, never handed to a node.
+    let build = d
+        .create_project(json!({"name": "build", "project_type": "deployment"}))
+        .await;
+    let refused = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{build}/deployments"),
+            None,
+        )
+        .await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert!(refused["node_id"].is_null(), "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("no deploy agent runs deployment projects; the agents run: compose, image"),
+        "{refused}"
+    );
+
+    // Master switch off: a fact. The policy's watch plan names nothing, so
+    // a push deploys nothing and says why, in the policy's words.
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_master_enabled": false})),
+    )
+    .await;
+    let first = push(&d, &work, id, token, "while off");
+    assert!(d.deployments(id).await.is_empty());
+    let events = push_events(&d, id).await;
+    assert!(
+        events.contains("not deploying") && events.contains("master switch off"),
+        "{events}"
+    );
+    // A tick looks at nothing the plans leave out.
+    let (tick, mine) = git_tick_for(&d, id).await;
+    assert_eq!(tick["paused"], true, "{tick}");
+    assert_eq!(tick["checked"], 0, "{tick}");
+    assert_eq!(tick["not_watched"], 2, "{tick}");
+    assert!(mine.is_none(), "{tick}");
+    // The source is a fact too: a person's deploy is not held.
+    let manual = d
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{id}/deployments"),
+            None,
+        )
+        .await;
+    assert_eq!(manual["status"], "queued", "{manual}");
+
+    // On, but this project's toggle off: still nothing watched.
+    d.ok(
+        Method::PUT,
+        "/api/settings",
+        Some(json!({"auto_deploy_master_enabled": true})),
+    )
+    .await;
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"auto_deploy_enabled": false})),
+    )
+    .await;
+    let (tick, mine) = git_tick_for(&d, id).await;
+    assert_eq!(tick["paused"], false, "{tick}");
+    assert!(mine.is_none(), "{tick}");
+    let second = push(&d, &work, id, token, "toggle off");
+    assert!(
+        push_events(&d, id)
+            .await
+            .contains("auto-deploy is off for this project"),
+        "{}",
+        push_events(&d, id).await
+    );
+
+    // Toggle on: the next tick's plan reconciles the hosted branch, and the
+    // change pushed meanwhile goes into the queued deployment.
+    d.ok(
+        Method::PATCH,
+        &format!("/api/projects/{id}"),
+        Some(json!({"auto_deploy_enabled": true})),
+    )
+    .await;
+    let (_, mine) = git_tick_for(&d, id).await;
+    let mine = mine.expect("watched once the toggle is on");
+    assert_eq!(mine["outcome"], "triggered", "{mine}");
+    let deps = d.deployments(id).await;
+    assert_eq!(deps.len(), 1, "{deps:?}");
+    assert_eq!(deps[0]["sources"], json!(["manual", "auto-push"]));
+    assert_eq!(deps[0]["target_commit"], second.as_str());
+    assert_ne!(first, second);
 }

@@ -362,22 +362,28 @@ async fn the_image_watcher_fires_on_its_own_at_its_minimum_interval() {
     assert!(state["ticks"].as_u64().unwrap() > ticks, "{state}");
     assert_eq!(state["last_tick_watched"], 0, "{state}");
     assert_eq!(reg.manifest_requests(), lookups, "no lookup while off");
-    assert_eq!(d.deployments(id).await.len(), 1);
+    // The deployment of v2 is still queued (no node runs here): a trigger
+    // would have gone into it.
+    let deps = d.deployments(id).await;
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0]["trigger_count"], 1, "{}", deps[0]);
+    assert_eq!(deps[0]["target_digests"][&image], v2.as_str());
 
-    // On again: the tag that moved meanwhile deploys.
+    // On again: the tag that moved meanwhile is deployed (into the queued
+    // deployment, whose target moves on).
     let resumed = unix_now();
     settings(&d, json!({"auto_deploy_master_enabled": true})).await;
     wait_until(
         "the image watcher deploys the tag moved while off",
         HANG,
-        || async { d.deployments(id).await.len() == 2 },
+        || async { newest(&d, id).await.unwrap()["target_digests"][&image] == v3.as_str() },
     )
     .await;
     let dep = newest(&d, id).await.unwrap();
-    assert_eq!(dep["source"], "auto-image", "{dep}");
-    assert_eq!(dep["target_digests"][&image], v3.as_str(), "{dep}");
+    assert_eq!(dep["sources"], json!(["auto-image"]), "{dep}");
+    assert_eq!(dep["trigger_count"], 2, "{dep}");
     assert!(
-        dep["created_at"].as_i64().unwrap() <= resumed + 2 * INTERVAL,
+        dep["last_seen_at"].as_i64().unwrap() <= resumed + 2 * INTERVAL,
         "{dep}"
     );
     d.stop();
