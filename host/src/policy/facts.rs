@@ -59,6 +59,7 @@ pub fn agent_kinds() -> Vec<ProjectKind> {
 
 /// What every project of one tick shares: read once per tick.
 pub struct FactBase {
+    settings: Settings,
     master: bool,
     now: i64,
     config: Arc<str>,
@@ -82,6 +83,7 @@ impl FactBase {
         let t = crate::store::now();
         let offline_after = settings.node_offline_after_seconds as i64;
         FactBase {
+            settings: settings.clone(),
             master: settings.auto_deploy_master_enabled,
             now: policy_now(),
             config,
@@ -96,6 +98,11 @@ impl FactBase {
     /// The master switch as read for this tick.
     pub fn master_enabled(&self) -> bool {
         self.master
+    }
+
+    /// The settings as read for this tick.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Reads the settings and only the node `pinned` names: for a single

@@ -89,7 +89,6 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     let _one_at_a_time = app.git_poll_lock.lock().await;
     let started = Instant::now();
     let (base, projects, broken) = super::tick_projects(app).await?;
-    let settings = app.store.settings().await?;
     let base = Arc::new(base);
     // A hosted repository is reconciled, an external one polled; a plan
     // naming the other for a project has nothing to do there.
@@ -111,7 +110,7 @@ pub async fn tick(app: &Arc<App>) -> Result<TickSummary, StoreError> {
     }
     // Clamped when read; `max(1)` keeps a zero from ever stalling the tick.
     let permits = Arc::new(Semaphore::new(
-        (settings.auto_deploy_poll_concurrency as usize).max(1),
+        (base.settings().auto_deploy_poll_concurrency as usize).max(1),
     ));
     let mut tasks = tokio::task::JoinSet::new();
     // Local reads: no jitter and slots of their own, so a hanging remote
