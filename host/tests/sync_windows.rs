@@ -156,7 +156,27 @@ async fn a_push_in_a_deny_window_is_held_and_deployed_when_the_window_closes() {
     .await;
     let held = tick_for(&d, prod).await;
     assert_eq!(held["outcome"], "unchanged", "held, not deployed: {held}");
+    assert!(
+        held["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("night freeze"),
+        "the tick says which window holds the change: {held}"
+    );
     assert!(d.deployments(prod).await.is_empty());
+    // The push itself left a note saying why it was not deployed.
+    common::wait_until(
+        "the held push is explained in the project's event log",
+        Duration::from_secs(60),
+        || async {
+            let events = d
+                .ok(Method::GET, &format!("/api/events?project_id={prod}"), None)
+                .await
+                .to_string();
+            events.contains("not deploying") && events.contains("night freeze")
+        },
+    )
+    .await;
     assert!(
         project(&d, prod).await["last_tracked_commit_sha"]
             .as_str()

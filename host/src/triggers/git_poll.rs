@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::schedule::Schedule;
-use super::{Checked, TriggerError, commit_moved};
+use super::{Checked, Moved, TriggerError, commit_moved};
 use crate::app::App;
 use crate::git::GitError;
 use crate::policy::Facts;
@@ -204,15 +204,13 @@ async fn check(app: &App, project: &ProjectRecord, facts: Facts) -> Checked {
         }
     };
     match commit_moved(app, project, facts, head, DeploySource::AutoPoll).await {
-        Ok(Some(d)) => {
+        Ok(Moved::Queued(d)) => {
             app.poll_errors.clear(project.id);
             Checked::from_deployment(d)
         }
-        Ok(None) => {
+        Ok(Moved::Unchanged(reason)) => {
             app.poll_errors.clear(project.id);
-            Checked::Unchanged {
-                reason: "the branch has not moved".into(),
-            }
+            Checked::Unchanged { reason }
         }
         // Ticks never overlap, so only a change to the project itself moved
         // the tracked commit: the next tick decides on the new state.
@@ -227,15 +225,13 @@ async fn check(app: &App, project: &ProjectRecord, facts: Facts) -> Checked {
 /// commit.
 async fn reconcile(app: &App, project: &ProjectRecord, base: &FactBase) -> Checked {
     match super::reconcile_hosted(app, project.id, base).await {
-        Ok(Some(d)) => {
+        Ok(Moved::Queued(d)) => {
             app.poll_errors.clear(project.id);
             Checked::from_deployment(d)
         }
-        Ok(None) => {
+        Ok(Moved::Unchanged(reason)) => {
             app.poll_errors.clear(project.id);
-            Checked::Unchanged {
-                reason: "the branch has not moved".into(),
-            }
+            Checked::Unchanged { reason }
         }
         Err(e) => {
             let error = format!("reconciling the hosted repository failed: {e}");

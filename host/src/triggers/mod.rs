@@ -57,6 +57,16 @@ impl Checked {
     }
 }
 
+/// What a commit check came to when it did not fail.
+#[derive(Debug)]
+pub enum Moved {
+    /// A deployment was queued (or a failed one recorded) for the change.
+    Queued(Deployment),
+    /// Nothing to deploy now, with the policy's reason (a branch that has
+    /// not moved, or a change the policy holds back).
+    Unchanged(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
     #[error("{0}")]
@@ -159,7 +169,7 @@ pub async fn commit_moved(
     facts: Facts,
     head: Option<String>,
     source: DeploySource,
-) -> Result<Option<Deployment>, TriggerError> {
+) -> Result<Moved, TriggerError> {
     let decided = app
         .decide_call(Call::DecideCommit {
             project: project.policy_view(),
@@ -180,7 +190,7 @@ pub async fn commit_moved(
         Err(e) => return Err(TriggerError::Policy(e.to_string())),
     };
     if !d.trigger {
-        return Ok(None);
+        return Ok(Moved::Unchanged(d.reason));
     }
     let t = Trigger {
         source,
@@ -192,7 +202,7 @@ pub async fn commit_moved(
         decided_on_commit: Some(project.last_tracked_commit_sha.clone()),
         decisions: vec![decided.decision],
     };
-    Ok(Some(pipeline::trigger(app, project, t).await?))
+    Ok(Moved::Queued(pipeline::trigger(app, project, t).await?))
 }
 
 /// Compares a hosted repository's tracked branch head (a local read) with
@@ -200,13 +210,13 @@ pub async fn commit_moved(
 /// says it moved. Runs after every push, whichever branch it moved, and for
 /// every hosted project whose watch plan says so on each poll tick: a push
 /// whose trigger failed, or that a crash cut off after the ref moved, is
-/// deployed then. `Ok(None)` when nothing is to deploy, including a branch
+/// deployed then. `Unchanged` when nothing is to deploy, including a branch
 /// nothing was pushed to yet. The facts come from `base` when it has them.
 pub async fn reconcile_hosted(
     app: &App,
     project_id: i64,
     base: &FactBase,
-) -> Result<Option<Deployment>, TriggerError> {
+) -> Result<Moved, TriggerError> {
     for _ in 0..MAX_REDECIDE {
         let project = app.store.project(project_id).await?;
         let path = crate::git::hosted_path(&app.data_dir, project_id);
@@ -215,7 +225,10 @@ pub async fn reconcile_hosted(
             .await
             .map_err(|e| GitError::Remote(format!("reading the branch failed: {e}")))??;
         if head.is_none() {
-            return Ok(None);
+            return Ok(Moved::Unchanged(format!(
+                "nothing was pushed to {} yet",
+                project.fields.git_branch
+            )));
         }
         let facts = facts::from_base(app, base, &project).await?;
         match commit_moved(app, &project, facts, head, DeploySource::AutoPush).await {
@@ -289,8 +302,13 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
         }
     }
     match reconcile_hosted(app, project_id, &base).await {
-        Ok(Some(d)) => tracing::info!(deployment = d.id, "push triggered a deployment"),
-        Ok(None) => {}
+        Ok(Moved::Queued(d)) => tracing::info!(deployment = d.id, "push triggered a deployment"),
+        // A push that moved the branch and is not deployed says why (the
+        // policy may hold it, e.g. in a deny window).
+        Ok(Moved::Unchanged(reason)) if moved => {
+            note(format!("push to {branch}: not deploying: {reason}")).await
+        }
+        Ok(Moved::Unchanged(_)) => {}
         Err(e) => {
             note(format!(
                 "push to {branch} could not trigger a deployment: {e}"
