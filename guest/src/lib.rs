@@ -3,21 +3,26 @@
 //! Every decision is a plain function over plain data (the contract's
 //! `model`), so it can be unit tested natively and reused by other policies
 //! (depend on this crate with `default-features = false`). `decide` answers
-//! `autodeploy:policy@0.2.0`, gates included; `v0_1_0` answers 0.1.0, where
-//! the host gates. `component` is the thin wit-bindgen layer that exports one
-//! of them when built for wasm32: 0.2.0, or 0.1.0 with the `wit-0-1-0`
-//! feature.
+//! `autodeploy:policy@0.2.0`, gates included, as [`DefaultPolicy`]; `v0_1_0`
+//! answers 0.1.0, where the host gates. `component` is the thin wit-bindgen
+//! layer that exports one of them when built for wasm32: 0.2.0 (through
+//! [`export_policy_v0_2_0!`], which other policy crates use too), or 0.1.0
+//! with the `wit-0-1-0` feature.
 
 pub mod compose;
 pub mod decide;
+mod export;
 pub mod model;
 pub mod v0_1_0;
 
 #[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod component;
 
+use std::collections::BTreeMap;
+
 use autodeploy_policy_contract::{Answer, Call};
 
+pub use autodeploy_policy_contract::Decisions;
 pub use compose::parse_compose;
 pub use decide::{check_auto_deploy, check_deployable, decide_commit, decide_images, watch_plan};
 
@@ -34,39 +39,55 @@ pub fn policy_meta() -> model::PolicyMeta {
     }
 }
 
-/// Answers one call as the 0.2.0 component does.
-pub fn answer(call: &Call) -> Answer {
-    match call {
-        Call::PolicyInfo => Answer::PolicyInfo(policy_meta()),
-        Call::ParseCompose { yaml } => Answer::ParseCompose(parse_compose(yaml)),
-        Call::WatchPlan { project, facts } => Answer::WatchPlan(watch_plan(project, facts)),
-        Call::DecideCommit {
-            project,
-            facts,
-            source,
-            remote_head,
-        } => Answer::DecideCommit(decide_commit(
-            project,
-            facts,
-            *source,
-            remote_head.as_deref(),
-        )),
-        Call::DecideImages {
-            project,
-            facts,
-            prior,
-            lookups,
-        } => Answer::DecideImages(decide_images(project, facts, prior, lookups)),
-        Call::CheckAutoDeploy {
-            project,
-            facts,
-            enable,
-        } => Answer::CheckAutoDeploy(check_auto_deploy(project, facts, *enable)),
-        Call::CheckDeployable {
-            project,
-            facts,
-            source,
-        } => Answer::CheckDeployable(check_deployable(project, facts, *source)),
+/// The default policy, as the contract's 0.2.0 [`Decisions`]: the functions
+/// of `decide` (and `compose`).
+pub struct DefaultPolicy;
+
+impl Decisions for DefaultPolicy {
+    fn policy_info() -> model::PolicyMeta {
+        policy_meta()
+    }
+
+    fn parse_compose(yaml: &str) -> Result<model::ComposeImages, String> {
+        parse_compose(yaml)
+    }
+
+    fn watch_plan(project: &model::Project, facts: &model::Facts) -> model::WatchPlan {
+        watch_plan(project, facts)
+    }
+
+    fn decide_commit(
+        project: &model::Project,
+        facts: &model::Facts,
+        source: model::TriggerSource,
+        remote_head: Option<&str>,
+    ) -> Result<model::CommitDecision, String> {
+        decide_commit(project, facts, source, remote_head)
+    }
+
+    fn decide_images(
+        project: &model::Project,
+        facts: &model::Facts,
+        prior: &BTreeMap<String, String>,
+        lookups: &BTreeMap<String, model::Lookup>,
+    ) -> model::ImageDecision {
+        decide_images(project, facts, prior, lookups)
+    }
+
+    fn check_auto_deploy(
+        project: &model::Project,
+        facts: &model::Facts,
+        enable: bool,
+    ) -> model::Verdict {
+        check_auto_deploy(project, facts, enable)
+    }
+
+    fn check_deployable(
+        project: &model::Project,
+        facts: &model::Facts,
+        source: model::TriggerSource,
+    ) -> model::Verdict {
+        check_deployable(project, facts, source)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The contract's conformance vectors, run natively against the guest's
 //! functions: 0.2.0 against `decide`, 0.1.0 against `v0_1_0`.
 
-use autodeploy_guest::{answer, answer_v0_1_0};
+use autodeploy_guest::{Decisions, DefaultPolicy, answer_v0_1_0};
 use autodeploy_policy_contract::Answer;
 use autodeploy_policy_contract::vectors::{Version, cases, failures_native};
 
@@ -17,7 +17,10 @@ fn assert_passes(version: Version, failures: Vec<String>) {
 #[test]
 fn every_0_2_0_vector_passes_natively() {
     assert!(cases(Version::V0_2_0).len() >= 80);
-    assert_passes(Version::V0_2_0, failures_native(Version::V0_2_0, answer));
+    assert_passes(
+        Version::V0_2_0,
+        failures_native(Version::V0_2_0, DefaultPolicy::answer),
+    );
 }
 
 #[test]
@@ -37,7 +40,7 @@ fn the_0_2_0_gates_change_0_1_0_answers_as_the_vectors_say() {
     // The 0.1.0 rules alone must fail the 0.2.0 gating vectors, or those
     // vectors test nothing the gates add.
     let ungated = failures_native(Version::V0_2_0, |call| {
-        answer_v0_1_0(call).unwrap_or_else(|| answer(call))
+        answer_v0_1_0(call).unwrap_or_else(|| DefaultPolicy::answer(call))
     });
     for gate in [
         "master switch off",

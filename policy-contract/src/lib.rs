@@ -8,10 +8,12 @@
 //! [`vectors`] loads and judges.
 
 pub mod call;
+pub mod decisions;
 pub mod model;
 pub mod vectors;
 
 pub use call::{Answer, Call};
+pub use decisions::Decisions;
 
 /// A released version of the WIT package `autodeploy:policy`.
 #[derive(

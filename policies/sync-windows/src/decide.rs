@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 
 use autodeploy_guest as default;
+use autodeploy_policy_contract::Decisions;
 use autodeploy_policy_contract::model::{
     CommitDecision, ComposeImages, Facts, ImageDecision, Lookup, PolicyMeta, Project,
     TriggerSource, Verdict, WatchPlan,
 };
-use autodeploy_policy_contract::{Answer, Call};
 
 use crate::config::Config;
 use crate::gate::{Gate, gate};
@@ -156,38 +156,45 @@ pub fn check_deployable(project: &Project, facts: &Facts, source: TriggerSource)
     }
 }
 
-/// Answers one call as the component does.
-pub fn answer(call: &Call) -> Answer {
-    match call {
-        Call::PolicyInfo => Answer::PolicyInfo(policy_meta()),
-        Call::ParseCompose { yaml } => Answer::ParseCompose(parse_compose(yaml)),
-        Call::WatchPlan { project, facts } => Answer::WatchPlan(watch_plan(project, facts)),
-        Call::DecideCommit {
-            project,
-            facts,
-            source,
-            remote_head,
-        } => Answer::DecideCommit(decide_commit(
-            project,
-            facts,
-            *source,
-            remote_head.as_deref(),
-        )),
-        Call::DecideImages {
-            project,
-            facts,
-            prior,
-            lookups,
-        } => Answer::DecideImages(decide_images(project, facts, prior, lookups)),
-        Call::CheckAutoDeploy {
-            project,
-            facts,
-            enable,
-        } => Answer::CheckAutoDeploy(check_auto_deploy(project, facts, *enable)),
-        Call::CheckDeployable {
-            project,
-            facts,
-            source,
-        } => Answer::CheckDeployable(check_deployable(project, facts, *source)),
+/// This policy, as the contract's 0.2.0 [`Decisions`]: the functions above.
+pub struct SyncWindows;
+
+impl Decisions for SyncWindows {
+    fn policy_info() -> PolicyMeta {
+        policy_meta()
+    }
+
+    fn parse_compose(yaml: &str) -> Result<ComposeImages, String> {
+        parse_compose(yaml)
+    }
+
+    fn watch_plan(project: &Project, facts: &Facts) -> WatchPlan {
+        watch_plan(project, facts)
+    }
+
+    fn decide_commit(
+        project: &Project,
+        facts: &Facts,
+        source: TriggerSource,
+        remote_head: Option<&str>,
+    ) -> Result<CommitDecision, String> {
+        decide_commit(project, facts, source, remote_head)
+    }
+
+    fn decide_images(
+        project: &Project,
+        facts: &Facts,
+        prior: &BTreeMap<String, String>,
+        lookups: &BTreeMap<String, Lookup>,
+    ) -> ImageDecision {
+        decide_images(project, facts, prior, lookups)
+    }
+
+    fn check_auto_deploy(project: &Project, facts: &Facts, enable: bool) -> Verdict {
+        check_auto_deploy(project, facts, enable)
+    }
+
+    fn check_deployable(project: &Project, facts: &Facts, source: TriggerSource) -> Verdict {
+        check_deployable(project, facts, source)
     }
 }

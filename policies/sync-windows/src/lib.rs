@@ -13,10 +13,18 @@ pub mod decide;
 pub mod gate;
 pub mod recurrence;
 
+// The wit-bindgen layer, shared with the default policy: it converts the WIT
+// types to the contract's plain types and back, and decides nothing.
 #[cfg(target_arch = "wasm32")]
-mod component;
+mod component {
+    autodeploy_guest::export_policy_v0_2_0!(
+        "../../policy-contract/wit/policy@0.2.0",
+        crate::SyncWindows
+    );
+}
 
+pub use autodeploy_policy_contract::Decisions;
 pub use decide::{
-    POLICY_NAME, POLICY_VERSION, answer, check_auto_deploy, check_deployable, decide_commit,
+    POLICY_NAME, POLICY_VERSION, SyncWindows, check_auto_deploy, check_deployable, decide_commit,
     decide_images, parse_compose, policy_meta, watch_plan,
 };

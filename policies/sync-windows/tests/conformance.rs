@@ -1,9 +1,10 @@
 //! The contract's 0.2.0 conformance vectors, natively: with an empty config,
 //! or windows that match no project, this policy answers as the default one.
 
+use autodeploy_guest::DefaultPolicy;
 use autodeploy_policy_contract::vectors::{self, Version};
-use autodeploy_policy_contract::{Answer, Call};
-use autodeploy_sync_windows as policy;
+use autodeploy_policy_contract::{Answer, Call, Decisions};
+use autodeploy_sync_windows::SyncWindows;
 
 /// Windows of every kind, none of which matches a project of the vectors (they
 /// have no labels).
@@ -30,7 +31,7 @@ fn calls(config: &str) -> Vec<(vectors::Case, Call)> {
 fn failures(config: &str) -> Vec<String> {
     calls(config)
         .iter()
-        .filter_map(|(case, call)| vectors::check_answer(case, &policy::answer(call)).err())
+        .filter_map(|(case, call)| vectors::check_answer(case, &SyncWindows::answer(call)).err())
         .collect()
 }
 
@@ -40,7 +41,7 @@ fn vectors_pass_as_written() {
     let failed: Vec<String> = vectors::cases(Version::V0_2_0)
         .iter()
         .filter(|case| case.call != Call::PolicyInfo)
-        .filter_map(|case| vectors::check_answer(case, &policy::answer(&case.call)).err())
+        .filter_map(|case| vectors::check_answer(case, &SyncWindows::answer(&case.call)).err())
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
 }
@@ -62,7 +63,7 @@ fn with_an_empty_config_every_answer_is_the_default_policys() {
     let calls = calls("");
     assert!(calls.len() >= 40, "{} cases", calls.len());
     for (case, call) in &calls {
-        let ours: Answer = policy::answer(call);
-        assert_eq!(ours, autodeploy_guest::answer(call), "case {:?}", case.name);
+        let ours: Answer = SyncWindows::answer(call);
+        assert_eq!(ours, DefaultPolicy::answer(call), "case {:?}", case.name);
     }
 }
