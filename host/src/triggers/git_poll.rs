@@ -206,7 +206,7 @@ async fn check(app: &App, project: &ProjectRecord, facts: Facts) -> Checked {
     match commit_moved(app, project, facts, head, DeploySource::AutoPoll).await {
         Ok(Moved::Queued(d)) => {
             app.poll_errors.clear(project.id);
-            Checked::from_deployment(d)
+            Checked::from_deployment(*d)
         }
         Ok(Moved::Unchanged(reason)) => {
             app.poll_errors.clear(project.id);
@@ -227,7 +227,7 @@ async fn reconcile(app: &App, project: &ProjectRecord, base: &FactBase) -> Check
     match super::reconcile_hosted(app, project.id, base).await {
         Ok(Moved::Queued(d)) => {
             app.poll_errors.clear(project.id);
-            Checked::from_deployment(d)
+            Checked::from_deployment(*d)
         }
         Ok(Moved::Unchanged(reason)) => {
             app.poll_errors.clear(project.id);

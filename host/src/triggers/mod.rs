@@ -61,7 +61,7 @@ impl Checked {
 #[derive(Debug)]
 pub enum Moved {
     /// A deployment was queued (or a failed one recorded) for the change.
-    Queued(Deployment),
+    Queued(Box<Deployment>),
     /// Nothing to deploy now, with the policy's reason (a branch that has
     /// not moved, or a change the policy holds back).
     Unchanged(String),
@@ -202,7 +202,9 @@ pub async fn commit_moved(
         decided_on_commit: Some(project.last_tracked_commit_sha.clone()),
         decisions: vec![decided.decision],
     };
-    Ok(Moved::Queued(pipeline::trigger(app, project, t).await?))
+    Ok(Moved::Queued(Box::new(
+        pipeline::trigger(app, project, t).await?,
+    )))
 }
 
 /// Compares a hosted repository's tracked branch head (a local read) with
