@@ -6,6 +6,9 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/precompile.rs"]
+mod precompile;
+
 const GUEST_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() {
@@ -70,8 +73,9 @@ fn main() {
         .module(&module)
         .and_then(|enc| enc.validate(true).encode())
         .unwrap_or_else(|e| panic!("componentize the policy guest: {e:#}"));
-    std::fs::write(out_dir.join("default-policy.wasm"), component)
+    std::fs::write(out_dir.join("default-policy.wasm"), &component)
         .expect("write the default policy component");
+    precompile::bundled(&component, &out_dir);
 }
 
 /// The target directory this build runs in: the nearest ancestor of OUT_DIR
