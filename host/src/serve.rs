@@ -201,6 +201,7 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
 
     let policy_dir = args.data_dir.join("policies");
     let runtime = PolicyRuntime::new(policy_args.config())?;
+    runtime.use_cache_dir(policy_dir.join("compiled"));
     let initial = match (
         &policy_args.policy,
         PolicyHandle::load_active(&runtime, &policy_dir),

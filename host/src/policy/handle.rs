@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::{Policy, PolicyError, PolicyInfo, PolicyRuntime, selftest};
+use super::{Policy, PolicyCacheStats, PolicyError, PolicyInfo, PolicyRuntime, memo, selftest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
@@ -28,6 +28,8 @@ pub struct PolicyHandle {
     /// the one to start with.
     dir: Option<PathBuf>,
     state: RwLock<Slots>,
+    /// parse-compose answers of the active policy; emptied on every switch.
+    memo: Arc<memo::ParseMemo>,
 }
 
 struct Slots {
@@ -44,6 +46,19 @@ impl PolicyHandle {
                 current: Arc::new(initial),
                 previous: None,
             }),
+            memo: Default::default(),
+        }
+    }
+
+    /// The memo of parse-compose answers, to use from a decision thread.
+    pub fn memo(&self) -> Arc<memo::ParseMemo> {
+        self.memo.clone()
+    }
+
+    pub fn cache_stats(&self) -> PolicyCacheStats {
+        PolicyCacheStats {
+            parse_compose: self.memo.stats(),
+            compiled: self.runtime.compiled_stats(),
         }
     }
 
@@ -84,6 +99,7 @@ impl PolicyHandle {
         let mut slots = self.state.write().expect("policy lock");
         let old = std::mem::replace(&mut slots.current, Arc::new(policy));
         slots.previous = Some(old);
+        self.memo.clear();
         tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, "policy switched");
         Ok(info)
     }
@@ -94,6 +110,7 @@ impl PolicyHandle {
         let previous = slots.previous.take().ok_or(SwapError::NoPrevious)?;
         let replaced = std::mem::replace(&mut slots.current, previous);
         slots.previous = Some(replaced);
+        self.memo.clear();
         let info = slots.current.info().clone();
         if let Some(dir) = &self.dir {
             // The bundled policy has no file: starting from it needs no marker.

@@ -12,8 +12,11 @@
 //! interruption) stays as a generous backstop only.
 
 mod bindings;
+mod cache;
 pub mod cli;
+mod engine_config;
 mod handle;
+mod memo;
 pub mod selftest;
 
 use std::collections::BTreeMap;
@@ -32,12 +35,13 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 
 pub use bindings::{FUNCTIONS, INTERFACE};
+pub use cache::{CompiledStats, user_cache_dir};
 pub use handle::{PolicyHandle, SwapError};
+pub use memo::{MemoStats, ParseMemo, PolicyCacheStats};
 
 /// The default policy, built from `guest/` by `build.rs`.
 pub const BUNDLED_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
@@ -126,6 +130,8 @@ pub struct PolicyRuntime {
     config: PolicyConfig,
     stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
+    /// Where compiled policies are kept, and how each load got its code.
+    compiled: cache::CompiledCache,
 }
 
 impl PolicyRuntime {
@@ -141,10 +147,10 @@ impl PolicyRuntime {
             // memset on release is cheaper than the faults.
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10);
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
-            .consume_fuel(config.fuel.is_some())
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // What shapes the compiled code is shared with build.rs, which
+        // precompiles the bundled policy for this engine.
+        let mut wasm = engine_config::policy_engine_config(config.fuel.is_some());
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -165,6 +171,7 @@ impl PolicyRuntime {
             config,
             stop,
             ticker: Some(ticker),
+            compiled: Default::default(),
         }))
     }
 
@@ -184,8 +191,7 @@ impl PolicyRuntime {
     /// where it came from, for `PolicyInfo`.
     pub fn load(self: &Arc<Self>, bytes: &[u8], source: &str) -> Result<Policy, PolicyError> {
         let sha256 = crate::secrets::hex(&Sha256::digest(bytes));
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PolicyError::Invalid(format!("{e:#}")))?;
+        let component = self.component(bytes, &sha256)?;
         check_shape(&self.engine, &component)?;
         let pre = Linker::new(&self.engine)
             .instantiate_pre(&component)

@@ -370,7 +370,8 @@ async fn list_images(
         }
         Err(e) => return Err(read_error(e)),
     };
-    let (parsed, _) = app.decide(move |p| p.parse_compose(&yaml)).await;
+    let memo = app.policy.memo();
+    let (parsed, _) = app.decide(move |p| memo.parse_compose(p, &yaml)).await;
     let parsed = parsed.map_err(|e| format!("{}: {e}", project.fields.compose_file_path))?;
     if !parsed.skipped.is_empty() {
         tracing::info!(project = project.id, skipped = ?parsed.skipped, "images using variables are not watched");
