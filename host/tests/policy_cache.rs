@@ -230,7 +230,9 @@ async fn the_daemon_starts_without_compiling_and_caches_a_swapped_policy() {
     assert_eq!(found.len(), 1, "{found:?}");
     d.stop();
 
-    // A restart starts from the swapped policy's cached code.
+    // A restart starts from the swapped policy's cached code. Its self-test
+    // runs (a swap does not remember one), and its pass is remembered.
+    const REMEMBERED: &str = "policy passed this self-test before";
     let d = Daemon::start(&dir);
     let s = status(&d).await;
     assert_eq!(s["policy"]["sha256"], sha.as_str());
@@ -238,6 +240,7 @@ async fn the_daemon_starts_without_compiling_and_caches_a_swapped_policy() {
         s["policy_cache"]["compiled"],
         json!({"precompiled": 0, "cache_hits": 1, "compiled": 0, "rejected": 0})
     );
+    assert!(!d.log().contains(REMEMBERED), "{}", d.log());
     d.stop();
 
     // A damaged entry: the daemon still starts on that policy, compiles it
@@ -259,6 +262,13 @@ async fn the_daemon_starts_without_compiling_and_caches_a_swapped_policy() {
         d.log()
     );
     assert_ne!(std::fs::read(&found[0]).unwrap(), bytes, "rewritten");
+    assert!(d.log().contains(REMEMBERED), "{}", d.log());
+    d.stop();
+
+    // Another instruction budget: the self-test runs again.
+    let d = Daemon::start_with(&dir, &["--policy-fuel", "3000000000"], &[]);
+    assert_eq!(status(&d).await["policy"]["sha256"], sha.as_str());
+    assert!(!d.log().contains(REMEMBERED), "{}", d.log());
     d.stop();
 }
 

@@ -27,7 +27,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::handle::write_atomic;
-use super::{BUNDLED_POLICY, PolicyError, PolicyRuntime};
+use super::{BUNDLED_POLICY, Policy, PolicyError, PolicyRuntime};
 
 /// The bundled policy compiled by host/build.rs; empty when the daemon was
 /// built for another machine than the one that built it.
@@ -164,6 +164,47 @@ impl PolicyRuntime {
     /// How policies got their native code since this runtime started.
     pub fn compiled_stats(&self) -> CompiledStats {
         self.compiled.stats()
+    }
+
+    /// `run` (the self-test of `policy`), unless this policy passed it before
+    /// with the same vectors (`vectors`, their digest), the same instruction
+    /// budget and memory limit, on the same engine and daemon version. With
+    /// the budget counting instructions, not time, the outcome would be the
+    /// same. A pass is remembered in the cache directory; a failure never is.
+    pub fn self_test_remembered(
+        &self,
+        policy: &Policy,
+        vectors: &[u8; 32],
+        run: impl FnOnce() -> Vec<String>,
+    ) -> Vec<String> {
+        let Some(dir) = self.compiled.dir.get().filter(|dir| usable_dir(dir)) else {
+            return run();
+        };
+        let sha256 = &policy.info().sha256;
+        let mut key = Sha256::new();
+        key.update(b"self-test\0");
+        key.update(sha256.as_bytes());
+        key.update(self.compiled.engine_hash(&self.engine));
+        key.update(self.config.fuel.unwrap_or(0).to_le_bytes());
+        key.update((self.config.memory_limit as u64).to_le_bytes());
+        key.update(vectors);
+        key.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let key = crate::secrets::hex(&key.finalize());
+        let path = dir.join(format!("{sha256}-{}.passed", &key[..16]));
+        if std::fs::read(&path).is_ok_and(|held| held == key.as_bytes()) {
+            tracing::info!(
+                sha256,
+                "policy passed this self-test before (same vectors, limits and engine); not run again"
+            );
+            return Vec::new();
+        }
+        let failures = run();
+        if failures.is_empty()
+            && let Err(e) = write_atomic(&path, key.as_bytes())
+        {
+            tracing::debug!(path = %path.display(), error = %e, "cannot remember the self-test pass");
+        }
+        failures
     }
 
     /// The component for `bytes` (whose sha256 is `sha256`, hex): the
