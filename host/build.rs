@@ -6,6 +6,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[cfg(feature = "precompiled-policy")]
 #[path = "build/precompile.rs"]
 mod precompile;
 
@@ -75,6 +76,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("componentize the policy guest: {e:#}"));
     std::fs::write(out_dir.join("default-policy.wasm"), &component)
         .expect("write the default policy component");
+    #[cfg(feature = "precompiled-policy")]
     precompile::bundled(&component, &out_dir);
 }
 

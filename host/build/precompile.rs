@@ -1,5 +1,6 @@
-//! Precompiles the bundled policy for the daemon's engine, so that start-up
-//! and each CLI call load native code instead of compiling the component.
+//! With the feature `precompiled-policy`: precompiles the bundled policy for
+//! the daemon's engine, so that start-up and each CLI call load native code
+//! instead of compiling the component.
 
 use std::path::Path;
 

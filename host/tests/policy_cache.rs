@@ -70,12 +70,33 @@ fn assert_decides(policy: &Policy) {
     assert!(err.to_string().contains("YAML"), "{err}");
 }
 
+/// Whether the bundled policy's native code is built in (the feature
+/// `precompiled-policy`).
+const BUILT_IN: bool = cfg!(feature = "precompiled-policy");
+
 #[test]
-fn the_bundled_policy_loads_its_build_time_code_without_compiling() {
-    let rt = runtime(None, true);
+fn the_bundled_policy_is_compiled_at_most_once() {
+    let dir = temp_dir("cwasm-bundled");
+    let rt = runtime(Some(&dir), true);
     let policy = rt.load_bundled().unwrap();
-    assert_eq!(rt.compiled_stats(), stats(1, 0, 0, 0));
+    if BUILT_IN {
+        assert_eq!(rt.compiled_stats(), stats(1, 0, 0, 0), "built in");
+        assert!(entries(&dir).is_empty());
+    } else {
+        assert_eq!(rt.compiled_stats(), stats(0, 0, 1, 0), "first use");
+        assert_eq!(entries(&dir).len(), 1);
+    }
     assert_decides(&policy);
+    let again = runtime(Some(&dir), true);
+    assert_decides(&again.load_bundled().unwrap());
+    assert_eq!(
+        again.compiled_stats(),
+        if BUILT_IN {
+            stats(1, 0, 0, 0)
+        } else {
+            stats(0, 1, 0, 0)
+        }
+    );
 
     // Metering off changes the code: the embedded code does not fit, and
     // the policy is compiled instead.
@@ -83,6 +104,7 @@ fn the_bundled_policy_loads_its_build_time_code_without_compiling() {
     let policy = unmetered.load_bundled().unwrap();
     assert_eq!(unmetered.compiled_stats(), stats(0, 0, 1, 0));
     assert_decides(&policy);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -214,19 +236,30 @@ async fn put_policy(d: &Daemon, bytes: Vec<u8>) -> Value {
 }
 
 #[tokio::test]
-async fn the_daemon_starts_without_compiling_and_caches_a_swapped_policy() {
+async fn the_daemon_compiles_a_policy_once_across_restarts() {
     let dir = temp_dir("cwasm-daemon");
     let d = Daemon::start(&dir);
-    assert_eq!(
-        status(&d).await["policy_cache"]["compiled"],
-        json!({"precompiled": 1, "cache_hits": 0, "compiled": 0, "rejected": 0}),
-        "the bundled policy is loaded from its build-time code"
-    );
+    let (first, later) = if BUILT_IN {
+        let built_in = json!({"precompiled": 1, "cache_hits": 0, "compiled": 0, "rejected": 0});
+        (built_in.clone(), built_in)
+    } else {
+        (
+            json!({"precompiled": 0, "cache_hits": 0, "compiled": 1, "rejected": 0}),
+            json!({"precompiled": 0, "cache_hits": 1, "compiled": 0, "rejected": 0}),
+        )
+    };
+    assert_eq!(status(&d).await["policy_cache"]["compiled"], first);
+    d.stop();
+    let d = Daemon::start(&dir);
+    assert_eq!(status(&d).await["policy_cache"]["compiled"], later);
     let swapped = put_policy(&d, variant("daemon")).await;
     let sha = swapped["sha256"].as_str().unwrap().to_string();
     assert_eq!(status(&d).await["policy_cache"]["compiled"]["compiled"], 1);
     let cache = dir.join("policies").join("compiled");
-    let found = entries(&cache);
+    let found: Vec<PathBuf> = entries(&cache)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&sha))
+        .collect();
     assert_eq!(found.len(), 1, "{found:?}");
     d.stop();
 
@@ -390,13 +423,21 @@ fn the_cli_uses_the_bundled_code_and_caches_a_policy_file() {
         );
         stderr
     };
+    let cache = cache_home.join("autodeploy").join("policies");
     let bundled = run(&[]);
-    assert!(bundled.contains("source=Precompiled"), "{bundled}");
+    if BUILT_IN {
+        assert!(bundled.contains("source=Precompiled"), "{bundled}");
+    } else {
+        assert!(bundled.contains("source=Compiled"), "{bundled}");
+        assert_eq!(entries(&cache).len(), 1);
+        let again = run(&[]);
+        assert!(again.contains("source=Cache"), "{again}");
+    }
+    let before = entries(&cache).len();
     let policy_arg = policy.to_str().unwrap();
     let first = run(&["--policy", policy_arg]);
     assert!(first.contains("source=Compiled"), "{first}");
-    let cache = cache_home.join("autodeploy").join("policies");
-    assert_eq!(entries(&cache).len(), 1);
+    assert_eq!(entries(&cache).len(), before + 1);
     let second = run(&["--policy", policy_arg]);
     assert!(second.contains("source=Cache"), "{second}");
     let _ = std::fs::remove_dir_all(&dir);

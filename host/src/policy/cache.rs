@@ -1,9 +1,11 @@
 //! Native code for policies, so a policy is compiled once and not at every
 //! start or CLI call.
 //!
-//! - The bundled policy is precompiled by host/build.rs for the engine the
-//!   daemon builds (both use `engine_config.rs`) and embedded in the binary.
-//! - Any other policy is compiled on first load and kept in a cache
+//! - With the feature `precompiled-policy`, the bundled policy is
+//!   precompiled by host/build.rs for the engine the daemon builds (both use
+//!   `engine_config.rs`) and embedded in the binary.
+//! - Any other policy (and the bundled one without that feature) is
+//!   compiled on first load and kept in a cache
 //!   directory as `<policy sha256>-<engine hash>.cwasm`. The engine hash
 //!   covers the compiler, its target and every setting that changes the code,
 //!   so a daemon with other settings never picks up an entry that does not
@@ -31,8 +33,11 @@ use super::{BUNDLED_POLICY, Policy, PolicyError, PolicyRuntime};
 
 /// The bundled policy compiled by host/build.rs; empty when the daemon was
 /// built for another machine than the one that built it.
+#[cfg(feature = "precompiled-policy")]
 const BUNDLED_PRECOMPILED: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.cwasm"));
+#[cfg(not(feature = "precompiled-policy"))]
+const BUNDLED_PRECOMPILED: &[u8] = &[];
 
 /// The first bytes of every cache entry (and the format's version).
 const MAGIC: &[u8; 8] = b"ADCWASM1";

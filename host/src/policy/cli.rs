@@ -59,8 +59,8 @@ impl PolicyArgs {
 
     pub fn load(&self) -> Result<Policy> {
         let runtime = PolicyRuntime::new(self.config())?;
-        // The bundled policy needs no cache (its code is in the binary); a
-        // policy file is compiled once per user and engine.
+        // A policy is compiled once per user and engine (the bundled one not
+        // at all when its code is built in).
         if let Some(dir) = super::user_cache_dir() {
             runtime.use_cache_dir(dir);
         }
