@@ -146,7 +146,8 @@ impl PolicyRuntime {
             // stack and heap back in every time; zeroing the first MiBs with
             // memset on release is cheaper than the faults.
             .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         // What shapes the compiled code is shared with build.rs, which
         // precompiles the bundled policy for this engine.
         let mut wasm = engine_config::policy_engine_config(config.fuel.is_some());
