@@ -95,6 +95,19 @@ impl ParseMemo {
         }
     }
 
+    /// The answer the policy with this sha256 gave for this exact text, if
+    /// remembered: cheap enough to ask before handing the call to a decision
+    /// thread.
+    pub fn cached(
+        &self,
+        policy_sha256: &str,
+        yaml: &str,
+    ) -> Option<Result<ComposeImages, PolicyError>> {
+        let answer = self.get(&key(policy_sha256, yaml))?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(into_result(answer))
+    }
+
     /// `policy.parse_compose(yaml)`, answered from the memo when this policy
     /// already parsed this exact text.
     pub fn parse_compose(&self, policy: &Policy, yaml: &str) -> Result<ComposeImages, PolicyError> {

@@ -370,8 +370,14 @@ async fn list_images(
         }
         Err(e) => return Err(read_error(e)),
     };
+    // An unchanged file is answered from the memo here, without a trip to
+    // a decision thread.
     let memo = app.policy.memo();
-    let (parsed, _) = app.decide(move |p| memo.parse_compose(p, &yaml)).await;
+    let active = app.policy.current().info().sha256.clone();
+    let parsed = match memo.cached(&active, &yaml) {
+        Some(answer) => answer,
+        None => app.decide(move |p| memo.parse_compose(p, &yaml)).await.0,
+    };
     let parsed = parsed.map_err(|e| format!("{}: {e}", project.fields.compose_file_path))?;
     if !parsed.skipped.is_empty() {
         tracing::info!(project = project.id, skipped = ?parsed.skipped, "images using variables are not watched");
