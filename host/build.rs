@@ -18,6 +18,10 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[cfg(feature = "precompiled-policy")]
+#[path = "build/precompile.rs"]
+mod precompile;
+
 const GUEST_TARGET: &str = "wasm32-unknown-unknown";
 
 struct Build {
@@ -89,6 +93,8 @@ fn main() {
         if build.file == DEFAULT_V020.file {
             std::fs::write(out_dir.join("default-policy.wasm"), &component)
                 .expect("write the default policy component");
+            #[cfg(feature = "precompiled-policy")]
+            precompile::bundled(&component, &out_dir);
         }
     }
 }

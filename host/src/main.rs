@@ -77,11 +77,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve(args) => {
-            init_logging();
+            init_logging_with("info");
             block_on(serve::run(args, &cli.policy))
         }
         Command::Agent(args) => {
-            init_logging();
+            init_logging_with("info");
             block_on(autodeploy::agent::runner::run(args.clone()))
         }
         Command::Policy(PolicyCommand::Load { file, config }) => block_on(client::load_policy(
@@ -98,7 +98,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(PolicyCommand::Replay(args)) => {
             block_on(autodeploy::decisions::replay::cli(args, &cli.policy))
         }
-        Command::Policy(command) => autodeploy::policy::cli::run(command, &cli.policy),
+        Command::Policy(command) => {
+            // Quiet unless something is wrong (a damaged compiled-policy
+            // cache entry); stdout is the answer.
+            init_logging_with("warn");
+            autodeploy::policy::cli::run(command, &cli.policy)
+        }
         Command::Project { client, command } => block_on(client::project(client, command)),
         Command::Settings { client, command } => block_on(client::settings(client, command)),
         Command::Node { client, command } => block_on(client::node(client, command)),
@@ -117,10 +122,10 @@ fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
     result
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: info).
-fn init_logging() {
+/// Logs go to stderr; `RUST_LOG` filters them (default: `default`).
+fn init_logging_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

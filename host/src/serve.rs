@@ -201,6 +201,7 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
 
     let policy_dir = args.data_dir.join("policies");
     let runtime = PolicyRuntime::new(policy_args.config())?;
+    runtime.use_cache_dir(policy_dir.join("compiled"));
     let initial = match (
         &policy_args.policy,
         PolicyHandle::load_active(&runtime, &policy_dir),
@@ -211,7 +212,13 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     };
     // A policy given on the command line must pass the same self-test as one
     // swapped in through the API.
-    let failures = crate::policy::selftest::self_test(&initial);
+    // Remembered per policy, vectors, limits and engine: the budget makes the
+    // outcome the same every time, so a pass need not be run at every start.
+    let failures = runtime.self_test_remembered(
+        &initial,
+        &crate::policy::selftest::vectors_digest(&initial),
+        || crate::policy::selftest::self_test(&initial),
+    );
     anyhow::ensure!(
         failures.is_empty(),
         "policy {} fails its self-test: {}",
@@ -236,7 +243,17 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     let git_timeout = Duration::from_secs(args.git_timeout_seconds);
     // The cap itself is a tokio timeout around each lookup (one clear error);
     // libgit2's own, a little longer, frees the thread a hung lookup holds.
-    crate::git::set_network_timeout(git_timeout + Duration::from_secs(5));
+    // On a thread of its own: the first libgit2 call initializes OpenSSL and
+    // loads the system's CA certificates, which start-up need not wait for.
+    // Network lookups run in child processes that set their own timeouts.
+    let set_timeout = move || crate::git::set_network_timeout(git_timeout + Duration::from_secs(5));
+    if std::thread::Builder::new()
+        .name("git-init".into())
+        .spawn(set_timeout)
+        .is_err()
+    {
+        set_timeout();
+    }
     crate::git::http::set_limits(
         args.http.max_push_bytes,
         Duration::from_secs(args.http.idle_timeout_seconds),

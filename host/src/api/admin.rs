@@ -23,6 +23,7 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "policy": app.policy.current().info(),
+        "policy_cache": app.policy.cache_stats(),
         "auto_deploy_master_enabled": settings.auto_deploy_master_enabled,
         "loops": app.loops.snapshot(),
         "image_trigger": match app.image_watch_off.lock().expect("watch lock").clone() {

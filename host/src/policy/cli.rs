@@ -59,6 +59,11 @@ impl PolicyArgs {
 
     pub fn load(&self) -> Result<Policy> {
         let runtime = PolicyRuntime::new(self.config())?;
+        // A policy is compiled once per user and engine (the bundled one not
+        // at all when its code is built in).
+        if let Some(dir) = super::user_cache_dir() {
+            runtime.use_cache_dir(dir);
+        }
         Ok(match &self.policy {
             Some(path) => runtime.load_file(path)?,
             None => PolicyRuntime::load_bundled(&runtime)?,

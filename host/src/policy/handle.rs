@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::{Policy, PolicyError, PolicyInfo, PolicyRuntime, selftest};
+use super::{Policy, PolicyCacheStats, PolicyError, PolicyInfo, PolicyRuntime, memo, selftest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
@@ -34,6 +34,8 @@ pub struct PolicyHandle {
     /// the one to start with.
     dir: Option<PathBuf>,
     state: RwLock<Slots>,
+    /// parse-compose answers of the active policy; emptied on every switch.
+    memo: Arc<memo::ParseMemo>,
 }
 
 struct Slots {
@@ -65,6 +67,19 @@ impl PolicyHandle {
                 config: Arc::from(""),
                 previous: None,
             }),
+            memo: Default::default(),
+        }
+    }
+
+    /// The memo of the active policy's parse-compose answers.
+    pub fn memo(&self) -> Arc<memo::ParseMemo> {
+        self.memo.clone()
+    }
+
+    pub fn cache_stats(&self) -> PolicyCacheStats {
+        PolicyCacheStats {
+            parse_compose: self.memo.stats(),
+            compiled: self.runtime.compiled_stats(),
         }
     }
 
@@ -168,6 +183,7 @@ impl PolicyHandle {
         let old = std::mem::replace(&mut slots.current, Arc::new(policy));
         let old_config = std::mem::replace(&mut slots.config, Arc::from(config));
         slots.previous = Some((old, old_config));
+        self.memo.clear();
         tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, "policy switched");
         Ok(info)
     }
@@ -201,6 +217,7 @@ impl PolicyHandle {
         let replaced = std::mem::replace(&mut slots.current, previous);
         let replaced_config = std::mem::replace(&mut slots.config, previous_config);
         slots.previous = Some((replaced, replaced_config));
+        self.memo.clear();
         let info = slots.current.info().clone();
         if let Some(dir) = &self.dir {
             // The same policy may have been given another config since.

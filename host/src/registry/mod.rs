@@ -11,7 +11,7 @@ pub mod reference;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -123,7 +123,12 @@ pub struct HostStats {
 }
 
 pub struct Registry {
-    http: reqwest::Client,
+    /// Built on first use: building it loads the system's CA certificates
+    /// (tens of milliseconds with OpenSSL 3), which daemon start-up need not
+    /// wait for.
+    http: OnceLock<Result<reqwest::Client, String>>,
+    /// The extra CA of `config.ca_file`, checked at start.
+    extra_ca: Option<reqwest::Certificate>,
     config: RegistryConfig,
     auths: HashMap<String, Basic>,
     tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
@@ -133,35 +138,49 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(config: RegistryConfig) -> Result<Registry, RegistryError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout);
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| RegistryError::Config(format!("read CA {}: {e}", path.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                RegistryError::Config(format!(
-                    "CA {} is not a PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        let extra_ca = match &config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    RegistryError::Config(format!("read CA {}: {e}", path.display()))
+                })?;
+                Some(reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    RegistryError::Config(format!(
+                        "CA {} is not a PEM certificate: {e}",
+                        path.display()
+                    ))
+                })?)
+            }
+            None => None,
+        };
         let auths = match &config.docker_config {
             Some(path) => read_docker_config(path)?,
             None => HashMap::new(),
         };
         Ok(Registry {
-            http,
+            http: OnceLock::new(),
+            extra_ca,
             config,
             auths,
             tokens: Default::default(),
             schemes: Default::default(),
             stats: Default::default(),
         })
+    }
+
+    /// The HTTP client, built on first use.
+    fn http(&self) -> Result<&reqwest::Client, RegistryError> {
+        let built = self.http.get_or_init(|| {
+            let mut builder = reqwest::Client::builder()
+                .timeout(self.config.timeout)
+                .connect_timeout(self.config.timeout);
+            if let Some(cert) = &self.extra_ca {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build().map_err(|e| e.to_string())
+        });
+        built
+            .as_ref()
+            .map_err(|e| RegistryError::Config(format!("cannot set up HTTPS: {e}")))
     }
 
     pub fn stats(&self) -> BTreeMap<String, HostStats> {
@@ -358,9 +377,10 @@ impl Registry {
         path: &str,
         auth: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
+        let http = self.http()?;
         self.count(host, |s| s.manifest_heads += 1);
         self.send(host, path, |url| {
-            let req = self.http.head(url).header(ACCEPT, MANIFEST_TYPES);
+            let req = http.head(url).header(ACCEPT, MANIFEST_TYPES);
             match auth {
                 Some(a) => req.header(AUTHORIZATION, a),
                 None => req,
@@ -431,7 +451,7 @@ impl Registry {
             query.push(("service", service.clone()));
         }
         self.count(host, |s| s.token_requests += 1);
-        let mut req = self.http.get(realm).query(&query);
+        let mut req = self.http()?.get(realm).query(&query);
         if let Some(c) = credential {
             req = req.header(AUTHORIZATION, basic(c));
         }
@@ -473,8 +493,9 @@ impl Registry {
 
     /// The start-up probe: GET /v2/ on `addr`. 200 or 401 means reachable.
     pub async fn probe(&self, addr: &str) -> Result<u16, String> {
+        let http = self.http().map_err(|e| e.to_string())?;
         let resp = self
-            .send(addr, "/v2/", |url| self.http.get(url))
+            .send(addr, "/v2/", |url| http.get(url))
             .await
             .map_err(|e| e.to_string())?;
         match resp.status().as_u16() {

@@ -383,18 +383,32 @@ async fn list_images(
         }
         Err(e) => return Err(read_error(e)),
     };
-    let decided = app.decide_call(Call::ParseCompose { yaml }).await;
     let file = &project.fields.compose_file_path;
-    let parsed = match decided.answer {
-        Ok(Answer::ParseCompose(Ok(images))) => images,
-        Ok(Answer::ParseCompose(Err(e))) => return Err(format!("{file}: {e}")),
-        Ok(other) => {
-            return Err(format!(
-                "{file}: the policy answered parse-compose with {}",
-                other.to_json()
-            ));
+    // An unchanged file is answered from the memo here, without a trip to a
+    // decision thread; only a call that really ran is logged.
+    let memo = app.policy.memo();
+    let active = app.policy.current().info().sha256.clone();
+    let parsed = match memo.cached(&active, &yaml) {
+        Some(answer) => answer.map_err(|e| format!("{file}: {e}"))?,
+        None => {
+            let generation = memo.generation();
+            let decided = app
+                .decide_call(Call::ParseCompose { yaml: yaml.clone() })
+                .await;
+            match decided.answer {
+                Ok(Answer::ParseCompose(answer)) => {
+                    memo.remember(&decided.policy.sha256, &yaml, &answer, generation);
+                    answer.map_err(|e| format!("{file}: {e}"))?
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "{file}: the policy answered parse-compose with {}",
+                        other.to_json()
+                    ));
+                }
+                Err(e) => return Err(format!("{file}: {e}")),
+            }
         }
-        Err(e) => return Err(format!("{file}: {e}")),
     };
     if !parsed.skipped.is_empty() {
         tracing::info!(project = project.id, skipped = ?parsed.skipped, "images using variables are not watched");
