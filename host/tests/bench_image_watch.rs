@@ -177,7 +177,9 @@ fn decide_images_alone(app: &autodeploy::app::App, addr: &str) {
         ..Project::default()
     };
     let mut session = policy.session().unwrap();
-    session.decide_images(&project, &facts, &prior, &lookups).unwrap();
+    session
+        .decide_images(&project, &facts, &prior, &lookups)
+        .unwrap();
     let instructions = session.last_fuel().unwrap_or(0);
     let started = Instant::now();
     for _ in 0..1000 {
