@@ -288,6 +288,7 @@ async fn the_daemon_compiles_a_policy_once_across_restarts() {
     assert_eq!(status(&d).await["policy"]["sha256"], sha.as_str());
     assert!(!d.log().contains(REMEMBERED), "{}", d.log());
     d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +377,7 @@ async fn an_unchanged_compose_file_is_parsed_once_until_the_policy_changes() {
     tick().await;
     assert_eq!(memo(&status(&d).await), (2, 3, 1, 2));
     d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
