@@ -5,28 +5,13 @@ mod common;
 
 use std::process::Command;
 
-use common::daemon::{ADMIN, Daemon, temp_dir};
-use serde_json::Value;
-
-fn cli(d: &Daemon, args: &[&str]) -> Result<Value, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .args(args)
-        .env("AUTODEPLOY_URL", &d.url)
-        .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
+use common::daemon::{Daemon, temp_dir};
 
 #[tokio::test]
 async fn the_walk_through_works_from_the_command_line() {
     let dir = temp_dir("client");
     let d = Daemon::start(&dir);
-    let p = cli(
+    let p = common::cli(
         &d,
         &[
             "project",
@@ -45,11 +30,11 @@ async fn the_walk_through_works_from_the_command_line() {
     let id = p["id"].as_i64().unwrap().to_string();
     assert!(p["push_token"].as_str().unwrap().starts_with("adp_"));
     assert_eq!(
-        cli(&d, &["project", "set", &id, "auto_deploy_enabled=true"]).unwrap()["auto_deploy_enabled"],
+        common::cli(&d, &["project", "set", &id, "auto_deploy_enabled=true"]).unwrap()["auto_deploy_enabled"],
         true
     );
     assert_eq!(
-        cli(&d, &["project", "list"])
+        common::cli(&d, &["project", "list"])
             .unwrap()
             .as_array()
             .unwrap()
@@ -57,18 +42,18 @@ async fn the_walk_through_works_from_the_command_line() {
         1
     );
 
-    let first = cli(&d, &["project", "deploy", &id]).unwrap();
+    let first = common::cli(&d, &["project", "deploy", &id]).unwrap();
     assert_eq!(first["status"], "queued");
-    let again = cli(&d, &["project", "deploy", &id]).unwrap();
+    let again = common::cli(&d, &["project", "deploy", &id]).unwrap();
     assert_eq!(
         (again["id"].clone(), again["trigger_count"].clone()),
         (first["id"].clone(), 2.into()),
         "coalesced"
     );
-    let node = cli(&d, &["node", "add", "edge-1"]).unwrap();
+    let node = common::cli(&d, &["node", "add", "edge-1"]).unwrap();
     assert!(node["token"].as_str().unwrap().starts_with("adn_"));
     assert_eq!(
-        cli(&d, &["project", "deployments", &id])
+        common::cli(&d, &["project", "deployments", &id])
             .unwrap()
             .as_array()
             .unwrap()
@@ -77,16 +62,16 @@ async fn the_walk_through_works_from_the_command_line() {
     );
 
     assert_eq!(
-        cli(&d, &["settings", "set", "auto_deploy_master_enabled=false"]).unwrap()["auto_deploy_master_enabled"],
+        common::cli(&d, &["settings", "set", "auto_deploy_master_enabled=false"]).unwrap()["auto_deploy_master_enabled"],
         false
     );
-    let err = cli(
+    let err = common::cli(
         &d,
         &["settings", "set", "auto_deploy_poll_interval_seconds=3"],
     )
     .unwrap_err();
     assert!(err.contains("must be at least 10, got 3"), "{err}");
-    let err = cli(&d, &["project", "show", "99"]).unwrap_err();
+    let err = common::cli(&d, &["project", "show", "99"]).unwrap_err();
     assert!(
         err.contains("404") && err.contains("project 99 not found"),
         "{err}"
@@ -102,12 +87,12 @@ async fn the_walk_through_works_from_the_command_line() {
     // The policy commands reach the daemon too.
     let junk = dir.join("junk.wasm");
     std::fs::write(&junk, b"junk").unwrap();
-    let err = cli(&d, &["policy", "load", junk.to_str().unwrap()]).unwrap_err();
+    let err = common::cli(&d, &["policy", "load", junk.to_str().unwrap()]).unwrap_err();
     assert!(
         err.contains("422") && err.contains("not a valid WebAssembly component"),
         "{err}"
     );
-    let err = cli(&d, &["policy", "rollback"]).unwrap_err();
+    let err = common::cli(&d, &["policy", "rollback"]).unwrap_err();
     assert!(err.contains("no previous policy"), "{err}");
     d.stop();
 }

@@ -5,40 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
-use autodeploy::policy::BUNDLED_POLICY;
 use common::daemon::{ADMIN, Daemon, temp_dir};
 use common::git::git;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// The bundled policy with a custom section appended: behaves the same,
-/// has another sha256.
-fn variant(tag: &str) -> Vec<u8> {
-    let mut payload = vec![tag.len() as u8];
-    payload.extend_from_slice(tag.as_bytes());
-    payload.extend_from_slice(b"variant");
-    let mut bytes = BUNDLED_POLICY.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(payload.len() as u8); // fits one LEB128 byte
-    bytes.extend_from_slice(&payload);
-    bytes
-}
-
-fn cli(d: &Daemon, args: &[&str]) -> Result<Value, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .args(args)
-        .env("AUTODEPLOY_URL", &d.url)
-        .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 async fn put_config(d: &Daemon, text: &[u8]) -> (StatusCode, Value) {
     d.raw(
@@ -169,7 +139,7 @@ async fn project_labels_are_set_shown_replaced_and_cleared_through_the_api() {
     );
 
     // The command line sets them too.
-    let made = cli(
+    let made = common::cli(
         &d,
         &[
             "project", "create", "--name", "cli", "--type", "compose", "--label", "team=ops",
@@ -219,7 +189,7 @@ async fn the_policy_config_is_kept_with_its_policy_across_swaps_and_restarts() {
 
     // A policy and its config in one request (JSON): both switch together.
     use base64::Engine;
-    let b = variant("b");
+    let b = common::policy_variant("b");
     let (status, v) = d
         .admin(
             Method::PUT,
@@ -246,7 +216,7 @@ async fn the_policy_config_is_kept_with_its_policy_across_swaps_and_restarts() {
             Method::PUT,
             "/api/policy",
             Some(ADMIN),
-            variant("c"),
+            common::policy_variant("c"),
             "application/wasm",
         )
         .await;
@@ -301,10 +271,10 @@ async fn the_policy_config_is_kept_with_its_policy_across_swaps_and_restarts() {
     // The command line: load with a config file, then change the config.
     let work = temp_dir("facts-config-cli");
     let wasm = work.join("c.wasm");
-    std::fs::write(&wasm, variant("c")).unwrap();
+    std::fs::write(&wasm, common::policy_variant("c")).unwrap();
     let cfg = work.join("c.cfg");
     std::fs::write(&cfg, "allow: always\n").unwrap();
-    let v = cli(
+    let v = common::cli(
         &d,
         &[
             "policy",
@@ -317,7 +287,7 @@ async fn the_policy_config_is_kept_with_its_policy_across_swaps_and_restarts() {
     .unwrap();
     assert_eq!(v["config"], "allow: always\n");
     std::fs::write(&cfg, "allow: never\n").unwrap();
-    let v = cli(&d, &["policy", "set-config", cfg.to_str().unwrap()]).unwrap();
+    let v = common::cli(&d, &["policy", "set-config", cfg.to_str().unwrap()]).unwrap();
     assert_eq!(v["config"], "allow: never\n");
     assert_eq!(
         d.ok(Method::GET, "/api/policy", None).await["config"],

@@ -7,27 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use autodeploy::policy::{
-    BUNDLED_POLICY, CompiledStats, DEFAULT_FUEL, Policy, PolicyConfig, PolicyRuntime,
-};
+use autodeploy::policy::{CompiledStats, DEFAULT_FUEL, Policy, PolicyConfig, PolicyRuntime};
 use common::daemon::{ADMIN, Daemon, temp_dir};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const COMPOSE: &str = "services:\n  web:\n    image: nginx:1.27\n  db:\n    image: postgres:16\n";
-
-/// The bundled policy with a custom section appended: behaves the same,
-/// has another sha256, so it is not the precompiled one.
-fn variant(tag: &str) -> Vec<u8> {
-    let mut payload = vec![tag.len() as u8];
-    payload.extend_from_slice(tag.as_bytes());
-    payload.extend_from_slice(b"variant");
-    let mut bytes = BUNDLED_POLICY.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(payload.len() as u8); // fits one LEB128 byte
-    bytes.extend_from_slice(&payload);
-    bytes
-}
 
 fn runtime(cache: Option<&Path>, fuel: bool) -> Arc<PolicyRuntime> {
     let rt = PolicyRuntime::new(PolicyConfig {
@@ -110,7 +95,7 @@ fn the_bundled_policy_is_compiled_at_most_once() {
 #[test]
 fn a_policy_is_compiled_once_then_loaded_from_its_cache_entry() {
     let dir = temp_dir("cwasm-once");
-    let bytes = variant("once");
+    let bytes = common::policy_variant("once");
     let first = runtime(Some(&dir), true);
     let policy = first.load(&bytes, "test").unwrap();
     assert_eq!(first.compiled_stats(), stats(0, 0, 1, 0));
@@ -134,13 +119,13 @@ fn a_policy_is_compiled_once_then_loaded_from_its_cache_entry() {
 #[test]
 fn a_damaged_entry_is_compiled_again_and_replaced() {
     let dir = temp_dir("cwasm-damaged");
-    let bytes = variant("damaged");
+    let bytes = common::policy_variant("damaged");
     runtime(Some(&dir), true).load(&bytes, "test").unwrap();
     let entry = entries(&dir).pop().expect("an entry");
     let good = std::fs::read(&entry).unwrap();
     let elsewhere = dir.join("other");
     runtime(Some(&elsewhere), true)
-        .load(&variant("other"), "test")
+        .load(&common::policy_variant("other"), "test")
         .unwrap();
     let other = std::fs::read(entries(&elsewhere).pop().unwrap()).unwrap();
     let flip = |at: usize| {
@@ -178,7 +163,7 @@ fn a_damaged_entry_is_compiled_again_and_replaced() {
 #[test]
 fn an_entry_made_by_another_engine_is_replaced() {
     let dir = temp_dir("cwasm-engine");
-    let bytes = variant("engine");
+    let bytes = common::policy_variant("engine");
     runtime(Some(&dir), true).load(&bytes, "test").unwrap();
     let metered_entry = entries(&dir).pop().unwrap();
 
@@ -207,7 +192,7 @@ fn a_cache_dir_others_may_write_is_not_used() {
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir("cwasm-shared");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let bytes = variant("shared");
+    let bytes = common::policy_variant("shared");
     for _ in 0..2 {
         let rt = runtime(Some(&dir), true);
         assert_decides(&rt.load(&bytes, "test").unwrap());
@@ -252,7 +237,7 @@ async fn the_daemon_compiles_a_policy_once_across_restarts() {
     d.stop();
     let d = Daemon::start(&dir);
     assert_eq!(status(&d).await["policy_cache"]["compiled"], later);
-    let swapped = put_policy(&d, variant("daemon")).await;
+    let swapped = put_policy(&d, common::policy_variant("daemon")).await;
     let sha = swapped["sha256"].as_str().unwrap().to_string();
     assert_eq!(status(&d).await["policy_cache"]["compiled"]["compiled"], 1);
     let cache = dir.join("policies").join("compiled");
@@ -303,6 +288,7 @@ async fn the_daemon_compiles_a_policy_once_across_restarts() {
     assert_eq!(status(&d).await["policy"]["sha256"], sha.as_str());
     assert!(!d.log().contains(REMEMBERED), "{}", d.log());
     d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +361,7 @@ async fn an_unchanged_compose_file_is_parsed_once_until_the_policy_changes() {
     );
 
     // A policy switch empties the memo: the next tick asks the new policy.
-    put_policy(&d, variant("memo")).await;
+    put_policy(&d, common::policy_variant("memo")).await;
     assert_eq!(memo(&status(&d).await), (1, 1, 0, 1));
     tick().await;
     assert_eq!(memo(&status(&d).await), (1, 2, 1, 1));
@@ -391,6 +377,7 @@ async fn an_unchanged_compose_file_is_parsed_once_until_the_policy_changes() {
     tick().await;
     assert_eq!(memo(&status(&d).await), (2, 3, 1, 2));
     d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -399,7 +386,7 @@ fn the_cli_uses_the_bundled_code_and_caches_a_policy_file() {
     let compose = dir.join("compose.yml");
     std::fs::write(&compose, COMPOSE).unwrap();
     let policy = dir.join("variant.wasm");
-    std::fs::write(&policy, variant("cli")).unwrap();
+    std::fs::write(&policy, common::policy_variant("cli")).unwrap();
     let cache_home = dir.join("cache");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))

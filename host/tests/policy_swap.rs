@@ -5,24 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use autodeploy::policy::BUNDLED_POLICY;
 use common::daemon::{ADMIN, Daemon, temp_dir};
 use common::wait_until;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// The bundled policy with a custom section appended: behaves the same,
-/// has another sha256.
-fn variant(tag: &str) -> Vec<u8> {
-    let mut payload = vec![tag.len() as u8];
-    payload.extend_from_slice(tag.as_bytes());
-    payload.extend_from_slice(b"variant");
-    let mut bytes = BUNDLED_POLICY.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(payload.len() as u8); // fits one LEB128 byte
-    bytes.extend_from_slice(&payload);
-    bytes
-}
 
 async fn put_policy(d: &Daemon, bytes: Vec<u8>) -> (StatusCode, Value) {
     d.raw(
@@ -77,7 +63,7 @@ async fn policies_swap_refuse_and_roll_back_without_a_restart() {
     assert_eq!(active_sha(&d).await, bundled);
 
     // A good one is switched to at once, and decides the next deployment.
-    let (status, v) = put_policy(&d, variant("a")).await;
+    let (status, v) = put_policy(&d, common::policy_variant("a")).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let a = v["sha256"].as_str().unwrap().to_string();
     assert_ne!(a, bundled);
@@ -117,11 +103,11 @@ async fn policies_swap_refuse_and_roll_back_without_a_restart() {
 async fn sighup_reloads_the_policy_file_and_keeps_the_old_one_if_the_new_fails() {
     let dir = temp_dir("policy-hup");
     let file = dir.join("policy.wasm");
-    std::fs::write(&file, variant("one")).unwrap();
+    std::fs::write(&file, common::policy_variant("one")).unwrap();
     let d = Daemon::start_with(&dir, &["--policy", file.to_str().unwrap()], &[]);
     let one = active_sha(&d).await;
 
-    std::fs::write(&file, variant("two")).unwrap();
+    std::fs::write(&file, common::policy_variant("two")).unwrap();
     d.signal("HUP");
     wait_until(
         "SIGHUP reloaded the file",

@@ -193,3 +193,32 @@ pub fn wait_until_blocking(what: &str, timeout: Duration, mut f: impl FnMut() ->
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The bundled policy with a custom section appended: decides the same, has
+/// another sha256 (so it is neither the active nor the built-in one).
+pub fn policy_variant(tag: &str) -> Vec<u8> {
+    let mut payload = vec![tag.len() as u8];
+    payload.extend_from_slice(tag.as_bytes());
+    payload.extend_from_slice(b"variant");
+    let mut bytes = autodeploy::policy::BUNDLED_POLICY.to_vec();
+    bytes.push(0); // custom section id
+    bytes.push(payload.len() as u8); // fits one LEB128 byte
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// Runs the CLI against `d` with the admin token; its JSON answer, or its
+/// stderr when it fails.
+pub fn cli(d: &daemon::Daemon, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+        .args(args)
+        .env("AUTODEPLOY_URL", &d.url)
+        .env("AUTODEPLOY_ADMIN_TOKEN", daemon::ADMIN)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
