@@ -9,8 +9,15 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
+/// Where the CLI keeps compiled policies during these tests: inside the
+/// target dir, never the user's own `~/.cache`.
+fn cache_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache")
+}
+
 fn autodeploy(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+        .env("XDG_CACHE_HOME", cache_home())
         .args(args)
         .env_remove("AUTODEPLOY_POLICY")
         .stdin(Stdio::piped())
@@ -164,6 +171,7 @@ fn policy_flag_and_env_select_another_component() {
     assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
 
     let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+        .env("XDG_CACHE_HOME", cache_home())
         .args(["policy", "parse-compose", "-", "--policy-deadline-ms", "20"])
         .env("AUTODEPLOY_POLICY", &hostile)
         .stdin(Stdio::null())
@@ -208,6 +216,7 @@ fn policy_fuel_is_configurable_down_to_a_documented_minimum() {
     ));
     assert_eq!(ok["images"], serde_json::json!(["x:1"]));
     let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+        .env("XDG_CACHE_HOME", cache_home())
         .args(["policy", "parse-compose", "-"])
         .env_remove("AUTODEPLOY_POLICY")
         .env("AUTODEPLOY_POLICY_FUEL", "1000")
