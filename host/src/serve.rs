@@ -100,7 +100,7 @@ impl GitTransportArgs {
         if !insecure.is_empty() {
             tracing::warn!(
                 hosts = %insecure.join(","),
-                "AUTODEPLOY_INSECURE_GIT_HOSTS: HTTPS certificates of these git hosts are NOT verified, and they may receive credentials over plain http://"
+                "AUTODEPLOY_INSECURE_GIT_HOSTS: these git hosts may receive credentials over plain http://"
             );
         }
         if let Some(ca) = &self.git_ca {

@@ -156,9 +156,9 @@ async fn autodeploy_git_ca_verifies_an_https_remote_and_its_name() {
 }
 
 #[tokio::test]
-async fn insecure_git_hosts_are_exempt_logged_and_shown_in_status() {
+async fn insecure_git_hosts_still_have_their_certificates_verified_and_are_logged_and_shown() {
     let dir = temp_dir("transport-insecure");
-    let (_ca, nginx, sha) = tls_server(&dir);
+    let (_ca, nginx, _) = tls_server(&dir);
     let d = quiet_daemon(
         &dir.join("data"),
         &[("AUTODEPLOY_INSECURE_GIT_HOSTS", " 127.0.0.1 ,git.example")],
@@ -170,7 +170,7 @@ async fn insecure_git_hosts_are_exempt_logged_and_shown_in_status() {
             &format!("https://127.0.0.1:{}/git/r.git", nginx.port),
         ))
         .await;
-    // The exemption is per host: the same server by another name is verified.
+    // The same server by a name that is not listed.
     let unlisted = d
         .create_project(external(
             "unlisted",
@@ -179,11 +179,13 @@ async fn insecure_git_hosts_are_exempt_logged_and_shown_in_status() {
         .await;
 
     let tick = poll(&d).await;
-    assert_eq!(result(&tick, "listed")["outcome"], "triggered", "{tick}");
-    assert_eq!(
-        d.deployments(listed).await[0]["target_commit"],
-        sha.as_str()
+    // Listing a host never exempts its TLS certificate from verification.
+    let r = result(&tick, "listed");
+    assert!(
+        r["error"].as_str().unwrap_or("").contains("certificate"),
+        "{r}"
     );
+    assert!(d.deployments(listed).await.is_empty());
     let r = result(&tick, "unlisted");
     assert!(
         r["error"].as_str().unwrap_or("").contains("certificate"),

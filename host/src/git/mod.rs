@@ -29,7 +29,7 @@ pub enum GitError {
     #[error("{0}")]
     Transport(#[from] TransportError),
     #[error(
-        "{url}: the TLS certificate is not trusted ({message}); nothing was sent. Trust its CA with AUTODEPLOY_GIT_CA, or list the host in AUTODEPLOY_INSECURE_GIT_HOSTS"
+        "{url}: the TLS certificate is not trusted ({message}); nothing was sent. Trust its CA with AUTODEPLOY_GIT_CA"
     )]
     Certificate { url: String, message: String },
     #[error("{url}: {message}; nothing was sent")]
@@ -203,7 +203,7 @@ fn callbacks<'a>(
     });
     // Runs before any credential is offered. TLS: libgit2 has verified the
     // chain and name against the system roots and AUTODEPLOY_GIT_CA; its
-    // verdict stands ("passthrough") unless the host is listed as insecure.
+    // verdict always stands ("passthrough").
     // SSH: any host key, as the product promises, unless the project pins
     // known_hosts lines.
     cb.certificate_check(move |cert, host| {
@@ -224,9 +224,8 @@ fn callbacks<'a>(
                 }
             };
         }
-        if cert.as_x509().is_some() && transport::is_insecure(host) {
-            return Ok(CertificateCheckStatus::CertificateOk);
-        }
+        // An X.509 certificate is never accepted here: libgit2's own check
+        // (system roots plus AUTODEPLOY_GIT_CA) is the only verdict.
         Ok(CertificateCheckStatus::CertificatePassthrough)
     });
     cb
