@@ -11,61 +11,11 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    CommitDecision, Facts, GitSource, ImageDecision, Lookup, NodeState, Project, ProjectKind,
-    TriggerSource, Verdict, WatchPlan,
+    CommitDecision, Facts, ImageDecision, Lookup, NodeState, Project, ProjectKind, TriggerSource,
+    Verdict,
 };
 use crate::v0_1_0::{self, kind_name};
-
-/// Why automatic deploys of `project` are held right now, if they are: the
-/// operator's master switch, then the project's own toggle.
-pub fn paused(project: &Project, facts: &Facts) -> Option<&'static str> {
-    if !facts.auto_deploy_master_enabled {
-        Some("auto-deploy is paused (master switch off)")
-    } else if !project.auto_deploy_enabled {
-        Some("auto-deploy is off for this project")
-    } else {
-        None
-    }
-}
-
-/// Which automatic triggers look at the project: its repository (polled when
-/// external, reconciled after pushes when hosted) and, for compose projects,
-/// the digests of the compose file's images. Nothing while auto-deploy is
-/// paused or off, and nothing for kinds with nothing to deploy.
-pub fn watch_plan(project: &Project, facts: &Facts) -> WatchPlan {
-    let nothing = |reason: String| WatchPlan {
-        poll_commits: false,
-        reconcile_pushes: false,
-        watch_images: false,
-        reason,
-    };
-    if let Some(why) = paused(project, facts) {
-        return nothing(format!("{why}: no trigger watches this project"));
-    }
-    if matches!(project.kind, ProjectKind::Tunnel | ProjectKind::DomainOnly) {
-        return nothing(format!(
-            "{} projects have nothing to deploy: no trigger watches them",
-            kind_name(project.kind)
-        ));
-    }
-    let poll_commits = project.git_source == GitSource::External;
-    let reconcile_pushes = project.git_source == GitSource::Hosted;
-    let watch_images = project.kind == ProjectKind::Compose;
-    let mut watched = vec![if poll_commits {
-        "polling the remote branch"
-    } else {
-        "pushes to the hosted branch"
-    }];
-    if watch_images {
-        watched.push("the compose file's image digests");
-    }
-    WatchPlan {
-        poll_commits,
-        reconcile_pushes,
-        watch_images,
-        reason: format!("watching {}", watched.join(" and ")),
-    }
-}
+pub use autodeploy_policy_contract::gates::{paused, watch_plan};
 
 /// Compares the tracked branch's remote head with the last deployed commit
 /// (see [`v0_1_0::decide_commit`]). An automatic trigger while auto-deploy is
@@ -167,7 +117,7 @@ pub fn refuse_to_migrate(node: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PinnedNode;
+    use crate::model::{GitSource, PinnedNode, WatchPlan};
 
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";

@@ -236,13 +236,7 @@ pub fn check_deployable(project: &Project) -> Verdict {
 }
 
 pub fn kind_name(kind: ProjectKind) -> &'static str {
-    match kind {
-        ProjectKind::Deployment => "deployment",
-        ProjectKind::Compose => "compose",
-        ProjectKind::Image => "image",
-        ProjectKind::Tunnel => "tunnel",
-        ProjectKind::DomainOnly => "domain_only",
-    }
+    kind.name()
 }
 
 /// A full SHA-1 (40) or SHA-256 (64) object name, lower-cased.

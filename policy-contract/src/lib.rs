@@ -9,6 +9,7 @@
 
 pub mod call;
 pub mod decisions;
+pub mod gates;
 pub mod model;
 pub mod vectors;
 

@@ -22,6 +22,19 @@ pub enum ProjectKind {
     DomainOnly,
 }
 
+impl ProjectKind {
+    /// The kind's name as the API and the policy's reasons write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProjectKind::Deployment => "deployment",
+            ProjectKind::Compose => "compose",
+            ProjectKind::Image => "image",
+            ProjectKind::Tunnel => "tunnel",
+            ProjectKind::DomainOnly => "domain_only",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GitSource {

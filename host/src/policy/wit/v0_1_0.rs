@@ -16,6 +16,8 @@ use crate::policy::{
     CommitDecision, ComposeImages, DigestChange, Facts, GitSource, ImageDecision, Lookup,
     NodeState, Project, ProjectKind, TriggerSource, Verdict, WatchPlan,
 };
+use autodeploy_policy_contract::gates::{paused, watch_plan};
+
 use crate::store::{enum_str, refuse_to_migrate};
 
 mod generated {
@@ -41,54 +43,6 @@ impl<T: 'static> Pre<T> {
 
     pub fn instantiate(&self, store: impl AsContextMut<Data = T>) -> Result<Instance> {
         self.0.instantiate(store).map(Instance)
-    }
-}
-
-/// Why automatic deploys are held, as the host gated them under 0.1.0.
-fn paused(project: &Project, facts: &Facts) -> Option<&'static str> {
-    if !facts.auto_deploy_master_enabled {
-        Some("auto-deploy is paused (master switch off)")
-    } else if !project.auto_deploy_enabled {
-        Some("auto-deploy is off for this project")
-    } else {
-        None
-    }
-}
-
-/// Which triggers look at a project: what the host's loops filtered on
-/// under 0.1.0 (external repositories are polled, hosted ones reconciled
-/// after pushes, compose files' images watched), and nothing while paused.
-pub fn watch_plan(project: &Project, facts: &Facts) -> WatchPlan {
-    let nothing = |reason: String| WatchPlan {
-        poll_commits: false,
-        reconcile_pushes: false,
-        watch_images: false,
-        reason,
-    };
-    if let Some(why) = paused(project, facts) {
-        return nothing(format!("{why}: no trigger watches this project"));
-    }
-    if matches!(project.kind, ProjectKind::Tunnel | ProjectKind::DomainOnly) {
-        return nothing(format!(
-            "{} projects have nothing to deploy: no trigger watches them",
-            enum_str(&project.kind)
-        ));
-    }
-    let poll_commits = project.git_source == GitSource::External;
-    let watch_images = project.kind == ProjectKind::Compose;
-    let mut watched = vec![if poll_commits {
-        "polling the remote branch"
-    } else {
-        "pushes to the hosted branch"
-    }];
-    if watch_images {
-        watched.push("the compose file's image digests");
-    }
-    WatchPlan {
-        poll_commits,
-        reconcile_pushes: !poll_commits,
-        watch_images,
-        reason: format!("watching {}", watched.join(" and ")),
     }
 }
 
