@@ -775,7 +775,9 @@ async fn a_patch_that_fails_writes_nothing_of_it() {
     });
     let id = d.create_project(external).await;
     d.create_project(compose("taken")).await;
-    let before = d.ok(Method::GET, &format!("/api/projects/{id}"), None).await;
+    let before = d
+        .ok(Method::GET, &format!("/api/projects/{id}"), None)
+        .await;
     let events_before = project_events(&d, id).await;
     assert_eq!(before["auto_deploy_enabled"], false);
     assert_eq!(before["credentials"]["username"], "alice");
@@ -797,7 +799,9 @@ async fn a_patch_that_fails_writes_nothing_of_it() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
-    let after = d.ok(Method::GET, &format!("/api/projects/{id}"), None).await;
+    let after = d
+        .ok(Method::GET, &format!("/api/projects/{id}"), None)
+        .await;
     assert_eq!(after, before, "the project is as it was");
     assert_eq!(
         project_events(&d, id).await,
@@ -931,7 +935,11 @@ async fn lists_are_paged_with_a_limit_and_a_cursor() {
     let mut deployments = Vec::new();
     for _ in 0..3 {
         let dep = d
-            .ok(Method::POST, &format!("/api/projects/{p0}/deployments"), None)
+            .ok(
+                Method::POST,
+                &format!("/api/projects/{p0}/deployments"),
+                None,
+            )
             .await["id"]
             .as_i64()
             .unwrap();
@@ -959,12 +967,30 @@ async fn lists_are_paged_with_a_limit_and_a_cursor() {
     let (_, projects_cursor, _) = page(&d, "/api/projects?limit=1").await;
     let projects_cursor = projects_cursor.unwrap();
     for (path, words) in [
-        ("/api/projects?limit=0".to_string(), "limit must be from 1 to 1000"),
-        ("/api/nodes?limit=1001".to_string(), "limit must be from 1 to 1000"),
-        ("/api/events?limit=-5".to_string(), "limit must be from 1 to 1000"),
-        ("/api/projects?cursor=not-a-cursor".to_string(), "cursor is not one this list gave out"),
-        (format!("/api/events?cursor={projects_cursor}"), "cursor is not one this list gave out"),
-        (format!("/api/projects/{p0}/deployments?cursor=%21%21"), "cursor"),
+        (
+            "/api/projects?limit=0".to_string(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/api/nodes?limit=1001".to_string(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/api/events?limit=-5".to_string(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/api/projects?cursor=not-a-cursor".to_string(),
+            "cursor is not one this list gave out",
+        ),
+        (
+            format!("/api/events?cursor={projects_cursor}"),
+            "cursor is not one this list gave out",
+        ),
+        (
+            format!("/api/projects/{p0}/deployments?cursor=%21%21"),
+            "cursor",
+        ),
         (format!("/api/decisions?cursor={projects_cursor}"), "cursor"),
     ] {
         let (status, v) = d.admin(Method::GET, &path, None).await;

@@ -16,9 +16,9 @@ use super::projects::PageQuery;
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
 use crate::policy::{MAX_CONFIG_BYTES, PolicyInfo, SwapError};
+use crate::service;
 use crate::service::nodes::{NewNode, NodeState};
 use crate::service::page::{List, PageRequest};
-use crate::service;
 use crate::store::{Event, NodeDeletion, Settings};
 
 pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {

@@ -3,10 +3,10 @@
 //! is announced in headers: `X-Next-Cursor: <cursor>` and
 //! `Link: </api/...?...&cursor=<cursor>>; rel="next"`. No header: last page.
 
+use axum::Json;
 use axum::extract::OriginalUri;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 
 use crate::service::page::Page;

@@ -24,7 +24,11 @@ pub struct PageQuery {
 
 impl PageQuery {
     pub fn page(&self, list: List) -> ApiResult<PageRequest> {
-        Ok(PageRequest::parse(list, self.limit, self.cursor.as_deref())?)
+        Ok(PageRequest::parse(
+            list,
+            self.limit,
+            self.cursor.as_deref(),
+        )?)
     }
 }
 

@@ -81,9 +81,7 @@ pub fn project(f: &ProjectFields, credential: Option<&CredentialInput>) -> Resul
             crate::registry::ImageRef::parse(image)
                 .map_err(|e| ServiceError::Invalid(format!("image_ref: {e}")))?;
             if !(1..=65535).contains(&port) {
-                return invalid(format!(
-                    "container_port {port} is not a TCP port (1-65535)"
-                ));
+                return invalid(format!("container_port {port} is not a TCP port (1-65535)"));
             }
         }
         (ProjectType::Image, _, _) => {
@@ -143,8 +141,8 @@ pub fn known_hosts(f: &ProjectFields, known_hosts: Option<&str>) -> Result<()> {
             "ssh_known_hosts pins SSH host keys: it needs an external project with an ssh:// or user@host:path git_url",
         );
     };
-    let pins = crate::git::KnownHosts::parse(text)
-        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+    let pins =
+        crate::git::KnownHosts::parse(text).map_err(|e| ServiceError::Invalid(e.to_string()))?;
     if !pins.covers(&remote.host, remote.port) {
         // The host is not named: error answers never repeat request values.
         return invalid(

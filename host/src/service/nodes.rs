@@ -32,10 +32,12 @@ pub async fn list(app: &App, page: PageRequest) -> Result<Page<NodeState>> {
     let offline_after = app.store.settings().await?.node_offline_after_seconds as i64;
     let t = now();
     let rows = app.store.nodes_page(page.after, page.fetch()).await?;
-    Ok(Page::of(List::Nodes, page, rows, |n| n.id).map(|node| NodeState {
-        online: node.online(t, offline_after),
-        node,
-    }))
+    Ok(
+        Page::of(List::Nodes, page, rows, |n| n.id).map(|node| NodeState {
+            online: node.online(t, offline_after),
+            node,
+        }),
+    )
 }
 
 /// Adds a node with its event; the store keeps only the token's hash.

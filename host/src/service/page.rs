@@ -141,7 +141,13 @@ mod tests {
     fn a_cursor_round_trips_and_belongs_to_its_list() {
         let c = encode(List::Events, 42);
         let req = PageRequest::parse(List::Events, Some(5), Some(&c)).unwrap();
-        assert_eq!(req, PageRequest { limit: 5, after: Some(42) });
+        assert_eq!(
+            req,
+            PageRequest {
+                limit: 5,
+                after: Some(42)
+            }
+        );
         assert!(PageRequest::parse(List::Projects, None, Some(&c)).is_err());
         assert!(PageRequest::parse(List::Events, None, Some("not a cursor")).is_err());
         assert!(PageRequest::parse(List::Events, Some(0), None).is_err());
@@ -151,7 +157,10 @@ mod tests {
 
     #[test]
     fn the_last_page_has_no_next_cursor() {
-        let req = PageRequest { limit: 2, after: None };
+        let req = PageRequest {
+            limit: 2,
+            after: None,
+        };
         let page = Page::of(List::Nodes, req, vec![1, 2, 3], |i| *i);
         assert_eq!(page.items, vec![1, 2]);
         assert_eq!(page.next_cursor, Some(encode(List::Nodes, 2)));

@@ -178,8 +178,9 @@ async fn create_hosted(app: &App, new: &NewProject) -> Result<ProjectRecord> {
         })
     };
     let created = app.store.create_project_with(new, Some(&set_up)).await;
+    let made = *made_for.lock().unwrap_or_else(|e| e.into_inner());
     if created.is_err()
-        && let Some(id) = *made_for.lock().unwrap_or_else(|e| e.into_inner())
+        && let Some(id) = made
     {
         remove_repo(app, id).await;
     }
@@ -364,9 +365,7 @@ async fn check_toggle(
         .await;
     match decided.answer {
         Ok(Answer::CheckAutoDeploy(Verdict::Allowed(_))) => Ok(()),
-        Ok(Answer::CheckAutoDeploy(Verdict::Refused(reason))) => {
-            Err(ServiceError::Refused(reason))
-        }
+        Ok(Answer::CheckAutoDeploy(Verdict::Refused(reason))) => Err(ServiceError::Refused(reason)),
         Ok(other) => Err(ServiceError::PolicyUnavailable(format!(
             "the policy answered check-auto-deploy with {}",
             other.to_json()
