@@ -840,6 +840,48 @@ async fn a_patch_that_fails_writes_nothing_of_it() {
     assert!(d.stop().success());
 }
 
+#[tokio::test]
+async fn a_hosted_project_exists_only_with_its_repository() {
+    let dir = temp_dir("api-create-atomic");
+    let d = Daemon::start(&dir);
+    // A file where the repositories' directory should be: no repository
+    // can be made.
+    let repos = dir.join("repos");
+    let _ = std::fs::remove_dir_all(&repos);
+    std::fs::write(&repos, "not a directory").unwrap();
+    let (status, v) = d
+        .admin(Method::POST, "/api/projects", Some(compose("web")))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot create the hosted repository"),
+        "{v}"
+    );
+    assert_eq!(d.ok(Method::GET, "/api/projects", None).await, json!([]));
+    let events = d.ok(Method::GET, "/api/events", None).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] != "project.created"),
+        "{events}"
+    );
+
+    // With the directory back, the same request makes both.
+    std::fs::remove_file(&repos).unwrap();
+    std::fs::create_dir(&repos).unwrap();
+    let made = d
+        .ok(Method::POST, "/api/projects", Some(compose("web")))
+        .await;
+    let id = made["id"].as_i64().unwrap();
+    assert!(repos.join(format!("{id}.git")).join("HEAD").is_file());
+    assert!(d.stop().success());
+}
+
 /// One page: its items, the `X-Next-Cursor` header and the `Link` header.
 async fn page(d: &Daemon, path: &str) -> (Vec<Value>, Option<String>, Option<String>) {
     let resp = reqwest::Client::new()
