@@ -81,7 +81,7 @@ pub enum ProjectCommand {
     Deploy {
         id: i64,
     },
-    /// The project's deployments, newest first.
+    /// The project's newest deployments (a page of the API's default size), newest first.
     Deployments {
         id: i64,
     },
@@ -156,10 +156,45 @@ impl Client {
     async fn get(&self, path: &str) -> Result<Value> {
         self.send(reqwest::Method::GET, path, None).await
     }
+
+    /// Every page of a paged list (see the API's paging), as one array.
+    async fn get_all(&self, path: &str) -> Result<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{}{path}?limit=1000", self.base);
+            if let Some(c) = &cursor {
+                url = format!("{url}&cursor={c}");
+            }
+            let resp = self
+                .http
+                .get(url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .context("reach the autodeploy daemon")?;
+            cursor = resp
+                .headers()
+                .get("x-next-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match body(resp).await? {
+                Value::Array(page) => items.extend(page),
+                other => bail!("expected a list, got {other}"),
+            }
+            if cursor.is_none() {
+                return Ok(Value::Array(items));
+            }
+        }
+    }
 }
 
 async fn answer(req: reqwest::RequestBuilder) -> Result<Value> {
-    let resp = req.send().await.context("reach the autodeploy daemon")?;
+    body(req.send().await.context("reach the autodeploy daemon")?).await
+}
+
+/// The answer's JSON, or its error as an `Err`.
+async fn body(resp: reqwest::Response) -> Result<Value> {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let body: Value = if text.is_empty() {
@@ -242,7 +277,7 @@ pub async fn project(args: &ClientArgs, cmd: &ProjectCommand) -> Result<()> {
             }
             c.send(Method::POST, "/api/projects", Some(body)).await?
         }
-        ProjectCommand::List => c.get("/api/projects").await?,
+        ProjectCommand::List => c.get_all("/api/projects").await?,
         ProjectCommand::Show { id } => c.get(&format!("/api/projects/{id}")).await?,
         ProjectCommand::Set { id, changes: pairs } => {
             c.send(
@@ -296,7 +331,7 @@ pub async fn node(args: &ClientArgs, cmd: &NodeCommand) -> Result<()> {
             )
             .await?
         }
-        NodeCommand::List => c.get("/api/nodes").await?,
+        NodeCommand::List => c.get_all("/api/nodes").await?,
         NodeCommand::Delete { id, force } => {
             c.send(
                 reqwest::Method::DELETE,

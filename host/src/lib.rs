@@ -10,5 +10,6 @@ pub mod policy;
 pub mod registry;
 pub mod secrets;
 pub mod serve;
+pub mod service;
 pub mod store;
 pub mod triggers;

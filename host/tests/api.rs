@@ -750,3 +750,294 @@ async fn no_request_value_is_echoed_in_an_error() {
     }
     assert!(d.stop().success());
 }
+
+/// The events of one project, newest first.
+async fn project_events(d: &Daemon, id: i64) -> Vec<Value> {
+    d.ok(
+        Method::GET,
+        &format!("/api/events?project_id={id}&limit=1000"),
+        None,
+    )
+    .await
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+#[tokio::test]
+async fn a_patch_that_fails_writes_nothing_of_it() {
+    let dir = temp_dir("api-patch-atomic");
+    let d = Daemon::start(&dir);
+    let external = json!({
+        "name": "ext", "project_type": "compose", "expose_service": "web", "expose_port": 80,
+        "git_source": "external", "git_url": "https://git.example.test/ext.git",
+        "credentials": {"kind": "https", "username": "alice", "token": "first-token-0123456789"},
+    });
+    let id = d.create_project(external).await;
+    d.create_project(compose("taken")).await;
+    let before = d
+        .ok(Method::GET, &format!("/api/projects/{id}"), None)
+        .await;
+    let events_before = project_events(&d, id).await;
+    assert_eq!(before["auto_deploy_enabled"], false);
+    assert_eq!(before["credentials"]["username"], "alice");
+
+    // The toggle (allowed by the policy) and the new credential come with a
+    // name another project holds: the clash is found only when the row is
+    // written, after the toggle and the credential were judged.
+    let change = |name: &str| {
+        json!({
+            "name": name, "auto_deploy_enabled": true,
+            "credentials": {"kind": "https", "username": "mallory", "token": "second-token-0123456789"},
+        })
+    };
+    let (status, v) = d
+        .admin(
+            Method::PATCH,
+            &format!("/api/projects/{id}"),
+            Some(change("taken")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let after = d
+        .ok(Method::GET, &format!("/api/projects/{id}"), None)
+        .await;
+    assert_eq!(after, before, "the project is as it was");
+    assert_eq!(
+        project_events(&d, id).await,
+        events_before,
+        "no event was logged"
+    );
+
+    // A field that fails its check beside the same changes: also nothing.
+    let mut bad = change("ext");
+    bad["expose_port"] = json!(70000);
+    let (status, v) = d
+        .admin(Method::PATCH, &format!("/api/projects/{id}"), Some(bad))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        d.ok(Method::GET, &format!("/api/projects/{id}"), None)
+            .await,
+        before
+    );
+    assert_eq!(project_events(&d, id).await, events_before);
+
+    // The same change without the clash is written whole, with its event.
+    let done = d
+        .ok(
+            Method::PATCH,
+            &format!("/api/projects/{id}"),
+            Some(change("renamed")),
+        )
+        .await;
+    assert_eq!(done["name"], "renamed");
+    assert_eq!(done["auto_deploy_enabled"], true);
+    assert_eq!(done["credentials"]["username"], "mallory");
+    let events = project_events(&d, id).await;
+    assert_eq!(events.len(), events_before.len() + 1, "{events:?}");
+    assert_eq!(events[0]["kind"], "auto-deploy.toggled");
+    assert!(d.stop().success());
+}
+
+#[tokio::test]
+async fn a_hosted_project_exists_only_with_its_repository() {
+    let dir = temp_dir("api-create-atomic");
+    let d = Daemon::start(&dir);
+    // A file where the repositories' directory should be: no repository
+    // can be made.
+    let repos = dir.join("repos");
+    let _ = std::fs::remove_dir_all(&repos);
+    std::fs::write(&repos, "not a directory").unwrap();
+    let (status, v) = d
+        .admin(Method::POST, "/api/projects", Some(compose("web")))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot create the hosted repository"),
+        "{v}"
+    );
+    assert_eq!(d.ok(Method::GET, "/api/projects", None).await, json!([]));
+    let events = d.ok(Method::GET, "/api/events", None).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] != "project.created"),
+        "{events}"
+    );
+
+    // With the directory back, the same request makes both.
+    std::fs::remove_file(&repos).unwrap();
+    std::fs::create_dir(&repos).unwrap();
+    let made = d
+        .ok(Method::POST, "/api/projects", Some(compose("web")))
+        .await;
+    let id = made["id"].as_i64().unwrap();
+    assert!(repos.join(format!("{id}.git")).join("HEAD").is_file());
+    assert!(d.stop().success());
+}
+
+/// One page: its items, the `X-Next-Cursor` header and the `Link` header.
+async fn page(d: &Daemon, path: &str) -> (Vec<Value>, Option<String>, Option<String>) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", d.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (cursor, link) = (header("x-next-cursor"), header("link"));
+    let items = resp.json::<Value>().await.unwrap();
+    (items.as_array().expect("a list").clone(), cursor, link)
+}
+
+/// Follows a list's cursors from `path` (which has a query); the ids of
+/// every page, in order, and how many pages there were.
+async fn walk(d: &Daemon, path: &str) -> (Vec<i64>, usize) {
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    let mut next = path.to_string();
+    loop {
+        let (items, cursor, link) = page(d, &next).await;
+        pages += 1;
+        ids.extend(items.iter().map(|v| v["id"].as_i64().unwrap()));
+        let Some(cursor) = cursor else {
+            assert!(link.is_none());
+            return (ids, pages);
+        };
+        let link = link.expect("a Link header beside the cursor");
+        assert!(
+            link.ends_with(&format!("cursor={cursor}>; rel=\"next\"")),
+            "{link}"
+        );
+        next = format!("{path}&cursor={cursor}");
+    }
+}
+
+#[tokio::test]
+async fn lists_are_paged_with_a_limit_and_a_cursor() {
+    let dir = temp_dir("api-paging");
+    let d = Daemon::start(&dir);
+    let mut projects = Vec::new();
+    for i in 0..5 {
+        projects.push(d.create_project(compose(&format!("p{i}"))).await);
+    }
+    // Projects: oldest first, each once, pages of the asked size.
+    let (ids, pages) = walk(&d, "/api/projects?limit=2").await;
+    assert_eq!(ids, projects);
+    assert_eq!(pages, 3);
+    let (all, cursor, _) = page(&d, "/api/projects").await;
+    assert_eq!(all.len(), 5);
+    assert_eq!(cursor, None, "one page holds them all by default");
+
+    // Events: newest first, and a filter keeps its cursor.
+    let every = d.ok(Method::GET, "/api/events?limit=1000", None).await;
+    let every: Vec<i64> = every
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(every.windows(2).all(|w| w[0] > w[1]), "{every:?}");
+    assert_eq!(walk(&d, "/api/events?limit=2").await.0, every);
+    let p0 = projects[0];
+    let p0_events: Vec<i64> = project_events(&d, p0)
+        .await
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        walk(&d, &format!("/api/events?project_id={p0}&limit=1"))
+            .await
+            .0,
+        p0_events
+    );
+
+    // Nodes, and a project's deployments (newest first).
+    let mut tokens = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let node = d
+            .ok(Method::POST, "/api/nodes", Some(json!({"name": name})))
+            .await;
+        tokens.push(node["token"].as_str().unwrap().to_string());
+    }
+    let (nodes, pages) = walk(&d, "/api/nodes?limit=2").await;
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(pages, 2);
+    let mut deployments = Vec::new();
+    for _ in 0..3 {
+        let dep = d
+            .ok(
+                Method::POST,
+                &format!("/api/projects/{p0}/deployments"),
+                None,
+            )
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        let (status, claim) = d
+            .call(Method::POST, "/api/agent/claim", Some(&tokens[0]), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{claim}");
+        assert_eq!(claim["deployment"]["id"], dep);
+        let (status, v) = d
+            .call(
+                Method::POST,
+                &format!("/api/agent/deployments/{dep}/report"),
+                Some(&tokens[0]),
+                Some(json!({"status": "succeeded"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        deployments.insert(0, dep);
+    }
+    let (ids, pages) = walk(&d, &format!("/api/projects/{p0}/deployments?limit=2")).await;
+    assert_eq!(ids, deployments);
+    assert_eq!(pages, 2);
+
+    // Bad limits and cursors are a 400 that says what is wrong.
+    let (_, projects_cursor, _) = page(&d, "/api/projects?limit=1").await;
+    let projects_cursor = projects_cursor.unwrap();
+    for (path, words) in [
+        (
+            "/api/projects?limit=0".to_string(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/api/nodes?limit=1001".to_string(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/api/events?limit=-5".to_string(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/api/projects?cursor=not-a-cursor".to_string(),
+            "cursor is not one this list gave out",
+        ),
+        (
+            format!("/api/events?cursor={projects_cursor}"),
+            "cursor is not one this list gave out",
+        ),
+        (
+            format!("/api/projects/{p0}/deployments?cursor=%21%21"),
+            "cursor",
+        ),
+        (format!("/api/decisions?cursor={projects_cursor}"), "cursor"),
+    ] {
+        let (status, v) = d.admin(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(words), "{path}: {v}");
+    }
+    assert!(d.stop().success());
+}

@@ -1,22 +1,25 @@
 //! Status, settings, the policy, deploy nodes and the event log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{OriginalUri, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest;
 
+use super::page::Paged;
+use super::projects::PageQuery;
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
 use crate::policy::{MAX_CONFIG_BYTES, PolicyInfo, SwapError};
-use crate::secrets::{new_token, token_hash};
-use crate::store::{Event, Node, NodeDeletion, Settings, now};
+use crate::service;
+use crate::service::nodes::{NewNode, NodeState};
+use crate::service::page::{List, PageRequest};
+use crate::store::{Event, NodeDeletion, Settings};
 
 pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     let settings = app.store.settings().await?;
@@ -42,20 +45,14 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
 }
 
 pub async fn get_settings(State(app): State<Arc<App>>) -> ApiResult<Json<Settings>> {
-    Ok(Json(app.store.settings().await?))
+    Ok(Json(service::settings::get(&app).await?))
 }
 
 pub async fn put_settings(
     State(app): State<Arc<App>>,
     Body(update): Body<serde_json::Map<String, Value>>,
 ) -> ApiResult<Json<Settings>> {
-    let values = Settings::validate_update_with(&update, app.image_watch_min_seconds)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let settings = app.store.put_settings(&values).await?;
-    tracing::info!(?values, "settings changed");
-    // The loops re-read their interval and the master switch now.
-    app.settings_changed.send_replace(());
-    Ok(Json(settings))
+    Ok(Json(service::settings::put(&app, &update).await?))
 }
 
 /// The active policy and the operator's config for it. The config is not
@@ -240,64 +237,21 @@ fn swap_error(e: SwapError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewNode {
-    name: String,
-    /// Matched against projects' `node_selector`.
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-/// Checks node labels or a node selector: at most 32 pairs; keys 1-63 and
-/// values 0-63 letters, digits, '-', '_', '.' or '/'. The error names the
-/// field and the offending key, never a value (it may be anything pasted).
-pub fn check_labels(field: &str, map: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
-    if map.len() > 32 {
-        return Err(ApiError::bad_request(format!(
-            "{field} has {} pairs; at most 32 are allowed",
-            map.len()
-        )));
-    }
-    for (k, v) in map {
-        if k.is_empty() || k.len() > 63 || !k.chars().all(ok) {
-            return Err(ApiError::bad_request(format!(
-                "{field}: every key must be 1-63 letters, digits, '-', '_', '.' or '/'"
-            )));
-        }
-        if v.len() > 63 || !v.chars().all(ok) {
-            return Err(ApiError::bad_request(format!(
-                "{field}: the value of {k:?} must be 0-63 letters, digits, '-', '_', '.' or '/'"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[derive(Serialize)]
 pub struct NodeAnswer {
     #[serde(flatten)]
-    node: Node,
-    online: bool,
+    node: NodeState,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
 }
 
-pub async fn list_nodes(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<NodeAnswer>>> {
-    let offline_after = app.store.settings().await?.node_offline_after_seconds as i64;
-    let t = now();
-    let nodes = app.store.nodes().await?;
-    Ok(Json(
-        nodes
-            .into_iter()
-            .map(|node| NodeAnswer {
-                online: node.online(t, offline_after),
-                node,
-                token: None,
-            })
-            .collect(),
-    ))
+pub async fn list_nodes(
+    State(app): State<Arc<App>>,
+    uri: OriginalUri,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Paged<NodeState>> {
+    let page = service::nodes::list(&app, q.page(List::Nodes)?).await?;
+    Ok(Paged(page, uri))
 }
 
 /// The node's token is in this answer only; the store keeps its hash.
@@ -305,31 +259,14 @@ pub async fn add_node(
     State(app): State<Arc<App>>,
     Body(req): Body<NewNode>,
 ) -> ApiResult<(StatusCode, Json<NodeAnswer>)> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if req.name.is_empty() || req.name.len() > 100 || !req.name.chars().all(ok) {
-        return Err(ApiError::bad_request(format!(
-            "node name {:?} must be 1-100 letters, digits, '-', '_' or '.'",
-            req.name
-        )));
-    }
-    check_labels("labels", &req.labels)?;
-    let token = new_token("adn");
-    let node = app
-        .store
-        .add_node(&req.name, &token_hash(token.expose()), &req.labels)
-        .await?;
-    app.store
-        .log_event(
-            None,
-            crate::store::EventKind::NodeAdded,
-            &format!("node {} added", node.name),
-        )
-        .await?;
+    let (node, token) = service::nodes::add(&app, req).await?;
     Ok((
         StatusCode::CREATED,
         Json(NodeAnswer {
-            node,
-            online: false,
+            node: NodeState {
+                node,
+                online: false,
+            },
             token: Some(token.expose().to_string()),
         }),
     ))
@@ -354,12 +291,7 @@ pub async fn delete_node(
             "the only query parameter is force=true or force=false",
         ));
     };
-    let done = app.store.delete_node(id, q.force).await?;
-    for name in &done.unpinned {
-        tracing::warn!(node = %done.node.name, project = %name, "node deleted with force: project unpinned");
-    }
-    tracing::info!(node = %done.node.name, failed = ?done.failed_deployments, "node deleted");
-    Ok(Json(done))
+    Ok(Json(service::nodes::delete(&app, id, q.force).await?))
 }
 
 #[derive(Deserialize)]
@@ -367,17 +299,18 @@ pub async fn delete_node(
 pub struct EventQuery {
     project_id: Option<i64>,
     limit: Option<i64>,
+    cursor: Option<String>,
 }
 
+/// Newest first.
 pub async fn events(
     State(app): State<Arc<App>>,
+    uri: OriginalUri,
     Query(q): Query<EventQuery>,
-) -> ApiResult<Json<Vec<Event>>> {
-    Ok(Json(
-        app.store
-            .events(q.project_id, q.limit.unwrap_or(100).clamp(1, 1000))
-            .await?,
-    ))
+) -> ApiResult<Paged<Event>> {
+    let page = PageRequest::parse(List::Events, q.limit, q.cursor.as_deref())?;
+    let events = service::events::list(&app, q.project_id, page).await?;
+    Ok(Paged(events, uri))
 }
 
 /// Runs one git poll tick now and answers with its summary.

@@ -5,19 +5,19 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{OriginalUri, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
+use super::page::Paged;
 use super::{ApiError, ApiResult};
 use crate::app::App;
 use crate::decisions::replay::{DRY_RUN_DECISIONS, ReplayReport, recorded, replay};
 use crate::decisions::shadow::ShadowReport;
 use crate::policy::{Policy, PolicyInfo};
+use crate::service::page::{List, Page, PageRequest};
 use crate::store::{Decision, DecisionCall, DecisionQuery};
 
-/// Largest page of decisions.
-const MAX_LIMIT: i64 = 500;
 /// Largest candidate config, in bytes.
 const MAX_CONFIG: usize = 64 << 10;
 
@@ -27,20 +27,23 @@ pub struct DecisionParams {
     project_id: Option<i64>,
     deployment_id: Option<i64>,
     call: Option<String>,
+    /// Older than this id; `cursor` is the same for clients that page.
     before: Option<i64>,
     limit: Option<i64>,
+    cursor: Option<String>,
 }
 
-/// Newest first. Page with `before=<the last id of a page>`; a page shorter
-/// than `limit` is the last.
+/// Newest first, paged as every list (a `cursor` and `X-Next-Cursor`);
+/// `before=<id>` still starts a page below an id.
 pub async fn list(
     State(app): State<Arc<App>>,
+    uri: OriginalUri,
     query: Result<Query<DecisionParams>, QueryRejection>,
-) -> ApiResult<Json<Vec<Decision>>> {
+) -> ApiResult<Paged<Decision>> {
     let Ok(Query(q)) = query else {
         return Err(ApiError::bad_request(
             "query parameters: project_id, deployment_id and before are whole numbers, \
-             limit is 1-500, call is a policy function name",
+             limit is 1-500, cursor is a next cursor, call is a policy function name",
         ));
     };
     let call = match q.call.as_deref() {
@@ -50,24 +53,22 @@ pub async fn list(
             ApiError::bad_request(format!("call must be one of {}", names.join(", ")))
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be from 1 to {MAX_LIMIT}"
-        )));
+    let page = PageRequest::parse(List::Decisions, q.limit, q.cursor.as_deref())?;
+    if page.after.is_some() && q.before.is_some() {
+        return Err(ApiError::bad_request("give cursor or before, not both"));
     }
-    Ok(Json(
-        app.store
-            .decisions(&DecisionQuery {
-                project_id: q.project_id,
-                deployment_id: q.deployment_id,
-                call,
-                before: q.before,
-                since: None,
-                limit,
-            })
-            .await?,
-    ))
+    let rows = app
+        .store
+        .decisions(&DecisionQuery {
+            project_id: q.project_id,
+            deployment_id: q.deployment_id,
+            call,
+            before: page.after.or(q.before),
+            since: None,
+            limit: page.fetch(),
+        })
+        .await?;
+    Ok(Paged(Page::of(List::Decisions, page, rows, |d| d.id), uri))
 }
 
 #[derive(Deserialize)]

@@ -8,6 +8,7 @@
 mod admin;
 mod agent;
 mod decisions;
+mod page;
 mod projects;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::app::App;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 pub use agent::AgentCredential;
@@ -402,6 +404,24 @@ impl From<StoreError> for ApiError {
                     "internal error; see the daemon's log",
                 )
             }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(m) | ServiceError::Refused(m) => ApiError::bad_request(m),
+            ServiceError::NotFound(what) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+            }
+            ServiceError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
+            ServiceError::PolicyUnavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            ServiceError::Internal { what, detail } => {
+                tracing::error!(error = %detail, "{what}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, what)
+            }
+            ServiceError::Store(e) => e.into(),
         }
     }
 }

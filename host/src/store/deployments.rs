@@ -129,11 +129,19 @@ pub(super) async fn fail(
     Ok(())
 }
 
-pub(super) async fn list(db: &SqlStore, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
+/// Newest first, from below `before`: a keyset page on the
+/// (project_id, id) index.
+pub(super) async fn list(
+    db: &SqlStore,
+    project_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Deployment>> {
     let mut list = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM deployments WHERE project_id = $1 ORDER BY id DESC LIMIT $2"
+        "SELECT {COLUMNS} FROM deployments WHERE project_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
     )))
     .bind(project_id)
+    .bind(before.unwrap_or(i64::MAX))
     .bind(limit)
     .fetch_all(&db.pool)
     .await?

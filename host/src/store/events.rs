@@ -23,17 +23,27 @@ pub(super) async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     Ok(())
 }
 
-pub(super) async fn list(db: &SqlStore, project_id: Option<i64>, limit: i64) -> Result<Vec<Event>> {
+/// Newest first, from below `before`: a keyset page on the primary key,
+/// or on the (project_id, id) index for one project's.
+pub(super) async fn list(
+    db: &SqlStore,
+    project_id: Option<i64>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    let before = before.unwrap_or(i64::MAX);
     let rows = match project_id {
         Some(p) => {
-            sqlx::query("SELECT id, at, project_id, kind, message FROM events WHERE project_id = $1 ORDER BY id DESC LIMIT $2")
+            sqlx::query("SELECT id, at, project_id, kind, message FROM events WHERE project_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3")
                 .bind(p)
+                .bind(before)
                 .bind(limit)
                 .fetch_all(&db.pool)
                 .await?
         }
         None => {
-            sqlx::query("SELECT id, at, project_id, kind, message FROM events ORDER BY id DESC LIMIT $1")
+            sqlx::query("SELECT id, at, project_id, kind, message FROM events WHERE id < $1 ORDER BY id DESC LIMIT $2")
+                .bind(before)
                 .bind(limit)
                 .fetch_all(&db.pool)
                 .await?

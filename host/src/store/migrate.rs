@@ -33,6 +33,7 @@ migrations!(
     "0005_node_scope.sql",
     "0006_project_labels.sql",
     "0007_decision_log.sql",
+    "0010_list_paging.sql",
 );
 
 /// The advisory lock replicas starting together take on PostgreSQL: one

@@ -57,6 +57,10 @@ pub enum StoreError {
     /// moved: nothing was written; decide again on the fresh state.
     #[error("project {0}: the tracked state moved while this trigger was decided")]
     Stale(i64),
+    /// The work a new project needed inside its transaction (its hosted
+    /// repository) failed: nothing was written.
+    #[error("setting up the new project: {0}")]
+    SetUp(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -402,6 +406,37 @@ text_enum! {
     }
 }
 
+/// A project to create, with everything a user may set at creation.
+#[derive(Debug, Clone)]
+pub struct NewProject {
+    pub fields: ProjectFields,
+    pub push_token_hash: Option<String>,
+    pub credential: Option<SealedCredential>,
+    pub ssh_known_hosts: Option<String>,
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Work a new project needs done before it may exist (its hosted
+/// repository), run inside its transaction with its id; an `Err` writes
+/// nothing.
+pub type SetUp =
+    dyn Fn(i64) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync;
+
+/// One user action on a project, written in one transaction: every part
+/// present is written, or none is. `None` leaves a part as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectChange {
+    pub fields: Option<ProjectFields>,
+    /// `Some(None)` removes the credential.
+    pub credential: Option<Option<SealedCredential>>,
+    /// `Some(None)` accepts any SSH host key again.
+    pub ssh_known_hosts: Option<Option<String>>,
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub push_token_hash: Option<String>,
+    /// Logged with the change.
+    pub events: Vec<(EventKind, String)>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn create_project(
@@ -416,17 +451,19 @@ pub trait Store: Send + Sync {
     /// error for that project only.
     async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;
-    async fn delete_project(&self, id: i64) -> Result<()>;
-    /// `None` removes the credential.
-    async fn set_credential(
+    /// Creates a project with its credential, pins, selector and event in
+    /// one transaction; `set_up` runs inside it (see [`SetUp`]).
+    async fn create_project_with(
         &self,
-        project_id: i64,
-        credential: Option<&SealedCredential>,
-    ) -> Result<()>;
+        new: &NewProject,
+        set_up: Option<&SetUp>,
+    ) -> Result<ProjectRecord>;
+    /// Applies one user action to a project in one transaction.
+    async fn change_project(&self, id: i64, change: &ProjectChange) -> Result<ProjectRecord>;
+    /// Up to `limit` projects with ids above `after`, by id.
+    async fn projects_page(&self, after: Option<i64>, limit: i64) -> Result<Vec<ProjectRecord>>;
+    async fn delete_project(&self, id: i64) -> Result<()>;
     async fn credential(&self, project_id: i64) -> Result<Option<SealedCredential>>;
-    /// `None` accepts any SSH host key again.
-    async fn set_ssh_known_hosts(&self, project_id: i64, lines: Option<&str>) -> Result<()>;
-    async fn set_push_token_hash(&self, project_id: i64, hash: &str) -> Result<()>;
     async fn project_by_push_token_hash(&self, project_id: i64, hash: &str) -> Result<bool>;
 
     async fn settings(&self) -> Result<Settings>;
@@ -451,8 +488,17 @@ pub trait Store: Send + Sync {
         digests: &BTreeMap<String, String>,
     ) -> Result<()>;
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>>;
+    /// Up to `limit` of a project's deployments with ids below `before`,
+    /// newest first.
+    async fn deployments_page(
+        &self,
+        project_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Deployment>>;
     async fn deployment(&self, id: i64) -> Result<Deployment>;
 
+    /// Adds a node and logs it, in one transaction.
     async fn add_node(
         &self,
         name: &str,
@@ -460,6 +506,8 @@ pub trait Store: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> Result<Node>;
     async fn nodes(&self) -> Result<Vec<Node>>;
+    /// Up to `limit` nodes with ids above `after`, by id.
+    async fn nodes_page(&self, after: Option<i64>, limit: i64) -> Result<Vec<Node>>;
     async fn node(&self, id: i64) -> Result<Node>;
     async fn node_by_token_hash(&self, hash: &str) -> Result<Option<Node>>;
     /// Deletes a node. Projects pinned to it make this a conflict naming
@@ -470,11 +518,6 @@ pub trait Store: Send + Sync {
     /// Whether the node runs a deployment of the project right now: only
     /// then may its token fetch the project's hosted repository.
     async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool>;
-    async fn set_node_selector(
-        &self,
-        project_id: i64,
-        selector: &BTreeMap<String, String>,
-    ) -> Result<()>;
     async fn heartbeat(&self, node_id: i64, at: i64) -> Result<()>;
     /// Hands the oldest deployment this node may run to it (its project's
     /// node selector must match the node's labels), pinning an unpinned
@@ -499,6 +542,14 @@ pub trait Store: Send + Sync {
         message: &str,
     ) -> Result<()>;
     async fn events(&self, project_id: Option<i64>, limit: i64) -> Result<Vec<Event>>;
+    /// Up to `limit` events (all, or one project's) with ids below
+    /// `before`, newest first.
+    async fn events_page(
+        &self,
+        project_id: Option<i64>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Event>>;
 
     /// Writes decisions that made no deployment, in one transaction.
     async fn record_decisions(&self, records: &[DecisionRecord]) -> Result<()>;

@@ -28,6 +28,7 @@ pub(super) async fn add(
     token_hash: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<Node> {
+    let mut tx = db.begin_write().await?;
     let row = sqlx::query(
         "INSERT INTO nodes (name, token_hash, labels, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
     )
@@ -35,16 +36,32 @@ pub(super) async fn add(
     .bind(token_hash)
     .bind(string_map_json(labels))
     .bind(now())
-    .fetch_one(&db.pool)
+    .fetch_one(&mut *tx)
     .await
     .map_err(unique(&format!("a node named {name:?}")))?;
-    get(db, row.try_get("id")?).await
+    let node = find(&mut *tx, row.try_get("id")?).await?;
+    events::insert(
+        &mut *tx,
+        None,
+        EventKind::NodeAdded,
+        &format!("node {name} added"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(node)
 }
 
 pub(super) async fn list(db: &SqlStore) -> Result<Vec<Node>> {
+    page(db, None, i64::MAX).await
+}
+
+/// By id, from above `after`: a keyset page on the primary key.
+pub(super) async fn page(db: &SqlStore, after: Option<i64>, limit: i64) -> Result<Vec<Node>> {
     sqlx::query(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM nodes ORDER BY id"
+        "SELECT {COLUMNS} FROM nodes WHERE id > $1 ORDER BY id LIMIT $2"
     )))
+    .bind(after.unwrap_or(0))
+    .bind(limit)
     .fetch_all(&db.pool)
     .await?
     .iter()

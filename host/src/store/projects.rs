@@ -8,8 +8,9 @@ use sqlx::{AssertSqlSafe, FromRow, Row};
 
 use super::db::{SqlStore, digests_from, found, string_map, string_map_json, unique};
 use super::{
-    BrokenProject, CredentialInfo, CredentialKind, EventKind, GitSource, ProjectFields,
-    ProjectRecord, ProjectType, Result, SealedCredential, StoreError, events, now,
+    BrokenProject, CredentialInfo, CredentialKind, EventKind, GitSource, NewProject, ProjectChange,
+    ProjectFields, ProjectRecord, ProjectType, Result, SealedCredential, SetUp, StoreError, events,
+    now,
 };
 
 const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
@@ -147,28 +148,34 @@ async fn insert_credential(
     Ok(())
 }
 
+/// Creates a project with its credential, pins, selector and event in one
+/// transaction. `set_up` runs inside it once the id is known; when it
+/// fails nothing is committed.
 pub(super) async fn create(
     db: &SqlStore,
-    f: &ProjectFields,
-    push_token_hash: Option<&str>,
-    credential: Option<&SealedCredential>,
+    new: &NewProject,
+    set_up: Option<&SetUp>,
 ) -> Result<ProjectRecord> {
+    let f = &new.fields;
     let mut tx = db.begin_write().await?;
     let t = now();
     let query = sqlx::query(
         "INSERT INTO projects (name, project_type, git_source, git_url, git_branch, compose_file_path, \
          expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, labels, push_token_hash, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+         ssh_known_hosts, node_selector, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
     );
     let row = bind_fields(query, f)
-        .bind(push_token_hash)
+        .bind(&new.push_token_hash)
+        .bind(&new.ssh_known_hosts)
+        .bind(string_map_json(&new.node_selector))
         .bind(t)
         .bind(t)
         .fetch_one(&mut *tx)
         .await
         .map_err(unique(&format!("a project named {:?}", f.name)))?;
     let id: i64 = row.try_get("id")?;
-    if let Some(c) = credential {
+    if let Some(c) = &new.credential {
         insert_credential(&mut tx, id, c).await?;
     }
     events::insert(
@@ -178,6 +185,9 @@ pub(super) async fn create(
         &format!("project {:?} created", f.name),
     )
     .await?;
+    if let Some(set_up) = set_up {
+        set_up(id).await.map_err(StoreError::SetUp)?;
+    }
     tx.commit().await?;
     get(db, id).await
 }
@@ -205,6 +215,24 @@ pub(super) async fn list(db: &SqlStore) -> Result<Vec<ProjectRecord>> {
     all_rows(db).await?.iter().map(project_from).collect()
 }
 
+/// By id, from above `after`: a keyset page on the primary key.
+pub(super) async fn page(
+    db: &SqlStore,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<ProjectRecord>> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} {FROM} WHERE p.id > $1 ORDER BY p.id LIMIT $2"
+    )))
+    .bind(after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(project_from)
+    .collect()
+}
+
 pub(super) async fn list_checked(
     db: &SqlStore,
 ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
@@ -215,53 +243,86 @@ pub(super) async fn list_checked(
         .collect())
 }
 
-pub(super) async fn update(db: &SqlStore, id: i64, f: &ProjectFields) -> Result<ProjectRecord> {
-    let query = sqlx::query(
-        "UPDATE projects SET name = $1, project_type = $2, git_source = $3, git_url = $4, git_branch = $5, \
-         compose_file_path = $6, expose_service = $7, expose_port = $8, auto_deploy_enabled = $9, \
-         image_ref = $10, container_port = $11, labels = $12, updated_at = $13 WHERE id = $14",
-    );
-    let done = bind_fields(query, f)
-        .bind(now())
+/// Applies every part of `c` in one transaction; the first failure (a
+/// name another project holds, a project deleted meanwhile) writes none.
+pub(super) async fn change(db: &SqlStore, id: i64, c: &ProjectChange) -> Result<ProjectRecord> {
+    let mut tx = db.begin_write().await?;
+    let t = now();
+    // Proves the project exists and holds its row for the rest.
+    let done = sqlx::query("UPDATE projects SET updated_at = $1 WHERE id = $2")
+        .bind(t)
         .bind(id)
-        .execute(&db.pool)
-        .await
-        .map_err(unique(&format!("a project named {:?}", f.name)))?;
+        .execute(&mut *tx)
+        .await?;
     found(done, format!("project {id}"))?;
+    if let Some(f) = &c.fields {
+        let query = sqlx::query(
+            "UPDATE projects SET name = $1, project_type = $2, git_source = $3, git_url = $4, git_branch = $5, \
+             compose_file_path = $6, expose_service = $7, expose_port = $8, auto_deploy_enabled = $9, \
+             image_ref = $10, container_port = $11, labels = $12 WHERE id = $13",
+        );
+        bind_fields(query, f)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique(&format!("a project named {:?}", f.name)))?;
+    }
+    match &c.credential {
+        Some(Some(credential)) => insert_credential(&mut tx, id, credential).await?,
+        Some(None) => {
+            sqlx::query("DELETE FROM project_credentials WHERE project_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        None => {}
+    }
+    if let Some(lines) = &c.ssh_known_hosts {
+        sqlx::query("UPDATE projects SET ssh_known_hosts = $1 WHERE id = $2")
+            .bind(lines)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(selector) = &c.node_selector {
+        sqlx::query("UPDATE projects SET node_selector = $1 WHERE id = $2")
+            .bind(string_map_json(selector))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(hash) = &c.push_token_hash {
+        sqlx::query("UPDATE projects SET push_token_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (kind, message) in &c.events {
+        events::insert(&mut *tx, Some(id), *kind, message).await?;
+    }
+    tx.commit().await?;
     get(db, id).await
 }
 
+/// Deletes a project (its credential and deployments go with it) and logs
+/// it, in one transaction.
 pub(super) async fn delete(db: &SqlStore, id: i64) -> Result<()> {
+    let mut tx = db.begin_write().await?;
     let done = sqlx::query("DELETE FROM projects WHERE id = $1")
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
     found(done, format!("project {id}"))?;
     events::insert(
-        &db.pool,
+        &mut *tx,
         Some(id),
         EventKind::ProjectDeleted,
         &format!("project {id} deleted"),
     )
-    .await
-}
-
-pub(super) async fn set_credential(
-    db: &SqlStore,
-    project_id: i64,
-    c: Option<&SealedCredential>,
-) -> Result<()> {
-    let mut conn = db.pool.acquire().await?;
-    match c {
-        Some(c) => insert_credential(&mut conn, project_id, c).await,
-        None => {
-            sqlx::query("DELETE FROM project_credentials WHERE project_id = $1")
-                .bind(project_id)
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
-        }
-    }
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 pub(super) async fn credential(db: &SqlStore, project_id: i64) -> Result<Option<SealedCredential>> {
@@ -280,28 +341,6 @@ pub(super) async fn credential(db: &SqlStore, project_id: i64) -> Result<Option<
     .transpose()
 }
 
-pub(super) async fn set_ssh_known_hosts(
-    db: &SqlStore,
-    project_id: i64,
-    lines: Option<&str>,
-) -> Result<()> {
-    let done = sqlx::query("UPDATE projects SET ssh_known_hosts = $1 WHERE id = $2")
-        .bind(lines)
-        .bind(project_id)
-        .execute(&db.pool)
-        .await?;
-    found(done, format!("project {project_id}"))
-}
-
-pub(super) async fn set_push_token_hash(db: &SqlStore, project_id: i64, hash: &str) -> Result<()> {
-    let done = sqlx::query("UPDATE projects SET push_token_hash = $1 WHERE id = $2")
-        .bind(hash)
-        .bind(project_id)
-        .execute(&db.pool)
-        .await?;
-    found(done, format!("project {project_id}"))
-}
-
 pub(super) async fn has_push_token_hash(
     db: &SqlStore,
     project_id: i64,
@@ -313,20 +352,6 @@ pub(super) async fn has_push_token_hash(
         .fetch_optional(&db.pool)
         .await?;
     Ok(row.is_some())
-}
-
-pub(super) async fn set_node_selector(
-    db: &SqlStore,
-    project_id: i64,
-    selector: &BTreeMap<String, String>,
-) -> Result<()> {
-    let done = sqlx::query("UPDATE projects SET node_selector = $1, updated_at = $2 WHERE id = $3")
-        .bind(string_map_json(selector))
-        .bind(now())
-        .bind(project_id)
-        .execute(&db.pool)
-        .await?;
-    found(done, format!("project {project_id}"))
 }
 
 pub(super) async fn set_image_digests(

@@ -15,7 +15,30 @@ impl Store for SqlStore {
         push_token_hash: Option<&str>,
         credential: Option<&SealedCredential>,
     ) -> Result<ProjectRecord> {
-        projects::create(self, fields, push_token_hash, credential).await
+        let new = NewProject {
+            fields: fields.clone(),
+            push_token_hash: push_token_hash.map(str::to_string),
+            credential: credential.cloned(),
+            ssh_known_hosts: None,
+            node_selector: BTreeMap::new(),
+        };
+        projects::create(self, &new, None).await
+    }
+
+    async fn create_project_with(
+        &self,
+        new: &NewProject,
+        set_up: Option<&SetUp>,
+    ) -> Result<ProjectRecord> {
+        projects::create(self, new, set_up).await
+    }
+
+    async fn change_project(&self, id: i64, change: &ProjectChange) -> Result<ProjectRecord> {
+        projects::change(self, id, change).await
+    }
+
+    async fn projects_page(&self, after: Option<i64>, limit: i64) -> Result<Vec<ProjectRecord>> {
+        projects::page(self, after, limit).await
     }
 
     async fn project(&self, id: i64) -> Result<ProjectRecord> {
@@ -31,31 +54,19 @@ impl Store for SqlStore {
     }
 
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord> {
-        projects::update(self, id, fields).await
+        let change = ProjectChange {
+            fields: Some(fields.clone()),
+            ..ProjectChange::default()
+        };
+        projects::change(self, id, &change).await
     }
 
     async fn delete_project(&self, id: i64) -> Result<()> {
         projects::delete(self, id).await
     }
 
-    async fn set_credential(
-        &self,
-        project_id: i64,
-        credential: Option<&SealedCredential>,
-    ) -> Result<()> {
-        projects::set_credential(self, project_id, credential).await
-    }
-
     async fn credential(&self, project_id: i64) -> Result<Option<SealedCredential>> {
         projects::credential(self, project_id).await
-    }
-
-    async fn set_ssh_known_hosts(&self, project_id: i64, lines: Option<&str>) -> Result<()> {
-        projects::set_ssh_known_hosts(self, project_id, lines).await
-    }
-
-    async fn set_push_token_hash(&self, project_id: i64, hash: &str) -> Result<()> {
-        projects::set_push_token_hash(self, project_id, hash).await
     }
 
     async fn project_by_push_token_hash(&self, project_id: i64, hash: &str) -> Result<bool> {
@@ -95,7 +106,16 @@ impl Store for SqlStore {
     }
 
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
-        deployments::list(self, project_id, limit).await
+        deployments::list(self, project_id, None, limit).await
+    }
+
+    async fn deployments_page(
+        &self,
+        project_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Deployment>> {
+        deployments::list(self, project_id, before, limit).await
     }
 
     async fn deployment(&self, id: i64) -> Result<Deployment> {
@@ -115,6 +135,10 @@ impl Store for SqlStore {
         nodes::list(self).await
     }
 
+    async fn nodes_page(&self, after: Option<i64>, limit: i64) -> Result<Vec<Node>> {
+        nodes::page(self, after, limit).await
+    }
+
     async fn node(&self, id: i64) -> Result<Node> {
         nodes::get(self, id).await
     }
@@ -129,14 +153,6 @@ impl Store for SqlStore {
 
     async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool> {
         nodes::holds_project(self, node_id, project_id).await
-    }
-
-    async fn set_node_selector(
-        &self,
-        project_id: i64,
-        selector: &BTreeMap<String, String>,
-    ) -> Result<()> {
-        projects::set_node_selector(self, project_id, selector).await
     }
 
     async fn heartbeat(&self, node_id: i64, at: i64) -> Result<()> {
@@ -172,7 +188,16 @@ impl Store for SqlStore {
     }
 
     async fn events(&self, project_id: Option<i64>, limit: i64) -> Result<Vec<Event>> {
-        events::list(self, project_id, limit).await
+        events::list(self, project_id, None, limit).await
+    }
+
+    async fn events_page(
+        &self,
+        project_id: Option<i64>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
+        events::list(self, project_id, before, limit).await
     }
 
     async fn record_decisions(&self, records: &[DecisionRecord]) -> Result<()> {
