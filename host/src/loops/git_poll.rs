@@ -181,10 +181,10 @@ impl GitPoller {
         };
         let mut tick = Tick {
             app: app.clone(),
-            base,
+            base: base.clone(),
             remote: Arc::new(Semaphore::new(
                 // Clamped when read; `max(1)` keeps a zero from ever stalling.
-                (app.store.settings().await?.auto_deploy_poll_concurrency as usize).max(1),
+                (base.settings().auto_deploy_poll_concurrency as usize).max(1),
             )),
             local: Arc::new(Semaphore::new(LOCAL_CONCURRENCY)),
             tasks: tokio::task::JoinSet::new(),
