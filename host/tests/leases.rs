@@ -2,7 +2,8 @@
 //! a lease, at most once per interval, and a lease a dead replica holds is
 //! taken over once it expires. The store's claims are checked directly on
 //! fixed times; then two real daemons on one database poll repositories
-//! served by `git daemon`, whose own log shows each lookup.
+//! served by `git daemon`, whose own log shows each lookup. The database is
+//! a SQLite file, or PostgreSQL with `AUTODEPLOY_TEST_DATABASE=postgres`.
 
 mod common;
 
@@ -64,8 +65,7 @@ async fn ids(store: &SqlStore, claim: &LeaseClaim) -> Vec<i64> {
 
 #[tokio::test]
 async fn a_claim_skips_live_leases_and_checked_projects_and_takes_expired_leases() {
-    let dir = temp_dir("leases-store");
-    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let url = common::db::database_url("leases-store");
     let store = SqlStore::connect(&url).await.unwrap();
     let mut all = Vec::new();
     for i in 0..5 {
@@ -199,7 +199,7 @@ async fn two_daemons_on_one_database_look_each_project_up_once_per_interval() {
         bare_with_commit(&repos.join(format!("r{i}.git")));
     }
     let git = LoggedDaemon::start(&repos);
-    let url = format!("sqlite://{}", dir.join("shared.db").display());
+    let url = common::db::database_url("leases-daemons");
     let env = [("DATABASE_URL", url.as_str())];
     let a = Daemon::start_with(&dir.join("a"), &[], &env);
     // The interval is in the database: the second replica reads it there.

@@ -82,11 +82,7 @@ pub(super) async fn claim(
     };
     // Rows another replica is claiming right now are skipped, not
     // waited for; SQLite's write transaction already serializes claims.
-    let lock = if db.is_sqlite() {
-        ""
-    } else {
-        "FOR UPDATE SKIP LOCKED"
-    };
+    let lock = db.lock("FOR UPDATE SKIP LOCKED");
     let mut tx = db.begin_write().await?;
     let mut claim = sqlx::query(AssertSqlSafe(format!(
         "UPDATE projects SET {stamp} lease_owner = $1, lease_until = $2 WHERE id IN (\
