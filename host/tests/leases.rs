@@ -256,3 +256,29 @@ async fn two_daemons_on_one_database_look_each_project_up_once_per_interval() {
         }
     }
 }
+
+#[tokio::test]
+async fn one_replica_leads_a_loop_at_a_time_on_postgresql() {
+    let url = common::db::database_url("leases-leader");
+    let (a, b) = (
+        SqlStore::connect(&url).await.unwrap(),
+        SqlStore::connect(&url).await.unwrap(),
+    );
+    let mut first = a.lead("image-watch").await.unwrap().expect("a leads");
+    assert!(first.still_leads().await);
+    let second = b.lead("image-watch").await.unwrap();
+    if common::db::postgres() {
+        assert!(second.is_none(), "b leads while a does");
+        // Another role is led apart.
+        assert!(b.lead("another-loop").await.unwrap().is_some());
+        // The leader goes (its connection closes): the lock is free for b.
+        drop(first);
+        wait_until("b takes the lead", Duration::from_secs(30), || async {
+            b.lead("image-watch").await.unwrap().is_some()
+        })
+        .await;
+    } else {
+        // One process owns a SQLite file: it always leads.
+        assert!(second.is_some());
+    }
+}
