@@ -179,7 +179,9 @@ pub async fn remote_head(
         let (url, branch, credential) = (url.to_string(), branch.to_string(), credential.cloned());
         let known_hosts = known_hosts.map(str::to_string);
         return in_process(url.clone(), cap, move || {
-            super::remote_head(&url, &branch, credential.as_ref(), known_hosts.as_deref())
+            super::local_repository_head(&url, &branch).unwrap_or_else(|| {
+                super::remote_head(&url, &branch, credential.as_ref(), known_hosts.as_deref())
+            })
         })
         .await;
     }

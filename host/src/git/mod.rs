@@ -271,6 +271,39 @@ pub fn local_head(path: &Path, branch: &str) -> Result<Option<String>, GitError>
     }
 }
 
+/// The branch head of a repository on this machine (a `file://` URL
+/// without escapes, or a path), read straight from its refs: the answer
+/// [`remote_head`] gives, without a transport, which loads the user's git
+/// config and lists every ref on each call (most of a poll tick's time over
+/// thousands of local repositories). `None` when it is not such a URL.
+pub fn local_repository_head(url: &str, branch: &str) -> Option<Result<Option<String>, GitError>> {
+    let url = url.trim();
+    let path = match url.strip_prefix("file://") {
+        Some(path) if !path.contains('%') => path,
+        Some(_) => return None,
+        None if url.starts_with('/') => url,
+        None => return None,
+    };
+    let err = |e: git2::Error| GitError::Remote(format!("{url}: {}", e.message()));
+    let read = || {
+        let repo = Repository::open_ext(
+            path,
+            git2::RepositoryOpenFlags::NO_SEARCH,
+            std::iter::empty::<&std::ffi::OsStr>(),
+        )
+        .map_err(err)?;
+        match repo
+            .find_reference(&format!("refs/heads/{branch}"))
+            .and_then(|r| r.resolve())
+        {
+            Ok(r) => Ok(r.target().map(|oid| oid.to_string())),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    };
+    Some(read())
+}
+
 /// Files larger than this are not read (a compose file is a few KiB).
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 

@@ -91,6 +91,10 @@ impl SqlStore {
         Ok(SqlStore { pool, backend })
     }
 
+    pub(super) fn is_sqlite(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
     /// PostgreSQL keeps its default isolation; the queries that read a row

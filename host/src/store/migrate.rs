@@ -33,6 +33,7 @@ migrations!(
     "0005_node_scope.sql",
     "0006_project_labels.sql",
     "0007_decision_log.sql",
+    "0008_replica_leases.sql",
     "0010_list_paging.sql",
 );
 

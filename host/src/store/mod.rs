@@ -10,6 +10,7 @@ mod db;
 mod decisions;
 mod deployments;
 mod events;
+mod leases;
 mod migrate;
 mod nodes;
 mod projects;
@@ -27,6 +28,7 @@ pub(crate) use db::enum_str;
 pub use decisions::{
     DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
 };
+pub use leases::{Leader, LeaseClaim};
 pub use settings::{
     DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
     set_image_watch_min,
@@ -447,9 +449,25 @@ pub trait Store: Send + Sync {
     ) -> Result<ProjectRecord>;
     async fn project(&self, id: i64) -> Result<ProjectRecord>;
     async fn projects(&self) -> Result<Vec<ProjectRecord>>;
-    /// Every project, each row decoded on its own: a corrupt row is an
-    /// error for that project only.
-    async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
+    /// Up to `limit` projects with an id above `after`, in id order, each
+    /// row decoded on its own: a corrupt row is an error for that project
+    /// only.
+    async fn projects_checked(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
+    /// Claims the next batch of projects above `after` for a git poll
+    /// check under a lease (see [`LeaseClaim`]).
+    async fn claim_projects(
+        &self,
+        claim: &LeaseClaim,
+        after: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
+    /// Ends every lease `owner` holds.
+    async fn release_projects(&self, owner: &str) -> Result<()>;
+    /// The leadership of `role`, when no other replica holds it.
+    async fn lead(&self, role: &str) -> Result<Option<Leader>>;
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;
     /// Creates a project with its credential, pins, selector and event in
     /// one transaction; `set_up` runs inside it (see [`SetUp`]).

@@ -13,11 +13,12 @@ use super::{
     now,
 };
 
-const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
+pub(super) const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
      p.labels, p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
      p.ssh_known_hosts, p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
-const FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
+pub(super) const FROM: &str =
+    "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
 
 /// A project row as stored: the JSON columns still text.
 #[derive(sqlx::FromRow)]
@@ -81,7 +82,7 @@ impl ProjectRow {
 }
 
 /// Decodes a project row; any failure names the project.
-fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
+pub(super) fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
     let id: i64 = row.try_get("id")?;
     ProjectRow::from_row(row)
         .map_err(StoreError::from)
@@ -94,7 +95,7 @@ fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
 }
 
 /// What can still be read of a row `project_from` refused.
-fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
+pub(super) fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
     BrokenProject {
         id: row.try_get("id").unwrap_or(0),
         name: row.try_get("name").unwrap_or_default(),
@@ -221,22 +222,32 @@ pub(super) async fn page(
     after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<ProjectRecord>> {
-    sqlx::query(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} {FROM} WHERE p.id > $1 ORDER BY p.id LIMIT $2"
-    )))
-    .bind(after.unwrap_or(0))
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?
-    .iter()
-    .map(project_from)
-    .collect()
+    page_rows(db, after.unwrap_or(0), limit)
+        .await?
+        .iter()
+        .map(project_from)
+        .collect()
 }
 
+/// Up to `limit` project rows with an id above `after`, in id order.
+async fn page_rows(db: &SqlStore, after: i64, limit: i64) -> Result<Vec<sqlx::any::AnyRow>> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} {FROM} WHERE p.id > $1 ORDER BY p.id LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Up to `limit` projects with an id above `after`, each row decoded on its
+/// own.
 pub(super) async fn list_checked(
     db: &SqlStore,
+    after: i64,
+    limit: i64,
 ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
-    Ok(all_rows(db)
+    Ok(page_rows(db, after, limit)
         .await?
         .iter()
         .map(|row| project_from(row).map_err(|e| broken_project(row, e)))

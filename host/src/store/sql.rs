@@ -49,8 +49,28 @@ impl Store for SqlStore {
         projects::list(self).await
     }
 
-    async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
-        projects::list_checked(self).await
+    async fn projects_checked(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
+        projects::list_checked(self, after, limit).await
+    }
+
+    async fn claim_projects(
+        &self,
+        claim: &LeaseClaim,
+        after: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
+        leases::claim(self, claim, after).await
+    }
+
+    async fn release_projects(&self, owner: &str) -> Result<()> {
+        leases::release(self, owner).await
+    }
+
+    async fn lead(&self, role: &str) -> Result<Option<Leader>> {
+        leases::lead(self, role).await
     }
 
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord> {
