@@ -39,6 +39,10 @@ pub const SQLITE: &[Migration] = &[
         name: "0007_decision_log.sql",
         sql: include_str!("../../../migrations/sqlite/0007_decision_log.sql"),
     },
+    Migration {
+        name: "0009_shared_policies.sql",
+        sql: include_str!("../../../migrations/sqlite/0009_shared_policies.sql"),
+    },
 ];
 
 pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {

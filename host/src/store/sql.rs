@@ -87,6 +87,11 @@ impl SqlStore {
         Ok(SqlStore { pool, sqlite: true })
     }
 
+    /// Whether the database is PostgreSQL (shared by replicas).
+    pub(super) fn is_postgres(&self) -> bool {
+        !self.sqlite
+    }
+
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
     pub(super) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
@@ -1202,5 +1207,24 @@ impl Store for SqlStore {
 
     async fn prune_decisions(&self, max_rows: u64, older_than: i64) -> Result<Pruned> {
         self.prune_decisions_impl(max_rows, older_than).await
+    }
+
+    async fn active_policy(&self) -> Result<Option<ActivePolicy>> {
+        self.active_policy_row().await
+    }
+    async fn stored_policy(&self, sha256: &str) -> Result<Option<StoredPolicy>> {
+        self.stored_policy_row(sha256).await
+    }
+    async fn seed_policy(&self, new: &NewPolicy) -> Result<ActivePolicy> {
+        self.seed_policy_row(new).await
+    }
+    async fn switch_policy(&self, new: &NewPolicy) -> Result<ActivePolicy> {
+        self.switch_policy_row(new).await
+    }
+    async fn set_policy_config(&self, sha256: &str, config: &str) -> Result<ActivePolicy> {
+        self.set_policy_config_row(sha256, config).await
+    }
+    async fn rollback_policy(&self) -> Result<Option<ActivePolicy>> {
+        self.rollback_policy_row().await
     }
 }
