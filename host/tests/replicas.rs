@@ -293,19 +293,11 @@ async fn concurrent_pushes_through_two_replicas_serialize() {
 
     for round in 0..ROUNDS {
         // Both start from the same head and race to move it.
-        for w in [&wa, &wb] {
+        for (w, who) in [(&wa, "a"), (&wb, "b")] {
             git(w, &["fetch", "-q", "origin"]);
             git(w, &["reset", "-q", "--hard", "origin/main"]);
-            git(
-                w,
-                &[
-                    "commit",
-                    "-q",
-                    "--allow-empty",
-                    "-m",
-                    &format!("round {round}"),
-                ],
-            );
+            let message = format!("round {round} through {who}");
+            git(w, &["commit", "-q", "--allow-empty", "-m", &message]);
         }
         let start = std::sync::Arc::new(std::sync::Barrier::new(2));
         let racers: Vec<_> = [wa.clone(), wb.clone()]

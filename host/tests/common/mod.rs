@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod chaos;
 pub mod daemon;
+pub mod db;
 pub mod fake_registry;
 pub mod git;
 pub mod load;
