@@ -77,18 +77,23 @@ fn check_config(config: &str) -> Result<(), SwapError> {
 }
 
 /// Loads `bytes` and runs the conformance vectors, off the async threads.
+/// At start a pass may be `remembered` (as for the policy the database
+/// names); a swap always runs them.
 async fn validate(
     runtime: &Arc<PolicyRuntime>,
     bytes: Arc<[u8]>,
     source: String,
+    remembered: bool,
 ) -> Result<Policy, SwapError> {
     let runtime = runtime.clone();
     tokio::task::spawn_blocking(move || {
         let policy = runtime.load(&bytes, &source)?;
-        let failures =
-            runtime.self_test_remembered(&policy, &selftest::vectors_digest(&policy), || {
-                selftest::self_test(&policy)
-            });
+        let failures = if remembered {
+            let vectors = selftest::vectors_digest(&policy);
+            runtime.self_test_remembered(&policy, &vectors, || selftest::self_test(&policy))
+        } else {
+            selftest::self_test(&policy)
+        };
         if !failures.is_empty() {
             return Err(SwapError::SelfTest(failures));
         }
@@ -115,7 +120,7 @@ impl PolicyHandle {
         let wanted = seed.explicit && stored.as_ref().is_none_or(|a| a.sha256 != sha);
         let (active, seeded, switched) = if stored.is_none() || wanted {
             let bytes: Arc<[u8]> = seed.bytes.into();
-            let policy = validate(&runtime, bytes.clone(), seed.source.clone()).await?;
+            let policy = validate(&runtime, bytes.clone(), seed.source.clone(), true).await?;
             let new = NewPolicy {
                 sha256: sha,
                 wasm: bytes.to_vec(),
@@ -200,7 +205,7 @@ impl PolicyHandle {
             check_config(config)?;
         }
         let bytes: Arc<[u8]> = bytes.into();
-        let policy = validate(&self.runtime, bytes.clone(), source.to_string()).await?;
+        let policy = validate(&self.runtime, bytes.clone(), source.to_string(), false).await?;
         let _changing = self.changing.lock().await;
         let active = self
             .store

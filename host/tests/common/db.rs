@@ -21,7 +21,9 @@ pub fn database_url(dir: &Path, name: &str) -> String {
     let db = format!("t_{}_{}", name.replace('-', "_"), std::process::id());
     let out = std::process::Command::new("psql")
         .args(["-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-        .arg(format!("DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"))
+        .arg(format!(
+            "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
+        ))
         .output()
         .expect("run psql");
     assert!(
