@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, LoopStates};
 use crate::policy::cli::PolicyArgs;
-use crate::policy::{PolicyHandle, PolicyRuntime, Seed};
+use crate::policy::{PolicyHandle, PolicyRuntime, Seed, SwapError};
 use crate::registry::{Registry, RegistryConfig};
 use crate::secrets::{Secret, SecretKey, new_token, token_hash};
 use crate::store::{SqlStore, Store};
@@ -209,13 +209,17 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     let policy_dir = args.data_dir.join("policies");
     let runtime = PolicyRuntime::new(policy_args.config())?;
     runtime.use_cache_dir(policy_dir.join("compiled"));
-    let (policy, switched) = PolicyHandle::open(
-        runtime.clone(),
-        store.clone(),
-        policy_seed(policy_args, &policy_dir)?,
-    )
-    .await
-    .context("start the policy")?;
+    let seed = policy_seed(policy_args, &policy_dir)?;
+    let seed_source = seed.source.clone();
+    let (policy, switched) = PolicyHandle::open(runtime.clone(), store.clone(), seed)
+        .await
+        .map_err(|e| match e {
+            SwapError::SelfTest(failures) => anyhow::anyhow!(
+                "policy {seed_source} fails its self-test: {}",
+                failures.join("; ")
+            ),
+            other => anyhow::Error::new(other).context("start the policy"),
+        })?;
     let initial = policy.current();
     // Remembered per policy, vectors, limits and engine: the budget makes the
     // outcome the same every time, so a pass need not be run at every start.
