@@ -35,45 +35,41 @@ pub(super) async fn claim(db: &SqlStore, node_id: i64) -> Result<Option<Claim>> 
     .bind(node_id)
     .fetch_all(&mut *tx)
     .await?;
-    let mut row = None;
+    let mut claimed = None;
     for r in rows {
         let selector: String = r.try_get("node_selector")?;
         match string_map("node selector", &selector) {
-            Ok(selector) if selector_matches(&selector, &labels) => {
-                row = Some(r);
-                break;
-            }
-            Ok(_) => {}
+            Ok(selector) if selector_matches(&selector, &labels) => {}
+            Ok(_) => continue,
             // A corrupt selector keeps its own project from deploying;
             // it never hands the project to a node it might exclude.
             Err(e) => {
                 let project: i64 = r.try_get("project_id")?;
                 tracing::warn!(project, error = %e, "skipping a deployment whose project cannot be read");
+                continue;
             }
         }
+        let (id, project_id): (i64, i64) = (r.try_get("id")?, r.try_get("project_id")?);
+        if take(db, &mut tx, node_id, id, project_id, t).await? {
+            claimed = Some((r, id, project_id));
+            break;
+        }
     }
-    let Some(row) = row else {
+    let Some((row, id, project_id)) = claimed else {
         tx.commit().await?;
         return Ok(None);
     };
-    let (id, project_id): (i64, i64) = (row.try_get("id")?, row.try_get("project_id")?);
     let compose = row.try_get::<String, _>("project_type")? == "compose";
     if compose && row.try_get::<Option<i64>, _>("pinned_node_id")?.is_none() {
         // First deploy: the project's named volumes will live on this node.
-        sqlx::query("UPDATE projects SET pinned_node_id = $1 WHERE id = $2")
-            .bind(node_id)
-            .bind(project_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE projects SET pinned_node_id = $1 WHERE id = $2 AND pinned_node_id IS NULL",
+        )
+        .bind(node_id)
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?;
     }
-    sqlx::query(
-        "UPDATE deployments SET status = 'running', node_id = $1, updated_at = $2 WHERE id = $3",
-    )
-    .bind(node_id)
-    .bind(t)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
     events::insert(
         &mut *tx,
         Some(project_id),
@@ -86,6 +82,49 @@ pub(super) async fn claim(db: &SqlStore, node_id: i64) -> Result<Option<Claim>> 
         deployment: deployments::get(db, id).await?,
         project: projects::get(db, project_id).await?,
     }))
+}
+
+/// Moves deployment `id` to `running` on the node, if it is still queued for
+/// it and its project runs no other deployment; false when another claim
+/// (through any replica) got there first. On PostgreSQL the project's row
+/// is locked first, skipping a project another transaction holds: two
+/// replicas never hand out two deployments of one project, and a claim
+/// never waits behind a trigger. SQLite runs one writer at a time.
+async fn take(
+    db: &SqlStore,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    node_id: i64,
+    id: i64,
+    project_id: i64,
+    t: i64,
+) -> Result<bool> {
+    if db.is_postgres() {
+        let locked = sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE SKIP LOCKED")
+            .bind(project_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if locked.is_none() {
+            return Ok(false);
+        }
+    }
+    // Decided again here, on the rows as they are now: the list above may
+    // be stale by the time this runs.
+    let done = sqlx::query(
+        "UPDATE deployments SET status = 'running', node_id = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'queued' AND (node_id = $4 OR (node_id IS NULL AND EXISTS \
+         (SELECT 1 FROM projects p WHERE p.id = $5 AND (p.pinned_node_id IS NULL OR p.pinned_node_id = $6)))) \
+         AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.project_id = $7 AND r.status = 'running')",
+    )
+    .bind(node_id)
+    .bind(t)
+    .bind(id)
+    .bind(node_id)
+    .bind(project_id)
+    .bind(node_id)
+    .bind(project_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub(super) async fn report(
