@@ -118,25 +118,26 @@ impl PolicyHandle {
         let stored = store.active_policy().await?;
         let sha = crate::secrets::hex(&<sha2::Sha256 as sha2::Digest>::digest(&seed.bytes));
         let wanted = seed.explicit && stored.as_ref().is_none_or(|a| a.sha256 != sha);
-        let (active, seeded, switched) = if stored.is_none() || wanted {
-            let bytes: Arc<[u8]> = seed.bytes.into();
-            let policy = validate(&runtime, bytes.clone(), seed.source.clone(), true).await?;
-            let new = NewPolicy {
-                sha256: sha,
-                wasm: bytes.to_vec(),
-                source: seed.source,
-                config: seed.config,
-            };
-            let active = if wanted {
-                store.switch_policy(&new).await?
-            } else {
-                store.seed_policy(&new).await?
-            };
-            // Another replica may have seeded first: its policy wins.
-            let switched = wanted.then(|| policy.info().clone());
-            (active, Some(policy), switched)
-        } else {
-            (stored.expect("checked above"), None, None)
+        let (active, seeded, switched) = match stored {
+            Some(active) if !wanted => (active, None, None),
+            _ => {
+                let bytes: Arc<[u8]> = seed.bytes.into();
+                let policy = validate(&runtime, bytes.clone(), seed.source.clone(), true).await?;
+                let new = NewPolicy {
+                    sha256: sha,
+                    wasm: bytes.to_vec(),
+                    source: seed.source,
+                    config: seed.config,
+                };
+                let active = if wanted {
+                    store.switch_policy(&new).await?
+                } else {
+                    store.seed_policy(&new).await?
+                };
+                // Another replica may have seeded first: its policy wins.
+                let switched = wanted.then(|| policy.info().clone());
+                (active, Some(policy), switched)
+            }
         };
         let current = match seeded {
             Some(p) if p.info().sha256 == active.sha256 => p,
