@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # git servers, the registry and its tools, and what the docker test builds.
 scripts/apt-install.sh gcc libc6-dev pkg-config libssl-dev openssl git openssh-client openssh-server \
     nginx fcgiwrap docker-registry skopeo apache2-utils tar busybox-static docker-compose sqlite3 \
-    iproute2
+    iproute2 postgresql
 
 # The end-to-end tests drive a real Docker Engine; without one they would
 # fail late and one by one, so stop here first, saying why.
@@ -34,3 +34,8 @@ cargo clippy -p autodeploy-guest --target wasm32-unknown-unknown --features wit-
 cargo clippy -p autodeploy-sync-windows --target wasm32-unknown-unknown -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+# The same suites again against a real PostgreSQL: pg_virtualenv runs them
+# inside a throw-away cluster (PGHOST, PGPORT, PGUSER and PGPASSWORD set);
+# each test makes a database of its own there (host/tests/common/db.rs).
+echo "==> cargo test on PostgreSQL (store, API, triggers, agents, nodes)"
+pg_virtualenv sh -c 'AUTODEPLOY_TEST_DATABASE=postgres cargo test -p autodeploy --test store --test api --test git_trigger --test image_watch --test agent_deploys --test nodes'

@@ -35,7 +35,7 @@ struct Cluster {
 impl Cluster {
     fn start(name: &str, count: usize) -> Cluster {
         let dir = temp_dir(&format!("replicas-{name}"));
-        let url = common::db::database_url(&dir, name);
+        let url = common::db::database_url(&format!("replicas-{name}"));
         let mut cluster = Cluster {
             dir,
             url,
