@@ -528,3 +528,18 @@ async fn a_database_url_password_never_shows_in_errors() {
         .expect("not a supported database");
     assert!(!format!("{e} {e:?}").contains("s3cret-pw"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opening_one_new_database_together_apply_each_migration_once() {
+    // As replicas starting at once do.
+    let url = common::db::database_url("store-migrate");
+    let opened = futures::future::join_all((0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { SqlStore::connect(&url).await })
+    }))
+    .await;
+    for store in opened {
+        let store = store.unwrap().expect("every store opens");
+        assert!(store.projects().await.unwrap().is_empty());
+    }
+}

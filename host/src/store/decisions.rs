@@ -3,57 +3,30 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::Result;
 use super::db::SqlStore;
-use super::{Result, StoreError};
 
-/// The policy function a decision called; the WIT function's name in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DecisionCall {
-    PolicyInfo,
-    ParseCompose,
-    WatchPlan,
-    DecideCommit,
-    DecideImages,
-    CheckAutoDeploy,
-    CheckDeployable,
+super::text_enum! {
+    /// The policy function a decision called; the WIT function's name.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum DecisionCall {
+        PolicyInfo = "policy-info",
+        ParseCompose = "parse-compose",
+        WatchPlan = "watch-plan",
+        DecideCommit = "decide-commit",
+        DecideImages = "decide-images",
+        CheckAutoDeploy = "check-auto-deploy",
+        CheckDeployable = "check-deployable",
+    }
 }
 
 impl DecisionCall {
-    pub const ALL: &[DecisionCall] = &[
-        DecisionCall::PolicyInfo,
-        DecisionCall::ParseCompose,
-        DecisionCall::WatchPlan,
-        DecisionCall::DecideCommit,
-        DecisionCall::DecideImages,
-        DecisionCall::CheckAutoDeploy,
-        DecisionCall::CheckDeployable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecisionCall::PolicyInfo => "policy-info",
-            DecisionCall::ParseCompose => "parse-compose",
-            DecisionCall::WatchPlan => "watch-plan",
-            DecisionCall::DecideCommit => "decide-commit",
-            DecisionCall::DecideImages => "decide-images",
-            DecisionCall::CheckAutoDeploy => "check-auto-deploy",
-            DecisionCall::CheckDeployable => "check-deployable",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<DecisionCall> {
-        Self::ALL.iter().copied().find(|c| c.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for DecisionCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        s.parse().ok()
     }
 }
 
@@ -124,7 +97,6 @@ const COLUMNS: &str = "id, at, call_name, project_id, deployment_id, input, outp
      policy_name, policy_version, policy_sha256, policy_wit_version";
 
 fn decision_from(row: &AnyRow) -> Result<Decision> {
-    let call: String = row.try_get("call_name")?;
     // A row that is not JSON (written by hand) is shown as the text it is.
     let json = |col: &str| -> Result<serde_json::Value> {
         let text: String = row.try_get(col)?;
@@ -133,8 +105,7 @@ fn decision_from(row: &AnyRow) -> Result<Decision> {
     Ok(Decision {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
-        call: DecisionCall::parse(&call)
-            .ok_or_else(|| StoreError::Corrupt(format!("decision call {call:?}")))?,
+        call: row.try_get("call_name")?,
         project_id: row.try_get("project_id")?,
         deployment_id: row.try_get("deployment_id")?,
         input: json("input")?,
@@ -160,7 +131,7 @@ pub(super) async fn insert(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(r.at)
-        .bind(r.call.as_str())
+        .bind(r.call)
         .bind(r.project_id)
         .bind(deployment_id)
         .bind(&r.input)
@@ -226,7 +197,7 @@ impl SqlStore {
             query = query.bind(v);
         }
         if let Some(v) = q.call {
-            query = query.bind(v.as_str());
+            query = query.bind(v);
         }
         if let Some(v) = q.before {
             query = query.bind(v);

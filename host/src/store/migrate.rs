@@ -52,21 +52,31 @@ pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {
             POSTGRES
         }
     };
-    let applied = apply(&mut conn, migrations).await;
+    let applied = apply(&mut conn, migrations, backend).await;
     if backend == Backend::Postgres {
         conn.execute(POSTGRES_UNLOCK).await?;
     }
     applied
 }
 
-async fn apply(conn: &mut sqlx::AnyConnection, migrations: &[Migration]) -> Result<()> {
+async fn apply(
+    conn: &mut sqlx::AnyConnection,
+    migrations: &[Migration],
+    backend: Backend,
+) -> Result<()> {
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .await?;
     for m in migrations {
+        // SQLite has no advisory lock: the write lock, taken before the
+        // check, keeps two processes from applying one file twice.
+        let mut tx = match backend {
+            Backend::Sqlite => sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?,
+            Backend::Postgres => sqlx::Connection::begin(&mut *conn).await?,
+        };
         let applied: Option<(String,)> =
             sqlx::query_as("SELECT name FROM schema_migrations WHERE name = $1")
                 .bind(m.name)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(&mut *tx)
                 .await?;
         if applied.is_some() {
             continue;
@@ -75,7 +85,6 @@ async fn apply(conn: &mut sqlx::AnyConnection, migrations: &[Migration]) -> Resu
             name: m.name.into(),
             source,
         };
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // The file holds several statements: run it as one script.
         tx.execute(m.sql).await.map_err(fail)?;
         sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)")
