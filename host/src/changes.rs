@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::store::notify::{self, Change};
 
+/// How often the active policy is read again without being told.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Follows the changes other replicas make until `cancel`.
 pub async fn follow(app: Arc<App>, database_url: String, cancel: CancellationToken) {
     if !notify::is_postgres(&database_url) {
@@ -17,7 +20,19 @@ pub async fn follow(app: Arc<App>, database_url: String, cancel: CancellationTok
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let listener = tokio::spawn(notify::listen(database_url, cancel.clone(), tx));
-    while let Some(change) = rx.recv().await {
+    // Also now and then, whatever was heard: a policy that could not be
+    // loaded when told (the database was away) is loaded then.
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let change = tokio::select! {
+            change = rx.recv() => match change {
+                Some(change) => change,
+                // The listener stopped: the daemon is shutting down.
+                None => break,
+            },
+            _ = recheck.tick() => Change::Policy,
+        };
         tracing::debug!(?change, "a replica changed shared state");
         if matches!(change, Change::Settings | Change::All) {
             app.settings_changed.send_replace(());
@@ -25,7 +40,7 @@ pub async fn follow(app: Arc<App>, database_url: String, cancel: CancellationTok
         if matches!(change, Change::Policy | Change::All)
             && let Err(e) = app.policy.refresh().await
         {
-            // The running policy stays; the next change or reconnect retries.
+            // The running policy stays; the next change or recheck retries.
             tracing::error!(error = %e, "cannot load the policy another replica made active");
         }
     }
