@@ -23,7 +23,8 @@ pub struct ServeArgs {
     /// Address the API and git endpoints listen on.
     #[arg(long, env = "AUTODEPLOY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the database, secret key and policies live.
+    /// Where this replica's own files live: the SQLite database, the secret
+    /// key, compiled policies.
     #[arg(long, env = "AUTODEPLOY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Where hosted repositories live (default DATA_DIR/repos). Replicas

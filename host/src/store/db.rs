@@ -118,7 +118,7 @@ impl SqlStore {
 }
 
 /// `text` with the URL's password, if any, starred out.
-fn redact(text: &str, url: &str) -> String {
+pub(super) fn redact(text: &str, url: &str) -> String {
     match password(url) {
         Some(p) if !p.is_empty() => text.replace(p, "***"),
         _ => text.to_string(),

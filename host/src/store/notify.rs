@@ -97,7 +97,8 @@ pub async fn listen(
                             Change::All
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "listening for changes failed; reconnecting");
+                            let error = super::db::redact(&e.to_string(), &url);
+                            tracing::warn!(%error, "listening for changes failed; reconnecting");
                             break;
                         }
                     };
@@ -106,7 +107,11 @@ pub async fn listen(
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for other replicas' changes"),
+            Err(e) => {
+                // The driver may quote what it was given: never the password.
+                let error = super::db::redact(&e.to_string(), &url);
+                tracing::warn!(%error, "cannot listen for other replicas' changes");
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
