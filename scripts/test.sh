@@ -39,3 +39,6 @@ cargo test --workspace
 # each test makes a database of its own there (host/tests/common/db.rs).
 echo "==> cargo test on PostgreSQL (store, API, triggers, agents, nodes)"
 pg_virtualenv sh -c 'AUTODEPLOY_TEST_DATABASE=postgres cargo test -p autodeploy --test store --test api --test git_trigger --test image_watch --test agent_deploys --test nodes'
+# Replicas on one PostgreSQL database, its ignored (PostgreSQL-only) test too.
+echo "==> replicas on PostgreSQL"
+pg_virtualenv sh -c 'AUTODEPLOY_TEST_DATABASE=postgres cargo test -p autodeploy --test replicas -- --include-ignored'

@@ -155,14 +155,14 @@ pub async fn create(app: &App, req: CreateProject) -> Result<Created> {
 /// A hosted project and its bare repository: the repository is made
 /// inside the project's transaction, so neither exists without the other.
 async fn create_hosted(app: &App, new: &NewProject) -> Result<ProjectRecord> {
-    let data_dir = app.data_dir.clone();
+    let repo_dir = app.repo_dir.clone();
     let branch = new.fields.git_branch.clone();
     // The id the repository was made for, to remove it if the transaction
     // then fails.
     let made_for = std::sync::Arc::new(std::sync::Mutex::new(None));
     let made = made_for.clone();
     let set_up = move |id: i64| -> futures::future::BoxFuture<'static, Result<(), String>> {
-        let path = crate::git::hosted_path(&data_dir, id);
+        let path = crate::git::hosted_path(&repo_dir, id);
         let branch = branch.clone();
         *made.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
         Box::pin(async move {
@@ -294,7 +294,7 @@ pub async fn delete(app: &App, id: i64) -> Result<()> {
 /// Removes a hosted repository, if there is one; a failure is logged (the
 /// project is gone either way, and a new project with this id clears it).
 async fn remove_repo(app: &App, id: i64) {
-    let repo = crate::git::hosted_path(&app.data_dir, id);
+    let repo = crate::git::hosted_path(&app.repo_dir, id);
     if repo.exists()
         && let Err(e) = tokio::fs::remove_dir_all(&repo).await
     {

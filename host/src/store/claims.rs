@@ -76,10 +76,11 @@ pub(super) async fn claim(db: &SqlStore, node_id: i64) -> Result<Option<Claim>> 
 
 /// Hands deployment `id` (`assigned` to this node, or not) to the node if
 /// it is still queued, its project runs nothing and is not pinned
-/// elsewhere; false when another claim got
-/// there first. On PostgreSQL the project row is locked first, so two
-/// replicas claiming for one project take turns (SQLite's write
-/// transaction already does that).
+/// elsewhere; false when another claim got there first. On PostgreSQL the
+/// project row is locked first, skipping a project another transaction
+/// holds (`SKIP LOCKED`): two replicas never hand out one deployment, or two
+/// of one project, and a claim never waits behind another (SQLite's write
+/// transaction runs one at a time).
 async fn take(
     db: &SqlStore,
     tx: &mut sqlx::AnyConnection,
@@ -90,11 +91,14 @@ async fn take(
 ) -> Result<bool> {
     let project = sqlx::query(AssertSqlSafe(format!(
         "SELECT project_type, pinned_node_id FROM projects WHERE id = $1{}",
-        db.lock(" FOR UPDATE")
+        db.lock(" FOR UPDATE SKIP LOCKED")
     )))
     .bind(project_id)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some(project) = project else {
+        return Ok(false);
+    };
     let pinned: Option<i64> = project.try_get("pinned_node_id")?;
     if !assigned && pinned.is_some_and(|p| p != node_id) {
         return Ok(false);

@@ -95,6 +95,11 @@ impl SqlStore {
         self.backend == Backend::Sqlite
     }
 
+    /// Whether the database is PostgreSQL (shared by replicas).
+    pub(super) fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
     /// PostgreSQL keeps its default isolation; the queries that read a row
@@ -117,7 +122,7 @@ impl SqlStore {
 }
 
 /// `text` with the URL's password, if any, starred out.
-fn redact(text: &str, url: &str) -> String {
+pub(super) fn redact(text: &str, url: &str) -> String {
     match password(url) {
         Some(p) if !p.is_empty() => text.replace(p, "***"),
         _ => text.to_string(),
