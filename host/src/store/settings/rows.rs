@@ -6,6 +6,7 @@ use sqlx::Row;
 
 use super::Settings;
 use crate::store::db::SqlStore;
+use crate::store::notify::{self, Change};
 use crate::store::{EventKind, Result, events, now};
 
 pub async fn get(db: &SqlStore) -> Result<Settings> {
@@ -44,6 +45,8 @@ pub async fn put(db: &SqlStore, values: &BTreeMap<String, String>) -> Result<Set
         )
         .await?;
     }
+    // The other replicas' loops wake on it and read their new intervals.
+    notify::send(&mut tx, db.is_postgres(), Change::Settings).await?;
     tx.commit().await?;
     get(db).await
 }
