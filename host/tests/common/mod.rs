@@ -7,11 +7,13 @@
 pub mod agent;
 pub mod chaos;
 pub mod daemon;
+pub mod db;
 pub mod fake_registry;
 pub mod git;
 pub mod load;
 pub mod netns;
 pub mod registry;
+pub mod replicas;
 pub mod token_issuer;
 pub mod trickle;
 
