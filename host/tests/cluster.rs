@@ -295,9 +295,12 @@ async fn kill_mid_tick(replicas: &mut [Replica], api: &Api, not: Option<usize>) 
     let k = victim.unwrap();
     let at = {
         let _closed = api.gates[k].write().await;
-        let at = replicas[k].kill9();
-        replicas[k].restart();
-        at
+        // Blocks this worker thread for the restart, not the nodes' tasks.
+        tokio::task::block_in_place(|| {
+            let at = replicas[k].kill9();
+            replicas[k].restart();
+            at
+        })
     };
     (k, at)
 }
@@ -305,6 +308,10 @@ async fn kill_mid_tick(replicas: &mut [Replica], api: &Api, not: Option<usize>) 
 /// Pushes `compose` as docker-compose.yml of hosted project `id` through
 /// `replica`; returns the pushed commit.
 fn push_compose(work: &Path, url: &str, id: i64, token: &str, compose: &str) -> String {
+    tokio::task::block_in_place(|| push_compose_blocking(work, url, id, token, compose))
+}
+
+fn push_compose_blocking(work: &Path, url: &str, id: i64, token: &str, compose: &str) -> String {
     if !work.join(".git").exists() {
         std::fs::create_dir_all(work).unwrap();
         git(work, &["init", "-q", "-b", "main"]);
@@ -567,7 +574,9 @@ async fn scenario() -> Outcome {
     .await;
     let mut retagged = Vec::new();
     for k in [0, 3] {
-        let digest = reg.push(&format!("img{k}"), "1", &format!("image {k}, second"));
+        let digest = tokio::task::block_in_place(|| {
+            reg.push(&format!("img{k}"), "1", &format!("image {k}, second"))
+        });
         for (h, id, ..) in &hosted {
             if h % IMAGES == k || (h + 1) % IMAGES == k {
                 retagged.push(Change::Image {
