@@ -117,11 +117,12 @@ async fn fill(url: &str, dir: &Path, projects: usize, repos: usize) {
     );
 }
 
-/// Median client-side time of `GET path` over 20 calls, and the last answer.
-async fn timed_get(d: &Daemon, path: &str) -> (Duration, Value, usize) {
+/// Median client-side time of `GET path` over 20 calls, and the last
+/// answer's length in rows and bytes and its next-page cursor.
+async fn timed_get(d: &Daemon, path: &str) -> (Duration, usize, usize, Option<String>) {
     let http = reqwest::Client::new();
     let mut times = Vec::new();
-    let mut last = (Value::Null, 0);
+    let mut last = (0, 0, None);
     for _ in 0..20 {
         let started = Instant::now();
         let resp = http
@@ -131,36 +132,30 @@ async fn timed_get(d: &Daemon, path: &str) -> (Duration, Value, usize) {
             .await
             .unwrap();
         assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        let cursor = resp
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp.bytes().await.unwrap();
         times.push(started.elapsed());
-        last = (serde_json::from_slice(&bytes).unwrap(), bytes.len());
+        let rows: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+        last = (rows.len(), bytes.len(), cursor);
     }
     times.sort();
-    (times[times.len() / 2], last.0, last.1)
+    (times[times.len() / 2], last.0, last.1, last.2)
 }
 
-/// The first page of `path` with `limit=100`, and the page after it when
-/// the answer gives a cursor.
+/// The first page of `path` with `limit=100`, and the page after it
+/// through the cursor the first one gave.
 async fn pages(d: &Daemon, what: &str, path: &str) {
-    let (took, page, bytes) = timed_get(d, &format!("{path}?limit=100")).await;
-    let (items, cursor) = match &page {
-        Value::Array(a) => (a.len(), None),
-        v => (
-            v["items"].as_array().map_or(0, Vec::len),
-            v["next_cursor"].as_str().map(str::to_string),
-        ),
-    };
-    println!(
-        "scale: first page of {what}: {took:.2?} median ({items} items, {bytes} bytes){}",
-        if cursor.is_none() && matches!(page, Value::Array(_)) {
-            " (a bare list: no paging)"
-        } else {
-            ""
-        }
-    );
+    let (took, rows, bytes, cursor) = timed_get(d, &format!("{path}?limit=100")).await;
+    println!("scale: first page of {what}: {took:.2?} median ({rows} rows, {bytes} bytes)");
     if let Some(c) = cursor {
-        let (took, _, bytes) = timed_get(d, &format!("{path}?limit=100&cursor={c}")).await;
-        println!("scale: second page of {what} (cursor): {took:.2?} median ({bytes} bytes)");
+        let (took, rows, bytes, _) = timed_get(d, &format!("{path}?limit=100&cursor={c}")).await;
+        println!(
+            "scale: next page of {what} (cursor): {took:.2?} median ({rows} rows, {bytes} bytes)"
+        );
     }
 }
 

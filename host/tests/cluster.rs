@@ -201,23 +201,38 @@ impl Api {
         }
     }
 
-    /// Every item of a list endpoint (a bare array, or a page of `items`
-    /// followed through `next_cursor`).
+    /// Every item of a list endpoint, page after page (each page a JSON
+    /// array; `X-Next-Cursor` names the next one).
     async fn list(&self, replica: usize, path: &str) -> Vec<Value> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut items = Vec::new();
-        let mut next = format!("{path}{sep}limit=1000");
+        let mut cursor: Option<String> = None;
         loop {
-            let page = self.ok(replica, reqwest::Method::GET, &next, None).await;
-            match page {
-                Value::Array(a) => return a,
-                page => {
-                    items.extend(page["items"].as_array().expect("a page").iter().cloned());
-                    match page["next_cursor"].as_str() {
-                        Some(c) => next = format!("{path}{sep}limit=1000&cursor={c}"),
-                        None => return items,
-                    }
-                }
+            let page = match &cursor {
+                Some(c) => format!("{path}{sep}limit=500&cursor={c}"),
+                None => format!("{path}{sep}limit=500"),
+            };
+            let resp = self
+                .http
+                .get(format!("{}{page}", self.urls[replica]))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("replica {replica}: GET {page}: {e}"));
+            assert!(
+                resp.status().is_success(),
+                "replica {replica}: GET {page}: {}",
+                resp.status()
+            );
+            cursor = resp
+                .headers()
+                .get("x-next-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let rows: Vec<Value> = resp.json().await.expect("a JSON array");
+            items.extend(rows);
+            if cursor.is_none() {
+                return items;
             }
         }
     }
