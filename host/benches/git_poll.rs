@@ -157,7 +157,7 @@ async fn poll_ticks() {
     }
     // The first tick aligns every project (1,000 deployments written); the
     // measured ones compare like for like: every remote read, nothing moved.
-    let warm = autodeploy::triggers::git_poll::tick(&app).await.unwrap();
+    let warm = app.loops.git_poll.tick_now(&app).await.unwrap();
     let first = warm
         .projects
         .iter()
@@ -176,7 +176,7 @@ async fn poll_ticks() {
         .into();
         app.store.put_settings(&values).await.unwrap();
         let started = Instant::now();
-        let summary = autodeploy::triggers::git_poll::tick(&app).await.unwrap();
+        let summary = app.loops.git_poll.tick_now(&app).await.unwrap();
         let took = started.elapsed();
         assert_eq!(
             (summary.checked, summary.errors),

@@ -5,6 +5,7 @@ pub mod client;
 pub mod decisions;
 pub mod git;
 pub mod http_server;
+pub mod loops;
 pub mod pipeline;
 pub mod policy;
 pub mod registry;

@@ -11,7 +11,8 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, LoopStates};
+use crate::app::App;
+use crate::loops::{ImageWatcher, Loops, ReplicaId};
 use crate::policy::cli::PolicyArgs;
 use crate::policy::{PolicyHandle, PolicyRuntime};
 use crate::registry::{Registry, RegistryConfig};
@@ -259,21 +260,23 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         Duration::from_secs(args.http.idle_timeout_seconds),
     );
     crate::api::set_body_idle_timeout(Duration::from_secs(args.http.idle_timeout_seconds));
+    let replica = ReplicaId::new();
+    tracing::info!(replica = %replica, "replica id");
+    let registry = Registry::new(args.registry.config()).context("set up registry access")?;
     let app = Arc::new(App {
         store: Arc::new(store),
         data_dir: args.data_dir.clone(),
         policy: PolicyHandle::new(runtime, initial, Some(policy_dir)).with_config(policy_config),
         key,
         admin_env_hash,
-        loops: LoopStates::default(),
+        loops: Loops {
+            git_poll: Default::default(),
+            image_watch: ImageWatcher::new(registry, args.registry.registry_addr.clone()),
+            node_watch: Default::default(),
+        },
+        replica,
         git_timeout,
-        git_poll_lock: Default::default(),
-        registry: Registry::new(args.registry.config()).context("set up registry access")?,
-        registry_addr: args.registry.registry_addr.clone(),
-        image_watch_off: Default::default(),
-        image_watch_lock: Default::default(),
         decisions: Default::default(),
-        poll_errors: Default::default(),
         settings_changed: tokio::sync::watch::channel(()).0,
         image_watch_min_seconds: test_only_image_watch_min()?,
         decision_log: Default::default(),
@@ -286,14 +289,9 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     let app = open(args, policy_args).await?;
     let cancel = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
-    loops.spawn(crate::agent::watch_nodes(app.clone(), cancel.clone()));
     loops.spawn(crate::decisions::run_writer(app.clone(), cancel.clone()));
     loops.spawn(crate::decisions::run_retention(app.clone(), cancel.clone()));
-    loops.spawn(crate::triggers::git_poll::run(app.clone(), cancel.clone()));
-    loops.spawn(crate::triggers::image_watch::run(
-        app.clone(),
-        cancel.clone(),
-    ));
+    Loops::spawn(&app, &mut loops, &cancel);
     loops.spawn(handle_signals(
         app.clone(),
         policy_args.policy.clone(),

@@ -105,6 +105,8 @@ async fn image_watch_tick_over_1000_projects() {
         let memo_before = app.policy.cache_stats().parse_compose;
         let cpu_before = cpu_ns();
         let before = app
+            .loops
+            .image_watch
             .registry
             .stats()
             .get(&reg.addr)
@@ -112,11 +114,11 @@ async fn image_watch_tick_over_1000_projects() {
             .unwrap_or_default();
         let (heads_before, gets_before) = reg.manifest_requests();
         let started = Instant::now();
-        let tick = autodeploy::triggers::image_watch::tick(&app).await.unwrap();
+        let tick = app.loops.image_watch.tick_now(&app).await.unwrap();
         let took = started.elapsed();
         let cpu_after = cpu_ns();
         let memo = app.policy.cache_stats().parse_compose;
-        let after = app.registry.stats()[&reg.addr].clone();
+        let after = app.loops.image_watch.registry.stats()[&reg.addr].clone();
         // The registry writes its access log asynchronously.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let (heads, gets) = reg.manifest_requests();

@@ -26,11 +26,12 @@ pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
         "policy_cache": app.policy.cache_stats(),
         "auto_deploy_master_enabled": settings.auto_deploy_master_enabled,
         "loops": app.loops.snapshot(),
-        "image_trigger": match app.image_watch_off.lock().expect("watch lock").clone() {
+        "replica": app.replica.as_str(),
+        "image_trigger": match app.loops.image_watch.off() {
             Some(reason) => json!({"enabled": false, "reason": reason}),
             None => json!({"enabled": true}),
         },
-        "registries": app.registry.stats(),
+        "registries": app.loops.image_watch.registry.stats(),
         "decision_log": app.decision_log.stats(),
         "shadow_policy": app.shadow.current().map(|s| s.report(true).counts),
         "image_watch_min_interval_seconds": app.image_watch_min_seconds,
@@ -383,16 +384,16 @@ pub async fn events(
 /// Runs one git poll tick now and answers with its summary.
 pub async fn tick_git_poll(
     State(app): State<Arc<App>>,
-) -> ApiResult<Json<crate::triggers::git_poll::TickSummary>> {
-    Ok(Json(crate::triggers::git_poll::tick(&app).await?))
+) -> ApiResult<Json<crate::loops::git_poll::TickSummary>> {
+    Ok(Json(app.loops.git_poll.tick_now(&app).await?))
 }
 
 /// Runs one image watch tick now; 409 while the image trigger is off.
 pub async fn tick_image_watch(
     State(app): State<Arc<App>>,
-) -> ApiResult<Json<crate::triggers::image_watch::ImageTick>> {
-    use crate::triggers::image_watch::{WatchError, tick};
-    match tick(&app).await {
+) -> ApiResult<Json<crate::loops::image_watch::ImageTick>> {
+    use crate::loops::image_watch::WatchError;
+    match app.loops.image_watch.tick_now(&app).await {
         Ok(t) => Ok(Json(t)),
         Err(WatchError::Off(reason)) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -10,6 +10,7 @@
 //! is full the decision is dropped and counted, never waited for: a trigger
 //! is worth more than its log line.
 
+pub mod pool;
 pub mod replay;
 pub mod shadow;
 

@@ -39,6 +39,10 @@ pub const SQLITE: &[Migration] = &[
         name: "0007_decision_log.sql",
         sql: include_str!("../../../migrations/sqlite/0007_decision_log.sql"),
     },
+    Migration {
+        name: "0008_replica_leases.sql",
+        sql: include_str!("../../../migrations/sqlite/0008_replica_leases.sql"),
+    },
 ];
 
 pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {

@@ -5,6 +5,7 @@
 //! and runtime queries; the schema lives in migrations/<backend>/.
 
 mod decisions;
+mod leases;
 mod migrate;
 mod settings;
 mod sql;
@@ -17,6 +18,7 @@ use serde::Serialize;
 pub use decisions::{
     DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
 };
+pub use leases::{Leader, LeaseClaim};
 pub use settings::{
     DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
     set_image_watch_min,
@@ -491,9 +493,25 @@ pub trait Store: Send + Sync {
     ) -> Result<ProjectRecord>;
     async fn project(&self, id: i64) -> Result<ProjectRecord>;
     async fn projects(&self) -> Result<Vec<ProjectRecord>>;
-    /// Every project, each row decoded on its own: a corrupt row is an
-    /// error for that project only.
-    async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
+    /// Up to `limit` projects with an id above `after`, in id order, each
+    /// row decoded on its own: a corrupt row is an error for that project
+    /// only.
+    async fn projects_checked(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
+    /// Claims the next batch of projects above `after` for a git poll
+    /// check under a lease (see [`LeaseClaim`]).
+    async fn claim_projects(
+        &self,
+        claim: &LeaseClaim,
+        after: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
+    /// Ends every lease `owner` holds.
+    async fn release_projects(&self, owner: &str) -> Result<()>;
+    /// The leadership of `role`, when no other replica holds it.
+    async fn lead(&self, role: &str) -> Result<Option<Leader>>;
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;
     async fn delete_project(&self, id: i64) -> Result<()>;
     /// `None` removes the credential.

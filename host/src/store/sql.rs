@@ -11,11 +11,12 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use super::decisions;
 use super::*;
 
-const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
+pub(super) const PROJECT_COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
      p.labels, p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
      p.ssh_known_hosts, p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
-const PROJECT_FROM: &str = "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
+pub(super) const PROJECT_FROM: &str =
+    "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
 const NODE_COLUMNS: &str = "id, name, labels, last_seen_at, created_at";
 const DEPLOYMENT_COLUMNS: &str = "id, project_id, source, sources, status, target_commit, target_digests, reason, error, \
      trigger_count, repeat_count, last_seen_at, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at";
@@ -87,6 +88,10 @@ impl SqlStore {
         Ok(SqlStore { pool, sqlite: true })
     }
 
+    pub(super) fn is_sqlite(&self) -> bool {
+        self.sqlite
+    }
+
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
     pub(super) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
@@ -142,7 +147,7 @@ fn string_map_json(m: &BTreeMap<String, String>) -> String {
 }
 
 /// Decodes a project row; any failure names the project.
-fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
+pub(super) fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
     let id: i64 = row.try_get("id")?;
     decode_project(id, row).map_err(|e| match e {
         StoreError::Corrupt(m) => StoreError::Corrupt(format!("project {id}: {m}")),
@@ -201,7 +206,7 @@ fn sources_json(list: &[DeploySource]) -> String {
 }
 
 /// What can still be read of a row `project_from` refused.
-fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
+pub(super) fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
     let text = |col: &str| row.try_get::<String, _>(col).ok();
     BrokenProject {
         id: row.try_get("id").unwrap_or(0),
@@ -381,15 +386,37 @@ impl Store for SqlStore {
         .collect()
     }
 
-    async fn projects_checked(&self) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
+    async fn projects_checked(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
         Ok(sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PROJECT_COLUMNS} {PROJECT_FROM} ORDER BY p.id"
+            "SELECT {PROJECT_COLUMNS} {PROJECT_FROM} WHERE p.id > $1 ORDER BY p.id LIMIT $2"
         )))
+        .bind(after)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(|row| project_from(row).map_err(|e| broken_project(row, e)))
         .collect())
+    }
+
+    async fn claim_projects(
+        &self,
+        claim: &LeaseClaim,
+        after: i64,
+    ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
+        self.claim_projects_impl(claim, after).await
+    }
+
+    async fn release_projects(&self, owner: &str) -> Result<()> {
+        self.release_projects_impl(owner).await
+    }
+
+    async fn lead(&self, role: &str) -> Result<Option<Leader>> {
+        self.lead_impl(role).await
     }
 
     async fn update_project(&self, id: i64, f: &ProjectFields) -> Result<ProjectRecord> {

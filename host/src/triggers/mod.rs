@@ -1,15 +1,12 @@
 //! The triggers that turn a moved source into a deployment: pushes to hosted
-//! repositories (and their reconciliation), polls of external ones. All end
-//! in `commit_moved`, which asks the policy and calls the one pipeline.
+//! repositories (and their reconciliation), polls of external ones (the
+//! loops in `crate::loops`). All end in `commit_moved`, which asks the
+//! policy and calls the one pipeline.
 //!
 //! The host gates nothing itself: each tick reads the facts once, asks the
-//! policy's `watch-plan` for every project, and looks up only what a plan
-//! names. The master switch and each project's toggle are facts the policy
+//! policy's `watch-plan` for every project it claimed, and looks up only
+//! what a plan names. The master switch and each project's toggle are facts the policy
 //! weighs like any other.
-
-pub mod git_poll;
-pub mod image_watch;
-pub mod schedule;
 
 use std::sync::Arc;
 
@@ -23,8 +20,7 @@ use crate::pipeline::{self, Trigger};
 use crate::policy::facts::{self, FactBase};
 use crate::policy::{Facts, WatchPlan};
 use crate::store::{
-    BrokenProject, CredentialKind, DeploySource, DeployStatus, Deployment, EventKind,
-    ProjectRecord, StoreError,
+    CredentialKind, DeploySource, DeployStatus, Deployment, EventKind, ProjectRecord, StoreError,
 };
 
 /// Decisions that lost a race with another trigger are made again on the
@@ -77,49 +73,12 @@ pub enum TriggerError {
     Git(#[from] GitError),
 }
 
-/// What a tick works from: the facts read once, every project, and apart
-/// the rows that do not decode (an error for their own project, never for
-/// the whole tick; the policy cannot judge a row that cannot be read, so
-/// each is reported, whatever its toggle).
-pub async fn tick_projects(
-    app: &App,
-) -> Result<(FactBase, Vec<ProjectRecord>, Vec<BrokenProject>), StoreError> {
-    let base = FactBase::read(app).await?;
-    let (mut good, mut bad) = (Vec::new(), Vec::new());
-    for row in app.store.projects_checked().await? {
-        match row {
-            Ok(p) => good.push(p),
-            Err(b) => {
-                tracing::warn!(project = b.id, error = %b.error, "a project row does not decode");
-                bad.push(b);
-            }
-        }
-    }
-    Ok((base, good, bad))
-}
-
-/// The policy's watch plan for each project, on the tick's facts, with the
-/// facts it was made on. A plan the policy failed to make is an error for
-/// that project.
-pub async fn watch_plans(
-    app: &App,
-    base: &FactBase,
-    projects: Vec<ProjectRecord>,
-) -> Vec<(ProjectRecord, Facts, Result<WatchPlan, String>)> {
-    let asked = projects.into_iter().map(|project| {
-        let facts = base.facts(&project);
-        async move {
-            let plan = watch_plan(app, &project, facts.clone())
-                .await
-                .map_err(|e| format!("the policy could not plan what to watch: {e}"));
-            (project, facts, plan)
-        }
-    });
-    futures::future::join_all(asked).await
-}
-
 /// The policy's watch plan for one project; `Err` says why there is none.
-async fn watch_plan(app: &App, project: &ProjectRecord, facts: Facts) -> Result<WatchPlan, String> {
+pub(crate) async fn watch_plan(
+    app: &App,
+    project: &ProjectRecord,
+    facts: Facts,
+) -> Result<WatchPlan, String> {
     let decided = app
         .decide_call(Call::WatchPlan {
             project: project.policy_view(),

@@ -8,26 +8,32 @@
 //! nothing deploys.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use autodeploy_policy_contract::{Answer, Call};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::schedule::Schedule;
+use super::{Loop, LoopStatus, Ticked};
 use crate::app::App;
 use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
+use crate::policy::facts::FactBase;
 use crate::policy::{Facts, Lookup};
-use crate::registry::ImageRef;
-use crate::store::{DeploySource, DeployStatus, EventKind, GitSource, ProjectRecord, StoreError};
+use crate::registry::{ImageRef, Registry};
+use crate::store::{
+    DeploySource, DeployStatus, EventKind, GitSource, Leader, ProjectRecord, Settings, StoreError,
+};
 
 pub const IMAGE_WATCH: &str = "image-watch";
 /// Lookups (and compose-file reads) in flight at once.
 const CONCURRENCY: usize = 8;
+/// Projects read from the store at once.
+const PAGE: i64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -81,43 +87,122 @@ pub enum Outcome {
     Error { error: String },
 }
 
-/// Probes `REGISTRY_ADDR` once, then ticks until cancelled. A failed probe
-/// leaves the image trigger off (and says why in the status API); nothing
-/// else is affected.
-pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    if let Some(addr) = app.registry_addr.clone() {
-        match app.registry.probe(&addr).await {
+/// The image watcher's own state: the registries it asks and whether it
+/// may, and, with replicas, whether this one leads.
+pub struct ImageWatcher {
+    pub registry: Registry,
+    /// `REGISTRY_ADDR`, probed at start.
+    registry_addr: Option<String>,
+    /// Why the image trigger is off, when the start-up probe failed.
+    off: Mutex<Option<String>>,
+    /// Keeps a "tick now" from running beside the loop's own tick.
+    lock: tokio::sync::Mutex<()>,
+    /// Held while this replica leads: only the leader's own ticks run, so
+    /// each distinct image is looked up once per tick across the cluster.
+    leader: tokio::sync::Mutex<Option<Leader>>,
+    status: LoopStatus,
+}
+
+impl ImageWatcher {
+    pub fn new(registry: Registry, registry_addr: Option<String>) -> ImageWatcher {
+        ImageWatcher {
+            registry,
+            registry_addr,
+            off: Mutex::new(None),
+            lock: Default::default(),
+            leader: Default::default(),
+            status: LoopStatus::default(),
+        }
+    }
+
+    /// Why the image trigger is off, if it is.
+    pub fn off(&self) -> Option<String> {
+        self.off.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether this replica leads now: the leadership it holds is checked,
+    /// or, without one, it tries to take it (followers try each tick, so a
+    /// dead leader's place is taken within one interval).
+    async fn leads(&self, app: &App) -> Result<bool, StoreError> {
+        let mut held = self.leader.lock().await;
+        if let Some(leader) = held.as_mut() {
+            if leader.still_leads().await {
+                return Ok(true);
+            }
+            tracing::warn!(replica = %app.replica, "image watch: leadership lost");
+            *held = None;
+        }
+        *held = app.store.lead(IMAGE_WATCH).await?;
+        if held.is_some() {
+            tracing::info!(replica = %app.replica, "image watch: this replica leads");
+        }
+        Ok(held.is_some())
+    }
+}
+
+#[async_trait]
+impl Loop for ImageWatcher {
+    type Error = WatchError;
+
+    fn name(&self) -> &'static str {
+        IMAGE_WATCH
+    }
+
+    fn status(&self) -> &LoopStatus {
+        &self.status
+    }
+
+    /// The first tick comes one interval after start (the git poller's at
+    /// once): lookups count against registries' pull limits, and a daemon
+    /// restarted often should not spend them on every start.
+    fn first_at_once(&self) -> bool {
+        false
+    }
+
+    fn interval(&self, app: &App, settings: &Settings) -> Duration {
+        Duration::from_secs(
+            settings
+                .auto_deploy_image_watch_interval_seconds
+                .max(app.image_watch_min_seconds),
+        )
+    }
+
+    /// Probes `REGISTRY_ADDR` once. A failed probe leaves the image trigger
+    /// off (and says why in the status API); nothing else is affected.
+    async fn start(&self, _app: &App) -> Result<(), WatchError> {
+        let Some(addr) = self.registry_addr.as_deref() else {
+            return Ok(());
+        };
+        match self.registry.probe(addr).await {
             Ok(status) => {
-                tracing::info!(registry = %addr, status, "registry reachable; image watcher on")
+                tracing::info!(registry = %addr, status, "registry reachable; image watcher on");
+                Ok(())
             }
             Err(e) => {
                 let reason = format!("registry {addr} is unreachable from the control plane: {e}");
                 tracing::warn!("image trigger disabled: {reason}");
-                *app.image_watch_off.lock().expect("watch lock") = Some(reason.clone());
-                app.loops.state(IMAGE_WATCH, "off", Some(reason));
-                return;
+                *self.off.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+                Err(WatchError::Off(reason))
             }
         }
     }
-    // The first tick comes one interval after start (the git poller's at
-    // once): lookups count against registries' pull limits, and a daemon
-    // restarted often should not spend them on every start.
-    let mut schedule = Schedule::new(&app, IMAGE_WATCH, false, |app, s| {
-        Duration::from_secs(
-            s.auto_deploy_image_watch_interval_seconds
-                .max(app.image_watch_min_seconds),
-        )
-    });
-    while schedule.next(&app, &cancel).await {
-        match tick(&app).await {
-            Ok(t) => app.loops.ticked(IMAGE_WATCH, Some(t.projects.len()), None),
-            Err(e) => {
-                tracing::warn!(error = %e, "image watch tick failed");
-                app.loops.ticked(IMAGE_WATCH, None, Some(e.to_string()));
-            }
+
+    /// A follower's tick looks at nothing.
+    async fn tick(
+        &self,
+        app: &Arc<App>,
+        _cancel: &CancellationToken,
+    ) -> Result<Ticked, WatchError> {
+        let leads = self.leads(app).await?;
+        self.status.set_leader(leads);
+        if !leads {
+            return Ok(Ticked { watched: Some(0) });
         }
+        let t = self.tick_now(app).await?;
+        Ok(Ticked {
+            watched: Some(t.projects.len()),
+        })
     }
-    app.loops.state(IMAGE_WATCH, "stopped", None);
 }
 
 /// What one project's compose file says, before any lookup.
@@ -129,60 +214,74 @@ struct Watched {
     skipped: Vec<String>,
 }
 
-pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
-    if let Some(reason) = app.image_watch_off.lock().expect("watch lock").clone() {
-        return Err(WatchError::Off(reason));
+impl ImageWatcher {
+    /// One tick now, whether this replica leads or not (`POST
+    /// /api/ticks/image-watch`, and the leader's own ticks).
+    pub async fn tick_now(&self, app: &Arc<App>) -> Result<ImageTick, WatchError> {
+        if let Some(reason) = self.off() {
+            return Err(WatchError::Off(reason));
+        }
+        let _one_at_a_time = self.lock.lock().await;
+        tick(app).await
     }
-    let _one_at_a_time = app.image_watch_lock.lock().await;
+}
+
+async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     let started = Instant::now();
-    let (base, projects, broken) = super::tick_projects(app).await?;
+    let base = FactBase::read(app).await?;
     let mut results = Vec::new();
-    let mut wanted = Vec::new();
     let mut not_watched = 0;
-    for (project, facts, plan) in super::watch_plans(app, &base, projects).await {
-        match plan {
-            Ok(plan) if plan.watch_images => wanted.push((project, facts)),
-            Ok(_) => not_watched += 1,
-            Err(error) => {
-                let _ = app
-                    .store
-                    .log_event(Some(project.id), EventKind::ImageWatchFailed, &error)
-                    .await;
-                results.push(result(&project, vec![], vec![], Outcome::Error { error }));
+    // 1. Every compose file the watch plans name, read and parsed by the
+    // policy; the projects are read a page at a time.
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut reads = tokio::task::JoinSet::new();
+    let mut after = 0;
+    loop {
+        let page = app.store.projects_checked(after, PAGE).await?;
+        let Some(last) = super::last_id(&page) else {
+            break;
+        };
+        after = last;
+        let (good, broken) = super::decodable(page);
+        for b in broken {
+            let error = super::unreadable(&b);
+            let _ = app
+                .store
+                .log_event(Some(b.id), EventKind::ImageWatchFailed, &error)
+                .await;
+            results.push(ProjectWatch {
+                project_id: b.id,
+                name: b.name,
+                images: vec![],
+                skipped: vec![],
+                image_errors: BTreeMap::new(),
+                outcome: Outcome::Error { error },
+            });
+        }
+        for (project, facts, plan) in super::watch_plans(app, &base, good).await {
+            match plan {
+                Ok(plan) if plan.watch_images => {
+                    let (app, permits) = (app.clone(), permits.clone());
+                    reads.spawn(async move {
+                        let listed = match permits.acquire_owned().await {
+                            Ok(_permit) => list_images(&app, &project).await,
+                            Err(_) => Err("the tick was stopped".to_string()),
+                        };
+                        (project, facts, listed)
+                    });
+                }
+                Ok(_) => not_watched += 1,
+                Err(error) => {
+                    let _ = app
+                        .store
+                        .log_event(Some(project.id), EventKind::ImageWatchFailed, &error)
+                        .await;
+                    results.push(result(&project, vec![], vec![], Outcome::Error { error }));
+                }
             }
         }
     }
-
-    // 1. Every compose file, read and parsed by the policy.
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut reads = tokio::task::JoinSet::new();
-    for (project, facts) in wanted {
-        let (app, permits) = (app.clone(), permits.clone());
-        reads.spawn(async move {
-            let listed = match permits.acquire_owned().await {
-                Ok(_permit) => list_images(&app, &project).await,
-                Err(_) => Err("the tick was stopped".to_string()),
-            };
-            (project, facts, listed)
-        });
-    }
     let mut watched = Vec::new();
-    // A row that does not decode is an error for its own project only.
-    for b in broken {
-        let error = format!("the project's stored row is unreadable: {}", b.error);
-        let _ = app
-            .store
-            .log_event(Some(b.id), EventKind::ImageWatchFailed, &error)
-            .await;
-        results.push(ProjectWatch {
-            project_id: b.id,
-            name: b.name,
-            images: vec![],
-            skipped: vec![],
-            image_errors: BTreeMap::new(),
-            outcome: Outcome::Error { error },
-        });
-    }
     while let Some(joined) = reads.join_next().await {
         let (project, facts, listed) = match joined {
             Ok(done) => done,
@@ -245,7 +344,7 @@ pub async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return Lookup::Failed("the tick was stopped".into());
             };
-            match app.registry.manifest_digest(&image).await {
+            match app.loops.image_watch.registry.manifest_digest(&image).await {
                 Ok(d) => Lookup::Digest(d),
                 Err(e) => {
                     tracing::warn!(image = %image, error = %e, "digest lookup failed; previous digests are kept");
@@ -356,7 +455,7 @@ async fn list_images(
         }
         GitSource::External => {
             // Over the network: a child process, killed at the cap.
-            let credential = super::credential(app, project.id)
+            let credential = crate::triggers::credential(app, project.id)
                 .await
                 .map_err(|e| e.to_string())?;
             let url = f.git_url.clone().unwrap_or_default();

@@ -1,8 +1,8 @@
-//! When a periodic trigger ticks: one interval after its previous tick
-//! began, the interval read again whenever the settings change. So a new
-//! interval applies from the next tick (not after a wait already begun with
-//! the old one). The master switch does not stop the loop: it is one of the
-//! facts each tick hands the policy, whose watch plan then says what (if
+//! When a loop ticks: one interval after its previous tick began, the
+//! interval read again whenever the settings change. So a new interval
+//! applies from the next tick (not after a wait already begun with the old
+//! one). The master switch does not stop the loop: it is one of the facts
+//! each tick hands the policy, whose watch plan then says what (if
 //! anything) to look at.
 
 use std::time::{Duration, Instant};
@@ -10,47 +10,41 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::Loop;
 use crate::app::App;
-use crate::store::Settings;
 
 /// How long to wait before reading settings again after the store failed.
 const RETRY: Duration = Duration::from_secs(5);
 
 pub struct Schedule {
-    name: &'static str,
     changes: watch::Receiver<()>,
     /// When the previous tick began; `None`: the first tick is due at once.
     last: Option<Instant>,
-    interval: fn(&App, &Settings) -> Duration,
 }
 
 impl Schedule {
     /// `first_at_once`: tick at once, rather than one interval after now.
-    pub fn new(
-        app: &App,
-        name: &'static str,
-        first_at_once: bool,
-        interval: fn(&App, &Settings) -> Duration,
-    ) -> Schedule {
+    pub fn new(app: &App, first_at_once: bool) -> Schedule {
         Schedule {
-            name,
             changes: app.settings_changed.subscribe(),
             last: (!first_at_once).then(Instant::now),
-            interval,
         }
     }
 
-    /// Waits until the next tick is due; `false` when cancelled first.
-    pub async fn next(&mut self, app: &App, cancel: &CancellationToken) -> bool {
+    /// Waits until the next tick of `l` is due; `false` when cancelled first.
+    pub async fn next<L: Loop>(&mut self, app: &App, l: &L, cancel: &CancellationToken) -> bool {
         loop {
+            if cancel.is_cancelled() {
+                return false;
+            }
             // Marked seen before the read: a change made after it wakes us.
             self.changes.borrow_and_update();
             let settings = match app.store.settings().await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(loop = self.name, error = %e, "cannot read the settings");
-                    app.loops
-                        .state(self.name, "running", Some(format!("reading settings: {e}")));
+                    tracing::warn!(loop = l.name(), error = %e, "cannot read the settings");
+                    l.status()
+                        .state("running", Some(format!("reading settings: {e}")));
                     tokio::select! {
                         _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep(RETRY) => continue,
@@ -58,15 +52,12 @@ impl Schedule {
                 }
             };
             let now = Instant::now();
-            let due = self
-                .last
-                .map_or(now, |t| t + (self.interval)(app, &settings));
+            let due = self.last.map_or(now, |t| t + l.interval(app, &settings));
             if due <= now {
                 self.last = Some(now);
                 return true;
             }
-            app.loops.waiting(
-                self.name,
+            l.status().waiting(
                 crate::store::now()
                     + due.saturating_duration_since(now).as_secs_f64().ceil() as i64,
             );
