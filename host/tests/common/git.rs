@@ -245,7 +245,14 @@ pub fn epoch_ms() -> u64 {
 /// = `content`, written in-process (hundreds of repositories in seconds);
 /// returns the commit's SHA.
 pub fn bare_with_file(path: &Path, content: &str) -> String {
-    let repo = git2::Repository::init_bare(path).unwrap();
+    // No template: git's sample hooks would be most of the files written.
+    let repo = git2::Repository::init_opts(
+        path,
+        git2::RepositoryInitOptions::new()
+            .bare(true)
+            .external_template(false),
+    )
+    .unwrap();
     repo.set_head("refs/heads/main").unwrap();
     commit_file(&repo, content)
 }
