@@ -77,6 +77,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve(args) => {
+            serve::limit_malloc_arenas();
             init_logging_with("info");
             block_on(serve::run(args, &cli.policy))
         }

@@ -333,6 +333,32 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     Ok(())
 }
 
+/// Caps glibc's malloc at two arenas, unless `MALLOC_ARENA_MAX` says
+/// otherwise. Each thread that allocates may otherwise get an arena of its
+/// own, and a poll tick's lookups run on a dozen blocking threads: their
+/// arenas keep what the tick freed, tens of MiB at 10,000 projects. Call it
+/// before any thread starts.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: sets one allocator tunable; no other thread runs yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+/// Hands the memory a tick freed back to the system: glibc keeps freed
+/// blocks in its heaps for reuse, so a daemon idle between ticks would hold
+/// its largest tick's memory.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: no arguments to get wrong; glibc locks its own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The test-only variable that lowers the image watch interval's minimum.
 pub const TEST_ONLY_IMAGE_WATCH_MIN: &str = "AUTODEPLOY_TEST_ONLY_MIN_IMAGE_WATCH_INTERVAL_SECONDS";
 

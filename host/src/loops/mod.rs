@@ -85,6 +85,7 @@ pub async fn run<L: Loop>(app: Arc<App>, pick: fn(&App) -> &L, cancel: Cancellat
                 l.status().ticked(None, Some(e.to_string()));
             }
         }
+        crate::serve::release_freed_memory();
     }
     l.status().state("stopped", None);
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::sql::SqlStore;
+use super::db::SqlStore;
 use super::{Result, StoreError};
 
 /// The policy function a decision called; the WIT function's name in JSON.

@@ -7,7 +7,8 @@
 
 use sqlx::{AnyConnection, AssertSqlSafe, Connection, Row};
 
-use super::sql::{PROJECT_COLUMNS, PROJECT_FROM, SqlStore, broken_project, project_from};
+use super::db::SqlStore;
+use super::projects::{COLUMNS, FROM, broken_project, project_from};
 use super::{BrokenProject, ProjectRecord, Result};
 
 /// A claim of projects for one git poll batch.
@@ -61,98 +62,96 @@ fn lock_key(role: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
-impl SqlStore {
-    /// Claims up to `c.limit` projects with an id above `after`, in id
-    /// order, that no other replica holds a live lease on (and, for a due
-    /// claim, not checked within the interval); each row decoded on its own.
-    pub(super) async fn claim_projects_impl(
-        &self,
-        c: &LeaseClaim,
-        after: i64,
-    ) -> Result<Vec<std::result::Result<ProjectRecord, BrokenProject>>> {
-        let now = super::now();
-        // A due claim stamps the check; an asked-for one leaves the
-        // schedule as it was.
-        let (stamp, due) = match c.due_before {
-            Some(_) => (
-                "checked_at = $6,",
-                "AND (checked_at IS NULL OR checked_at <= $7)",
-            ),
-            None => ("", ""),
-        };
-        // Rows another replica is claiming right now are skipped, not
-        // waited for; SQLite's write transaction already serializes claims.
-        let lock = if self.is_sqlite() {
-            ""
-        } else {
-            "FOR UPDATE SKIP LOCKED"
-        };
-        let mut tx = self.begin_write().await?;
-        let mut claim = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE projects SET {stamp} lease_owner = $1, lease_until = $2 WHERE id IN (\
-             SELECT id FROM projects WHERE id > $3 \
-             AND (lease_until IS NULL OR lease_until <= $4 OR lease_owner = $1) {due} \
-             ORDER BY id LIMIT $5 {lock}) RETURNING id"
-        )))
-        .bind(&c.owner)
-        .bind(c.lease_until)
-        .bind(after)
-        .bind(now)
-        .bind(c.limit);
-        if let Some(due_before) = c.due_before {
-            claim = claim.bind(c.checked_at).bind(due_before);
-        }
-        let claimed = claim.fetch_all(&mut *tx).await?;
-        let mut ids = claimed
-            .iter()
-            .map(|r| r.try_get::<i64, _>("id"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if ids.is_empty() {
-            tx.commit().await?;
-            return Ok(vec![]);
-        }
-        ids.sort_unstable();
-        // Integers only: nothing a user wrote reaches the statement.
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PROJECT_COLUMNS} {PROJECT_FROM} WHERE p.id IN ({list}) ORDER BY p.id"
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
+/// Claims up to `c.limit` projects with an id above `after`, in id
+/// order, that no other replica holds a live lease on (and, for a due
+/// claim, not checked within the interval); each row decoded on its own.
+pub(super) async fn claim(
+    db: &SqlStore,
+    c: &LeaseClaim,
+    after: i64,
+) -> Result<Vec<std::result::Result<ProjectRecord, BrokenProject>>> {
+    let now = super::now();
+    // A due claim stamps the check; an asked-for one leaves the
+    // schedule as it was.
+    let (stamp, due) = match c.due_before {
+        Some(_) => (
+            "checked_at = $6,",
+            "AND (checked_at IS NULL OR checked_at <= $7)",
+        ),
+        None => ("", ""),
+    };
+    // Rows another replica is claiming right now are skipped, not
+    // waited for; SQLite's write transaction already serializes claims.
+    let lock = if db.is_sqlite() {
+        ""
+    } else {
+        "FOR UPDATE SKIP LOCKED"
+    };
+    let mut tx = db.begin_write().await?;
+    let mut claim = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE projects SET {stamp} lease_owner = $1, lease_until = $2 WHERE id IN (\
+         SELECT id FROM projects WHERE id > $3 \
+         AND (lease_until IS NULL OR lease_until <= $4 OR lease_owner = $1) {due} \
+         ORDER BY id LIMIT $5 {lock}) RETURNING id"
+    )))
+    .bind(&c.owner)
+    .bind(c.lease_until)
+    .bind(after)
+    .bind(now)
+    .bind(c.limit);
+    if let Some(due_before) = c.due_before {
+        claim = claim.bind(c.checked_at).bind(due_before);
+    }
+    let claimed = claim.fetch_all(&mut *tx).await?;
+    let mut ids = claimed
+        .iter()
+        .map(|r| r.try_get::<i64, _>("id"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|row| project_from(row).map_err(|e| broken_project(row, e)))
-            .collect())
+        return Ok(vec![]);
     }
+    ids.sort_unstable();
+    // Integers only: nothing a user wrote reaches the statement.
+    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} {FROM} WHERE p.id IN ({list}) ORDER BY p.id"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .iter()
+        .map(|row| project_from(row).map_err(|e| broken_project(row, e)))
+        .collect())
+}
 
-    /// Ends every lease `owner` holds.
-    pub(super) async fn release_projects_impl(&self, owner: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE projects SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
-        )
-        .bind(owner)
-        .execute(&self.pool)
+/// Ends every lease `owner` holds.
+pub(super) async fn release(db: &SqlStore, owner: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE projects SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+    )
+    .bind(owner)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Takes the leadership of `role` if no other replica holds it.
+pub(super) async fn lead(db: &SqlStore, role: &str) -> Result<Option<Leader>> {
+    if db.is_sqlite() {
+        return Ok(Some(Leader { conn: None }));
+    }
+    // A connection of its own, out of the pool: the lock lives as long
+    // as the session, and a pooled connection would be handed to others.
+    let mut conn = db.pool.acquire().await?.detach();
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(lock_key(role))
+        .fetch_one(&mut conn)
         .await?;
-        Ok(())
+    if !got {
+        let _ = conn.close().await;
+        return Ok(None);
     }
-
-    /// Takes the leadership of `role` if no other replica holds it.
-    pub(super) async fn lead_impl(&self, role: &str) -> Result<Option<Leader>> {
-        if self.is_sqlite() {
-            return Ok(Some(Leader { conn: None }));
-        }
-        // A connection of its own, out of the pool: the lock lives as long
-        // as the session, and a pooled connection would be handed to others.
-        let mut conn = self.pool.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key(role))
-            .fetch_one(&mut conn)
-            .await?;
-        if !got {
-            let _ = conn.close().await;
-            return Ok(None);
-        }
-        Ok(Some(Leader { conn: Some(conn) }))
-    }
+    Ok(Some(Leader { conn: Some(conn) }))
 }

@@ -2,11 +2,18 @@
 //! nodes and the event log, behind the `Store` trait.
 //!
 //! `SqlStore` implements it once for every backend with sqlx's `Any` driver
-//! and runtime queries; the schema lives in migrations/<backend>/.
+//! and runtime queries, one module per aggregate; the schema lives in
+//! migrations/<backend>/.
 
+mod claims;
+mod db;
 mod decisions;
+mod deployments;
+mod events;
 mod leases;
 mod migrate;
+mod nodes;
+mod projects;
 mod settings;
 mod sql;
 
@@ -15,6 +22,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use db::SqlStore;
+pub(crate) use db::enum_str;
 pub use decisions::{
     DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
 };
@@ -23,8 +32,6 @@ pub use settings::{
     DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
     set_image_watch_min,
 };
-pub use sql::SqlStore;
-pub(crate) use sql::enum_str;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

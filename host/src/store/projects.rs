@@ -1,0 +1,323 @@
+//! Projects: their user-set fields, credentials, push token, SSH host keys,
+//! node selector and tracked image digests.
+
+use std::collections::BTreeMap;
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::db::{
+    SqlStore, digests_from, enum_from, enum_str, found, string_map, string_map_json, unique,
+};
+use super::{
+    BrokenProject, CredentialInfo, EventKind, ProjectFields, ProjectRecord, Result,
+    SealedCredential, StoreError, events, now,
+};
+
+pub(super) const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
+     p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
+     p.labels, p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
+     p.ssh_known_hosts, p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
+pub(super) const FROM: &str =
+    "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
+
+/// Decodes a project row; any failure names the project.
+pub(super) fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
+    let id: i64 = row.try_get("id")?;
+    decode_project(id, row).map_err(|e| match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("project {id}: {m}")),
+        StoreError::Db(e) => StoreError::Corrupt(format!("project {id}: {e}")),
+        other => other,
+    })
+}
+
+fn decode_project(id: i64, row: &AnyRow) -> Result<ProjectRecord> {
+    let kind: Option<String> = row.try_get("credential_kind")?;
+    Ok(ProjectRecord {
+        id,
+        fields: ProjectFields {
+            name: row.try_get("name")?,
+            project_type: enum_from("project_type", &row.try_get::<String, _>("project_type")?)?,
+            git_source: enum_from("git_source", &row.try_get::<String, _>("git_source")?)?,
+            git_url: row.try_get("git_url")?,
+            git_branch: row.try_get("git_branch")?,
+            compose_file_path: row.try_get("compose_file_path")?,
+            expose_service: row.try_get("expose_service")?,
+            expose_port: row.try_get("expose_port")?,
+            auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
+            image_ref: row.try_get("image_ref")?,
+            container_port: row.try_get("container_port")?,
+            labels: string_map("labels", &row.try_get::<String, _>("labels")?)?,
+        },
+        last_tracked_commit_sha: row.try_get("last_tracked_commit_sha")?,
+        last_tracked_image_digests: digests_from(
+            &row.try_get::<String, _>("last_tracked_image_digests")?,
+        )?,
+        pinned_node_id: row.try_get("pinned_node_id")?,
+        node_selector: string_map("node selector", &row.try_get::<String, _>("node_selector")?)?,
+        credentials: match kind {
+            Some(k) => Some(CredentialInfo {
+                kind: enum_from("credential kind", &k)?,
+                username: row.try_get("credential_username")?,
+            }),
+            None => None,
+        },
+        ssh_known_hosts: row.try_get("ssh_known_hosts")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// What can still be read of a row `project_from` refused.
+pub(super) fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
+    let text = |col: &str| row.try_get::<String, _>(col).ok();
+    BrokenProject {
+        id: row.try_get("id").unwrap_or(0),
+        name: text("name").unwrap_or_default(),
+        project_type: text("project_type").and_then(|s| enum_from("project_type", &s).ok()),
+        git_source: text("git_source").and_then(|s| enum_from("git_source", &s).ok()),
+        auto_deploy_enabled: row
+            .try_get::<i64, _>("auto_deploy_enabled")
+            .ok()
+            .map(|v| v != 0),
+        error: error.to_string(),
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds a project's user-set fields as `$1`..`$12`, in column order.
+fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
+    q.bind(&f.name)
+        .bind(enum_str(&f.project_type))
+        .bind(enum_str(&f.git_source))
+        .bind(&f.git_url)
+        .bind(&f.git_branch)
+        .bind(&f.compose_file_path)
+        .bind(&f.expose_service)
+        .bind(f.expose_port)
+        .bind(f.auto_deploy_enabled as i64)
+        .bind(&f.image_ref)
+        .bind(f.container_port)
+        .bind(string_map_json(&f.labels))
+}
+
+async fn insert_credential(
+    conn: &mut sqlx::AnyConnection,
+    project_id: i64,
+    c: &SealedCredential,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO project_credentials (project_id, kind, username, sealed) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(project_id)
+    .bind(enum_str(&c.kind))
+    .bind(&c.username)
+    .bind(&c.sealed)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn create(
+    db: &SqlStore,
+    f: &ProjectFields,
+    push_token_hash: Option<&str>,
+    credential: Option<&SealedCredential>,
+) -> Result<ProjectRecord> {
+    let mut tx = db.begin_write().await?;
+    let t = now();
+    let query = sqlx::query(
+        "INSERT INTO projects (name, project_type, git_source, git_url, git_branch, compose_file_path, \
+         expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, labels, push_token_hash, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+    );
+    let row = bind_fields(query, f)
+        .bind(push_token_hash)
+        .bind(t)
+        .bind(t)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unique(&format!("a project named {:?}", f.name)))?;
+    let id: i64 = row.try_get("id")?;
+    if let Some(c) = credential {
+        insert_credential(&mut tx, id, c).await?;
+    }
+    events::insert(
+        &mut *tx,
+        Some(id),
+        EventKind::ProjectCreated,
+        &format!("project {:?} created", f.name),
+    )
+    .await?;
+    tx.commit().await?;
+    get(db, id).await
+}
+
+pub(super) async fn get(db: &SqlStore, id: i64) -> Result<ProjectRecord> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} {FROM} WHERE p.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("project {id}")))?;
+    project_from(&row)
+}
+
+async fn all_rows(db: &SqlStore) -> Result<Vec<AnyRow>> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} {FROM} ORDER BY p.id"
+    )))
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+pub(super) async fn list(db: &SqlStore) -> Result<Vec<ProjectRecord>> {
+    all_rows(db).await?.iter().map(project_from).collect()
+}
+
+/// Up to `limit` projects with an id above `after`, each row decoded on its
+/// own.
+pub(super) async fn list_checked(
+    db: &SqlStore,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Result<ProjectRecord, BrokenProject>>> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} {FROM} WHERE p.id > $1 ORDER BY p.id LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(|row| project_from(row).map_err(|e| broken_project(row, e)))
+    .collect())
+}
+
+pub(super) async fn update(db: &SqlStore, id: i64, f: &ProjectFields) -> Result<ProjectRecord> {
+    let query = sqlx::query(
+        "UPDATE projects SET name = $1, project_type = $2, git_source = $3, git_url = $4, git_branch = $5, \
+         compose_file_path = $6, expose_service = $7, expose_port = $8, auto_deploy_enabled = $9, \
+         image_ref = $10, container_port = $11, labels = $12, updated_at = $13 WHERE id = $14",
+    );
+    let done = bind_fields(query, f)
+        .bind(now())
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .map_err(unique(&format!("a project named {:?}", f.name)))?;
+    found(done, format!("project {id}"))?;
+    get(db, id).await
+}
+
+pub(super) async fn delete(db: &SqlStore, id: i64) -> Result<()> {
+    let done = sqlx::query("DELETE FROM projects WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    found(done, format!("project {id}"))?;
+    events::insert(
+        &db.pool,
+        Some(id),
+        EventKind::ProjectDeleted,
+        &format!("project {id} deleted"),
+    )
+    .await
+}
+
+pub(super) async fn set_credential(
+    db: &SqlStore,
+    project_id: i64,
+    c: Option<&SealedCredential>,
+) -> Result<()> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("DELETE FROM project_credentials WHERE project_id = $1")
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(c) = c {
+        insert_credential(&mut tx, project_id, c).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn credential(db: &SqlStore, project_id: i64) -> Result<Option<SealedCredential>> {
+    let row =
+        sqlx::query("SELECT kind, username, sealed FROM project_credentials WHERE project_id = $1")
+            .bind(project_id)
+            .fetch_optional(&db.pool)
+            .await?;
+    row.map(|r| {
+        Ok(SealedCredential {
+            kind: enum_from("credential kind", &r.try_get::<String, _>("kind")?)?,
+            username: r.try_get("username")?,
+            sealed: r.try_get("sealed")?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn set_ssh_known_hosts(
+    db: &SqlStore,
+    project_id: i64,
+    lines: Option<&str>,
+) -> Result<()> {
+    let done = sqlx::query("UPDATE projects SET ssh_known_hosts = $1 WHERE id = $2")
+        .bind(lines)
+        .bind(project_id)
+        .execute(&db.pool)
+        .await?;
+    found(done, format!("project {project_id}"))
+}
+
+pub(super) async fn set_push_token_hash(db: &SqlStore, project_id: i64, hash: &str) -> Result<()> {
+    let done = sqlx::query("UPDATE projects SET push_token_hash = $1 WHERE id = $2")
+        .bind(hash)
+        .bind(project_id)
+        .execute(&db.pool)
+        .await?;
+    found(done, format!("project {project_id}"))
+}
+
+pub(super) async fn has_push_token_hash(
+    db: &SqlStore,
+    project_id: i64,
+    hash: &str,
+) -> Result<bool> {
+    let row = sqlx::query("SELECT id FROM projects WHERE id = $1 AND push_token_hash = $2")
+        .bind(project_id)
+        .bind(hash)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+pub(super) async fn set_node_selector(
+    db: &SqlStore,
+    project_id: i64,
+    selector: &BTreeMap<String, String>,
+) -> Result<()> {
+    let done = sqlx::query("UPDATE projects SET node_selector = $1, updated_at = $2 WHERE id = $3")
+        .bind(string_map_json(selector))
+        .bind(now())
+        .bind(project_id)
+        .execute(&db.pool)
+        .await?;
+    found(done, format!("project {project_id}"))
+}
+
+pub(super) async fn set_image_digests(
+    db: &SqlStore,
+    project_id: i64,
+    digests: &BTreeMap<String, String>,
+) -> Result<()> {
+    sqlx::query("UPDATE projects SET last_tracked_image_digests = $1 WHERE id = $2")
+        .bind(string_map_json(digests))
+        .bind(project_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
