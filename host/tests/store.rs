@@ -1,7 +1,9 @@
-//! The store on a real SQLite file: a trigger's deployment and the project's
-//! tracked state are written together, a queued deployment moves to the
-//! newest target, a failure before the node leaves the tracked state alone
-//! and folds into one row, and history keeps every source.
+//! The store on a real SQLite file, or a real PostgreSQL database with
+//! `AUTODEPLOY_TEST_DATABASE=postgres`: a trigger's deployment and the
+//! project's tracked state are written together, a queued deployment moves to
+//! the newest target, a failure before the node leaves the tracked state
+//! alone and folds into one row, history keeps every source, and every
+//! column type reads back the same on both backends.
 
 mod common;
 
@@ -56,10 +58,13 @@ fn failing(project_id: i64, sha: &str, error: &str) -> TriggerWrite {
     }
 }
 
+async fn connect(name: &str) -> Arc<SqlStore> {
+    let url = common::db::database_url(name);
+    Arc::new(SqlStore::connect(&url).await.unwrap())
+}
+
 async fn open(name: &str) -> (Arc<SqlStore>, i64) {
-    let dir = common::daemon::temp_dir(name);
-    let url = format!("sqlite://{}", dir.join("t.db").display());
-    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let store = connect(name).await;
     let p = store
         .create_project(&fields("web"), None, None)
         .await
@@ -69,9 +74,7 @@ async fn open(name: &str) -> (Arc<SqlStore>, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tracked_state_and_deployments_move_together() {
-    let dir = common::daemon::temp_dir("store");
-    let url = format!("sqlite://{}", dir.join("t.db").display());
-    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let store = connect("store").await;
     let p = store
         .create_project(&fields("web"), None, None)
         .await
@@ -417,4 +420,111 @@ async fn a_trigger_writes_the_decisions_that_made_it_in_its_transaction() {
             .decision_ids
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn times_booleans_json_and_ids_read_back_as_written() {
+    let store = connect("store-types").await;
+    let mut f = fields("types");
+    f.auto_deploy_enabled = false;
+    f.labels = BTreeMap::from([("team".into(), "ünïcode \"quoted\"".into())]);
+    let a = store.create_project(&f, None, None).await.unwrap();
+    f.name = "types-2".into();
+    f.auto_deploy_enabled = true;
+    let b = store.create_project(&f, None, None).await.unwrap();
+    assert!(b.id > a.id, "ids grow: {} then {}", a.id, b.id);
+    let (a, b) = (
+        store.project(a.id).await.unwrap(),
+        store.project(b.id).await.unwrap(),
+    );
+    assert!(!a.fields.auto_deploy_enabled);
+    assert!(b.fields.auto_deploy_enabled);
+    assert_eq!(a.fields.labels, f.labels);
+    assert_eq!(a.fields.project_type, ProjectType::Compose);
+    assert_eq!(a.fields.git_source, GitSource::Hosted);
+    assert!(a.created_at > 1_600_000_000, "{}", a.created_at);
+
+    let digests = BTreeMap::from([(
+        "reg/app:1".to_string(),
+        format!("sha256:{}", "a".repeat(64)),
+    )]);
+    store.set_image_digests(a.id, &digests).await.unwrap();
+    assert_eq!(
+        store
+            .project(a.id)
+            .await
+            .unwrap()
+            .last_tracked_image_digests,
+        digests
+    );
+    let mut image = push(a.id, &"3".repeat(40));
+    image.source = DeploySource::AutoImage;
+    image.target_digests = Some(digests.clone());
+    let d = store.record_trigger(&image).await.unwrap();
+    assert_eq!(d.target_digests, Some(digests));
+    assert_eq!(d.status, DeployStatus::Queued);
+    assert_eq!(d.finished_at, None);
+
+    // Past 2^31 seconds: a time column holds 64 bits on both backends.
+    let node = store
+        .add_node(
+            "n-types",
+            "hash-types",
+            &BTreeMap::from([("zone".into(), "a".into())]),
+        )
+        .await
+        .unwrap();
+    let late = 4_102_444_800;
+    store.heartbeat(node.id, late).await.unwrap();
+    let node = store.node(node.id).await.unwrap();
+    assert_eq!(node.last_seen_at, Some(late));
+    assert_eq!(node.labels["zone"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_hand_a_deployment_to_one_node() {
+    let (store, id) = open("store-claims").await;
+    store
+        .record_trigger(&push(id, &"4".repeat(40)))
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..8 {
+        let n = store
+            .add_node(&format!("n{i}"), &format!("h{i}"), &Default::default())
+            .await
+            .unwrap();
+        nodes.push(n.id);
+    }
+    let claims = futures::future::join_all(nodes.iter().map(|&n| {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim(n).await })
+    }))
+    .await;
+    let won: Vec<_> = claims
+        .into_iter()
+        .filter_map(|c| c.unwrap().unwrap())
+        .collect();
+    assert_eq!(won.len(), 1, "one node runs the deployment");
+    let project = store.project(id).await.unwrap();
+    assert_eq!(
+        project.pinned_node_id, won[0].deployment.node_id,
+        "the compose project is pinned to the node that won"
+    );
+}
+
+#[tokio::test]
+async fn a_database_url_password_never_shows_in_errors() {
+    let e = SqlStore::connect("postgres://deploy:s3cret-pw@127.0.0.1:1/autodeploy")
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    let e = SqlStore::connect("mysql://deploy:s3cret-pw@127.0.0.1/autodeploy")
+        .await
+        .err()
+        .expect("not a supported database");
+    assert!(!format!("{e} {e:?}").contains("s3cret-pw"), "{e}");
 }

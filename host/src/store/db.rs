@@ -11,68 +11,84 @@ use sqlx::any::AnyPoolOptions;
 
 use super::{Result, StoreError};
 
+/// Which database server a URL names; each has its migrations folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(url: &str) -> Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+}
+
 pub struct SqlStore {
     pub(super) pool: AnyPool,
-    sqlite: bool,
+    backend: Backend,
 }
 
 impl SqlStore {
     /// Connects and brings the schema up to date. `url` is `sqlite://PATH`
-    /// (the file is created when missing).
+    /// (the file is created when missing) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (the database must exist).
     pub async fn connect(url: &str) -> Result<SqlStore> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        if !sqlite {
-            return Err(StoreError::UnsupportedUrl(redact_url(url)));
-        }
-        let url = if url.contains('?') {
-            url.to_string()
-        } else {
-            format!("{url}?mode=rwc")
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    // WAL lets readers run beside the writer; foreign keys
-                    // make deletes cascade.
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        super::migrate::run(&pool, super::migrate::SQLITE).await?;
-        Ok(SqlStore { pool, sqlite })
+        let store = Self::open(url, "rwc", 8).await?;
+        super::migrate::run(&store.pool, store.backend).await?;
+        Ok(store)
     }
 
     /// Opens an existing database as it is: nothing is created and no
     /// migration runs (a replay reads a daemon's database, perhaps while
     /// that daemon runs, and must not change its schema under it).
     pub async fn connect_existing(url: &str) -> Result<SqlStore> {
+        Self::open(url, "rw", 2).await
+    }
+
+    /// `sqlite_mode` says whether a missing SQLite file is created.
+    async fn open(url: &str, sqlite_mode: &str, connections: u32) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::UnsupportedUrl(redact_url(url)));
-        }
-        let url = if url.contains('?') {
-            url.to_string()
-        } else {
-            format!("{url}?mode=rw")
+        let backend = Backend::of(url)?;
+        let options = AnyPoolOptions::new().max_connections(connections);
+        let pool = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode={sqlite_mode}")
+                };
+                options
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            // WAL lets readers run beside the writer; foreign
+                            // keys make deletes cascade.
+                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            // The driver's errors may quote what it was given: none of it
+            // reaches an error message unredacted.
+            Backend::Postgres => options
+                .connect(url)
+                .await
+                .map_err(|e| StoreError::Connect {
+                    url: redact_url(url),
+                    reason: redact(&e.to_string(), url),
+                })?,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute("PRAGMA busy_timeout = 10000;").await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        Ok(SqlStore { pool, sqlite: true })
+        Ok(SqlStore { pool, backend })
     }
 
     pub(super) fn is_sqlite(&self) -> bool {
@@ -81,13 +97,37 @@ impl SqlStore {
 
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
+    /// PostgreSQL keeps its default isolation; the queries that read a row
+    /// and then change it lock it ([`SqlStore::for_update`]).
     pub(super) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(if self.sqlite {
-            self.pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            self.pool.begin().await?
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
         })
     }
+
+    /// `clause` (a row lock such as `FOR UPDATE`) on PostgreSQL; nothing on
+    /// SQLite, whose write transaction holds the whole database already.
+    pub(super) fn lock(&self, clause: &'static str) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => clause,
+        }
+    }
+}
+
+/// `text` with the URL's password, if any, starred out.
+fn redact(text: &str, url: &str) -> String {
+    match password(url) {
+        Some(p) if !p.is_empty() => text.replace(p, "***"),
+        _ => text.to_string(),
+    }
+}
+
+fn password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let userinfo = &rest[..rest.rfind('@')?];
+    Some(&userinfo[userinfo.find(':')? + 1..])
 }
 
 /// A database URL without its password, for error messages.
@@ -100,11 +140,8 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-pub(super) fn enum_from<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| StoreError::Corrupt(format!("{what} {s:?}")))
-}
-
+/// A unit enum's serde name (the policy's enums, which the store does not
+/// keep).
 pub(crate) fn enum_str<T: serde::Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,

@@ -2,11 +2,12 @@
 //! project's tracked state in the same transaction), and reading them back.
 
 use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, FromRow, Row};
 
-use super::db::{SqlStore, digests_from, enum_from, enum_str, string_map_json};
+use super::db::{SqlStore, digests_from, string_map_json};
 use super::{
-    DeploySource, Deployment, EventKind, Result, StoreError, TriggerWrite, decisions, events, now,
+    DeploySource, DeployStatus, Deployment, EventKind, Result, StoreError, TriggerWrite, decisions,
+    events, now,
 };
 
 pub(super) const COLUMNS: &str = "id, project_id, source, sources, status, target_commit, target_digests, reason, error, \
@@ -36,30 +37,54 @@ fn with_source(list: &[DeploySource], source: DeploySource) -> Vec<DeploySource>
     list
 }
 
+/// A deployment row as stored: the JSON columns still text.
+#[derive(sqlx::FromRow)]
+struct DeploymentRow {
+    id: i64,
+    project_id: i64,
+    source: DeploySource,
+    sources: String,
+    status: DeployStatus,
+    target_commit: Option<String>,
+    target_digests: Option<String>,
+    reason: String,
+    error: Option<String>,
+    trigger_count: i64,
+    repeat_count: i64,
+    last_seen_at: i64,
+    policy_name: String,
+    policy_version: String,
+    policy_sha256: String,
+    node_id: Option<i64>,
+    log_tail: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
 fn deployment_from(row: &AnyRow) -> Result<Deployment> {
-    let digests: Option<String> = row.try_get("target_digests")?;
-    let source = enum_from("source", &row.try_get::<String, _>("source")?)?;
+    let r = DeploymentRow::from_row(row)?;
     Ok(Deployment {
-        id: row.try_get("id")?,
-        project_id: row.try_get("project_id")?,
-        source,
-        sources: sources_from(&row.try_get::<String, _>("sources")?, source)?,
-        status: enum_from("status", &row.try_get::<String, _>("status")?)?,
-        target_commit: row.try_get("target_commit")?,
-        target_digests: digests.as_deref().map(digests_from).transpose()?,
-        reason: row.try_get("reason")?,
-        error: row.try_get("error")?,
-        trigger_count: row.try_get("trigger_count")?,
-        repeat_count: row.try_get("repeat_count")?,
-        last_seen_at: row.try_get("last_seen_at")?,
-        policy_name: row.try_get("policy_name")?,
-        policy_version: row.try_get("policy_version")?,
-        policy_sha256: row.try_get("policy_sha256")?,
-        node_id: row.try_get("node_id")?,
-        log_tail: row.try_get("log_tail")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        finished_at: row.try_get("finished_at")?,
+        id: r.id,
+        project_id: r.project_id,
+        source: r.source,
+        sources: sources_from(&r.sources, r.source)?,
+        status: r.status,
+        target_commit: r.target_commit,
+        target_digests: r.target_digests.as_deref().map(digests_from).transpose()?,
+        reason: r.reason,
+        error: r.error,
+        trigger_count: r.trigger_count,
+        repeat_count: r.repeat_count,
+        last_seen_at: r.last_seen_at,
+        policy_name: r.policy_name,
+        policy_version: r.policy_version,
+        policy_sha256: r.policy_sha256,
+        node_id: r.node_id,
+        log_tail: r.log_tail,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        finished_at: r.finished_at,
         decision_ids: Vec::new(),
     })
 }
@@ -144,7 +169,11 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
     let mut tx = db.begin_write().await?;
     let t = now();
     let tracked = sqlx::query(
-        "SELECT last_tracked_commit_sha, last_tracked_image_digests FROM projects WHERE id = $1",
+        // Concurrent triggers for one project take turns from here on.
+        AssertSqlSafe(format!(
+            "SELECT last_tracked_commit_sha, last_tracked_image_digests FROM projects WHERE id = $1{}",
+            db.lock(" FOR UPDATE")
+        )),
     )
     .bind(w.project_id)
     .fetch_optional(&mut *tx)
@@ -161,7 +190,7 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
         return Err(StoreError::Stale(w.project_id));
     }
     let digests = w.target_digests.as_ref().map(string_map_json);
-    let source = enum_str(&w.source);
+    let source = w.source;
     // The deployment this trigger goes into, if one takes it: a queued
     // one for a deploy, the newest one when it failed the same way.
     let joined: Option<Deployment> = match &w.failure {
@@ -237,8 +266,8 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
         }
         (None, failure) => {
             let (status, finished) = match failure {
-                Some(_) => ("failed", Some(t)),
-                None => ("queued", None),
+                Some(_) => (DeployStatus::Failed, Some(t)),
+                None => (DeployStatus::Queued, None),
             };
             let id = sqlx::query(
                 "INSERT INTO deployments (project_id, source, sources, status, target_commit, target_digests, \
@@ -248,7 +277,7 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
                  RETURNING id",
             )
             .bind(w.project_id)
-            .bind(&source)
+            .bind(source)
             .bind(sources_json(&[w.source]))
             .bind(status)
             .bind(&w.target_commit)

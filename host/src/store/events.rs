@@ -1,9 +1,9 @@
 //! The event log: what happened to projects, nodes and settings, newest first.
 
-use sqlx::Row;
+use sqlx::FromRow;
 
 use super::db::SqlStore;
-use super::{Event, EventKind, Result, StoreError, UnknownEventKind, now};
+use super::{Event, EventKind, Result, StoreError, now};
 
 /// Appends an event through `exec` (the pool, or a transaction the caller
 /// commits together with what the event describes).
@@ -16,7 +16,7 @@ pub(super) async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     sqlx::query("INSERT INTO events (at, project_id, kind, message) VALUES ($1, $2, $3, $4)")
         .bind(now())
         .bind(project_id)
-        .bind(kind.as_str())
+        .bind(kind)
         .bind(message)
         .execute(exec)
         .await?;
@@ -40,17 +40,6 @@ pub(super) async fn list(db: &SqlStore, project_id: Option<i64>, limit: i64) -> 
         }
     };
     rows.iter()
-        .map(|r| {
-            Ok(Event {
-                id: r.try_get("id")?,
-                at: r.try_get("at")?,
-                project_id: r.try_get("project_id")?,
-                kind: r
-                    .try_get::<String, _>("kind")?
-                    .parse()
-                    .map_err(|e: UnknownEventKind| StoreError::Corrupt(e.to_string()))?,
-                message: r.try_get("message")?,
-            })
-        })
+        .map(|r| Event::from_row(r).map_err(StoreError::from))
         .collect()
 }

@@ -3,6 +3,7 @@
 
 use sqlx::{AnyPool, Executor};
 
+use super::db::Backend;
 use super::{Result, StoreError, now};
 
 pub struct Migration {
@@ -10,49 +11,62 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[
-    Migration {
-        name: "0001_initial.sql",
-        sql: include_str!("../../../migrations/sqlite/0001_initial.sql"),
-    },
-    Migration {
-        name: "0002_image_projects.sql",
-        sql: include_str!("../../../migrations/sqlite/0002_image_projects.sql"),
-    },
-    Migration {
-        name: "0003_trigger_history.sql",
-        sql: include_str!("../../../migrations/sqlite/0003_trigger_history.sql"),
-    },
-    Migration {
-        name: "0004_ssh_known_hosts.sql",
-        sql: include_str!("../../../migrations/sqlite/0004_ssh_known_hosts.sql"),
-    },
-    Migration {
-        name: "0005_node_scope.sql",
-        sql: include_str!("../../../migrations/sqlite/0005_node_scope.sql"),
-    },
-    Migration {
-        name: "0006_project_labels.sql",
-        sql: include_str!("../../../migrations/sqlite/0006_project_labels.sql"),
-    },
-    Migration {
-        name: "0007_decision_log.sql",
-        sql: include_str!("../../../migrations/sqlite/0007_decision_log.sql"),
-    },
-    Migration {
-        name: "0008_replica_leases.sql",
-        sql: include_str!("../../../migrations/sqlite/0008_replica_leases.sql"),
-    },
-];
+/// Both folders hold the same file names: one list names them once.
+macro_rules! migrations {
+    ($($name:literal),+ $(,)?) => {
+        pub const SQLITE: &[Migration] = &[$(Migration {
+            name: $name,
+            sql: include_str!(concat!("../../../migrations/sqlite/", $name)),
+        }),+];
+        pub const POSTGRES: &[Migration] = &[$(Migration {
+            name: $name,
+            sql: include_str!(concat!("../../../migrations/postgres/", $name)),
+        }),+];
+    };
+}
 
-pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {
-    pool.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+migrations!(
+    "0001_initial.sql",
+    "0002_image_projects.sql",
+    "0003_trigger_history.sql",
+    "0004_ssh_known_hosts.sql",
+    "0005_node_scope.sql",
+    "0006_project_labels.sql",
+    "0007_decision_log.sql",
+    "0008_replica_leases.sql",
+);
+
+/// The advisory lock replicas starting together take on PostgreSQL: one
+/// applies the migrations, the others wait and then find them applied.
+/// (`PERFORM`: the functions return `void`, which the `Any` driver cannot
+/// decode.)
+const POSTGRES_LOCK: &str = "DO $$ BEGIN PERFORM pg_advisory_lock(7316052301); END $$";
+const POSTGRES_UNLOCK: &str = "DO $$ BEGIN PERFORM pg_advisory_unlock(7316052301); END $$";
+
+pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let migrations = match backend {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => {
+            conn.execute(POSTGRES_LOCK).await?;
+            POSTGRES
+        }
+    };
+    let applied = apply(&mut conn, migrations).await;
+    if backend == Backend::Postgres {
+        conn.execute(POSTGRES_UNLOCK).await?;
+    }
+    applied
+}
+
+async fn apply(conn: &mut sqlx::AnyConnection, migrations: &[Migration]) -> Result<()> {
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .await?;
     for m in migrations {
         let applied: Option<(String,)> =
             sqlx::query_as("SELECT name FROM schema_migrations WHERE name = $1")
                 .bind(m.name)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
         if applied.is_some() {
             continue;
@@ -61,7 +75,7 @@ pub async fn run(pool: &AnyPool, migrations: &[Migration]) -> Result<()> {
             name: m.name.into(),
             source,
         };
-        let mut tx = pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // The file holds several statements: run it as one script.
         tx.execute(m.sql).await.map_err(fail)?;
         sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)")

@@ -16,6 +16,7 @@ mod nodes;
 mod projects;
 mod settings;
 mod sql;
+mod text_enum;
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,8 @@ pub use settings::{
     DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
     set_image_watch_min,
 };
+pub use text_enum::UnknownValue;
+use text_enum::text_enum;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,8 +46,13 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration {name}: {source}")]
     Migration { name: String, source: sqlx::Error },
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
     UnsupportedUrl(String),
+    /// The URL and the reason, both without the URL's password.
+    #[error("connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// A trigger decided on a tracked state that another trigger has since
@@ -70,28 +78,28 @@ pub fn refuse_to_migrate(node: &str) -> String {
     )
 }
 
-/// What a project is, as stored and as the API and the agent name it. The
-/// policy has its own enum for this; [`ProjectRecord::policy_view`] converts.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum ProjectType {
-    #[default]
-    Deployment,
-    Compose,
-    Image,
-    Tunnel,
-    DomainOnly,
+text_enum! {
+    /// What a project is, as stored and as the API and the agent name it. The
+    /// policy has its own enum for this; [`ProjectRecord::policy_view`] converts.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum ProjectType {
+        #[default]
+        Deployment = "deployment",
+        Compose = "compose",
+        Image = "image",
+        Tunnel = "tunnel",
+        DomainOnly = "domain_only",
+    }
 }
 
-/// Where a project's repository lives: served by the daemon, or elsewhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GitSource {
-    #[default]
-    Hosted,
-    External,
+text_enum! {
+    /// Where a project's repository lives: served by the daemon, or elsewhere.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub enum GitSource {
+        #[default]
+        Hosted = "hosted",
+        External = "external",
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,11 +218,12 @@ pub struct CredentialInfo {
     pub username: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CredentialKind {
-    Https,
-    Ssh,
+text_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CredentialKind {
+        Https = "https",
+        Ssh = "ssh",
+    }
 }
 
 /// A credential as stored: the secret sealed with the daemon's key.
@@ -225,13 +234,14 @@ pub struct SealedCredential {
     pub sealed: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeploySource {
-    Manual,
-    AutoPoll,
-    AutoPush,
-    AutoImage,
+text_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DeploySource {
+        Manual = "manual",
+        AutoPoll = "auto-poll",
+        AutoPush = "auto-push",
+        AutoImage = "auto-image",
+    }
 }
 
 impl From<DeploySource> for crate::policy::TriggerSource {
@@ -246,13 +256,14 @@ impl From<DeploySource> for crate::policy::TriggerSource {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
+text_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DeployStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -355,7 +366,7 @@ pub struct Claim {
     pub project: ProjectRecord,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Event {
     pub id: i64,
     pub at: i64,
@@ -364,129 +375,32 @@ pub struct Event {
     pub message: String,
 }
 
-/// Every kind of event the daemon records; stored and served as the string
-/// each variant renames to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-pub enum EventKind {
-    #[serde(rename = "project.created")]
-    ProjectCreated,
-    #[serde(rename = "project.deleted")]
-    ProjectDeleted,
-    #[serde(rename = "auto-deploy.toggled")]
-    AutoDeployToggled,
-    #[serde(rename = "push-token.rotated")]
-    PushTokenRotated,
-    #[serde(rename = "settings.changed")]
-    SettingsChanged,
-    #[serde(rename = "policy.switched")]
-    PolicySwitched,
-    #[serde(rename = "policy.rolled-back")]
-    PolicyRolledBack,
-    #[serde(rename = "policy.shadow-started")]
-    PolicyShadowStarted,
-    #[serde(rename = "policy.shadow-stopped")]
-    PolicyShadowStopped,
-    #[serde(rename = "policy.config-changed")]
-    PolicyConfigChanged,
-    #[serde(rename = "node.added")]
-    NodeAdded,
-    #[serde(rename = "node.deleted")]
-    NodeDeleted,
-    #[serde(rename = "project.unpinned")]
-    ProjectUnpinned,
-    #[serde(rename = "deploy.triggered")]
-    DeployTriggered,
-    #[serde(rename = "deploy.claimed")]
-    DeployClaimed,
-    #[serde(rename = "deploy.reported")]
-    DeployReported,
-    #[serde(rename = "deploy.failed")]
-    DeployFailed,
-    #[serde(rename = "push")]
-    Push,
-    #[serde(rename = "poll.failed")]
-    PollFailed,
-    #[serde(rename = "reconcile.failed")]
-    ReconcileFailed,
-    #[serde(rename = "image-watch.failed")]
-    ImageWatchFailed,
-    #[serde(rename = "ssh-known-hosts.changed")]
-    SshKnownHostsChanged,
-}
-
-impl EventKind {
-    pub const ALL: &[EventKind] = &[
-        EventKind::ProjectCreated,
-        EventKind::ProjectDeleted,
-        EventKind::AutoDeployToggled,
-        EventKind::PushTokenRotated,
-        EventKind::SettingsChanged,
-        EventKind::PolicySwitched,
-        EventKind::PolicyRolledBack,
-        EventKind::PolicyShadowStarted,
-        EventKind::PolicyShadowStopped,
-        EventKind::PolicyConfigChanged,
-        EventKind::NodeAdded,
-        EventKind::NodeDeleted,
-        EventKind::ProjectUnpinned,
-        EventKind::DeployTriggered,
-        EventKind::DeployClaimed,
-        EventKind::DeployReported,
-        EventKind::DeployFailed,
-        EventKind::Push,
-        EventKind::PollFailed,
-        EventKind::ReconcileFailed,
-        EventKind::ImageWatchFailed,
-        EventKind::SshKnownHostsChanged,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::ProjectCreated => "project.created",
-            EventKind::ProjectDeleted => "project.deleted",
-            EventKind::AutoDeployToggled => "auto-deploy.toggled",
-            EventKind::PushTokenRotated => "push-token.rotated",
-            EventKind::SettingsChanged => "settings.changed",
-            EventKind::PolicySwitched => "policy.switched",
-            EventKind::PolicyRolledBack => "policy.rolled-back",
-            EventKind::PolicyShadowStarted => "policy.shadow-started",
-            EventKind::PolicyShadowStopped => "policy.shadow-stopped",
-            EventKind::PolicyConfigChanged => "policy.config-changed",
-            EventKind::NodeAdded => "node.added",
-            EventKind::NodeDeleted => "node.deleted",
-            EventKind::ProjectUnpinned => "project.unpinned",
-            EventKind::DeployTriggered => "deploy.triggered",
-            EventKind::DeployClaimed => "deploy.claimed",
-            EventKind::DeployReported => "deploy.reported",
-            EventKind::DeployFailed => "deploy.failed",
-            EventKind::Push => "push",
-            EventKind::PollFailed => "poll.failed",
-            EventKind::ReconcileFailed => "reconcile.failed",
-            EventKind::ImageWatchFailed => "image-watch.failed",
-            EventKind::SshKnownHostsChanged => "ssh-known-hosts.changed",
-        }
-    }
-}
-
-impl std::fmt::Display for EventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("unknown event kind {0:?}")]
-pub struct UnknownEventKind(pub String);
-
-impl std::str::FromStr for EventKind {
-    type Err = UnknownEventKind;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EventKind::ALL
-            .iter()
-            .copied()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownEventKind(s.to_string()))
+text_enum! {
+    /// Every kind of event the daemon records; stored and served as its text.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum EventKind {
+        ProjectCreated = "project.created",
+        ProjectDeleted = "project.deleted",
+        AutoDeployToggled = "auto-deploy.toggled",
+        PushTokenRotated = "push-token.rotated",
+        SettingsChanged = "settings.changed",
+        PolicySwitched = "policy.switched",
+        PolicyRolledBack = "policy.rolled-back",
+        PolicyShadowStarted = "policy.shadow-started",
+        PolicyShadowStopped = "policy.shadow-stopped",
+        PolicyConfigChanged = "policy.config-changed",
+        NodeAdded = "node.added",
+        NodeDeleted = "node.deleted",
+        ProjectUnpinned = "project.unpinned",
+        DeployTriggered = "deploy.triggered",
+        DeployClaimed = "deploy.claimed",
+        DeployReported = "deploy.reported",
+        DeployFailed = "deploy.failed",
+        Push = "push",
+        PollFailed = "poll.failed",
+        ReconcileFailed = "reconcile.failed",
+        ImageWatchFailed = "image-watch.failed",
+        SshKnownHostsChanged = "ssh-known-hosts.changed",
     }
 }
 

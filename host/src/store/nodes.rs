@@ -6,7 +6,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::db::{SqlStore, string_map, string_map_json, unique};
-use super::{EventKind, Node, NodeDeletion, Result, StoreError, deployments, events, now};
+use super::{
+    DeployStatus, EventKind, Node, NodeDeletion, Result, StoreError, deployments, events, now,
+};
 
 const COLUMNS: &str = "id, name, labels, last_seen_at, created_at";
 
@@ -79,6 +81,14 @@ pub(super) async fn by_token_hash(db: &SqlStore, hash: &str) -> Result<Option<No
 
 pub(super) async fn delete(db: &SqlStore, id: i64, force: bool) -> Result<NodeDeletion> {
     let mut tx = db.begin_write().await?;
+    // A claim by this node (which heartbeats it first) waits for the delete.
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT id FROM nodes WHERE id = $1{}",
+        db.lock(" FOR UPDATE")
+    )))
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     let node = find(&mut *tx, id).await?;
     let pinned = sqlx::query("SELECT id, name FROM projects WHERE pinned_node_id = $1 ORDER BY id")
         .bind(id)
@@ -117,19 +127,20 @@ pub(super) async fn delete(db: &SqlStore, id: i64, force: bool) -> Result<NodeDe
         unpinned.push(name);
     }
     let held = sqlx::query(
-        "SELECT id, project_id, status FROM deployments WHERE node_id = $1 AND status IN ('queued', 'running') ORDER BY id",
+        AssertSqlSafe(format!("SELECT id, project_id, status FROM deployments WHERE node_id = $1 AND status IN ('queued', 'running') ORDER BY id{}",
+        db.lock(" FOR UPDATE"))),
     )
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
     let mut failed_deployments = Vec::new();
     for r in &held {
-        let (dep, project_id, status): (i64, i64, String) = (
+        let (dep, project_id, status): (i64, i64, DeployStatus) = (
             r.try_get("id")?,
             r.try_get("project_id")?,
             r.try_get("status")?,
         );
-        let error = if status == "running" {
+        let error = if status == DeployStatus::Running {
             format!(
                 "node {} was deleted while running this deployment; it was not finished",
                 node.name

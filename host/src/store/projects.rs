@@ -4,14 +4,12 @@
 use std::collections::BTreeMap;
 
 use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, FromRow, Row};
 
-use super::db::{
-    SqlStore, digests_from, enum_from, enum_str, found, string_map, string_map_json, unique,
-};
+use super::db::{SqlStore, digests_from, found, string_map, string_map_json, unique};
 use super::{
-    BrokenProject, CredentialInfo, EventKind, ProjectFields, ProjectRecord, Result,
-    SealedCredential, StoreError, events, now,
+    BrokenProject, CredentialInfo, CredentialKind, EventKind, GitSource, ProjectFields,
+    ProjectRecord, ProjectType, Result, SealedCredential, StoreError, events, now,
 };
 
 pub(super) const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
@@ -21,61 +19,87 @@ pub(super) const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.
 pub(super) const FROM: &str =
     "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
 
+/// A project row as stored: the JSON columns still text.
+#[derive(sqlx::FromRow)]
+struct ProjectRow {
+    id: i64,
+    name: String,
+    project_type: ProjectType,
+    git_source: GitSource,
+    git_url: Option<String>,
+    git_branch: String,
+    compose_file_path: String,
+    expose_service: Option<String>,
+    expose_port: Option<i64>,
+    /// 0 or 1 on every backend.
+    auto_deploy_enabled: i64,
+    image_ref: Option<String>,
+    container_port: Option<i64>,
+    labels: String,
+    last_tracked_commit_sha: String,
+    last_tracked_image_digests: String,
+    pinned_node_id: Option<i64>,
+    node_selector: String,
+    ssh_known_hosts: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    credential_kind: Option<CredentialKind>,
+    credential_username: Option<String>,
+}
+
+impl ProjectRow {
+    fn into_record(self) -> Result<ProjectRecord> {
+        Ok(ProjectRecord {
+            id: self.id,
+            fields: ProjectFields {
+                name: self.name,
+                project_type: self.project_type,
+                git_source: self.git_source,
+                git_url: self.git_url,
+                git_branch: self.git_branch,
+                compose_file_path: self.compose_file_path,
+                expose_service: self.expose_service,
+                expose_port: self.expose_port,
+                auto_deploy_enabled: self.auto_deploy_enabled != 0,
+                image_ref: self.image_ref,
+                container_port: self.container_port,
+                labels: string_map("labels", &self.labels)?,
+            },
+            last_tracked_commit_sha: self.last_tracked_commit_sha,
+            last_tracked_image_digests: digests_from(&self.last_tracked_image_digests)?,
+            pinned_node_id: self.pinned_node_id,
+            node_selector: string_map("node selector", &self.node_selector)?,
+            credentials: self.credential_kind.map(|kind| CredentialInfo {
+                kind,
+                username: self.credential_username,
+            }),
+            ssh_known_hosts: self.ssh_known_hosts,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
 /// Decodes a project row; any failure names the project.
 pub(super) fn project_from(row: &AnyRow) -> Result<ProjectRecord> {
     let id: i64 = row.try_get("id")?;
-    decode_project(id, row).map_err(|e| match e {
-        StoreError::Corrupt(m) => StoreError::Corrupt(format!("project {id}: {m}")),
-        StoreError::Db(e) => StoreError::Corrupt(format!("project {id}: {e}")),
-        other => other,
-    })
-}
-
-fn decode_project(id: i64, row: &AnyRow) -> Result<ProjectRecord> {
-    let kind: Option<String> = row.try_get("credential_kind")?;
-    Ok(ProjectRecord {
-        id,
-        fields: ProjectFields {
-            name: row.try_get("name")?,
-            project_type: enum_from("project_type", &row.try_get::<String, _>("project_type")?)?,
-            git_source: enum_from("git_source", &row.try_get::<String, _>("git_source")?)?,
-            git_url: row.try_get("git_url")?,
-            git_branch: row.try_get("git_branch")?,
-            compose_file_path: row.try_get("compose_file_path")?,
-            expose_service: row.try_get("expose_service")?,
-            expose_port: row.try_get("expose_port")?,
-            auto_deploy_enabled: row.try_get::<i64, _>("auto_deploy_enabled")? != 0,
-            image_ref: row.try_get("image_ref")?,
-            container_port: row.try_get("container_port")?,
-            labels: string_map("labels", &row.try_get::<String, _>("labels")?)?,
-        },
-        last_tracked_commit_sha: row.try_get("last_tracked_commit_sha")?,
-        last_tracked_image_digests: digests_from(
-            &row.try_get::<String, _>("last_tracked_image_digests")?,
-        )?,
-        pinned_node_id: row.try_get("pinned_node_id")?,
-        node_selector: string_map("node selector", &row.try_get::<String, _>("node_selector")?)?,
-        credentials: match kind {
-            Some(k) => Some(CredentialInfo {
-                kind: enum_from("credential kind", &k)?,
-                username: row.try_get("credential_username")?,
-            }),
-            None => None,
-        },
-        ssh_known_hosts: row.try_get("ssh_known_hosts")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
+    ProjectRow::from_row(row)
+        .map_err(StoreError::from)
+        .and_then(ProjectRow::into_record)
+        .map_err(|e| match e {
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!("project {id}: {m}")),
+            StoreError::Db(e) => StoreError::Corrupt(format!("project {id}: {e}")),
+            other => other,
+        })
 }
 
 /// What can still be read of a row `project_from` refused.
 pub(super) fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
-    let text = |col: &str| row.try_get::<String, _>(col).ok();
     BrokenProject {
         id: row.try_get("id").unwrap_or(0),
-        name: text("name").unwrap_or_default(),
-        project_type: text("project_type").and_then(|s| enum_from("project_type", &s).ok()),
-        git_source: text("git_source").and_then(|s| enum_from("git_source", &s).ok()),
+        name: row.try_get("name").unwrap_or_default(),
+        project_type: row.try_get("project_type").ok(),
+        git_source: row.try_get("git_source").ok(),
         auto_deploy_enabled: row
             .try_get::<i64, _>("auto_deploy_enabled")
             .ok()
@@ -89,8 +113,8 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 /// Binds a project's user-set fields as `$1`..`$12`, in column order.
 fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
     q.bind(&f.name)
-        .bind(enum_str(&f.project_type))
-        .bind(enum_str(&f.git_source))
+        .bind(f.project_type)
+        .bind(f.git_source)
         .bind(&f.git_url)
         .bind(&f.git_branch)
         .bind(&f.compose_file_path)
@@ -102,16 +126,21 @@ fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
         .bind(string_map_json(&f.labels))
 }
 
+/// Writes the project's credential, replacing any.
 async fn insert_credential(
     conn: &mut sqlx::AnyConnection,
     project_id: i64,
     c: &SealedCredential,
 ) -> Result<()> {
+    // An upsert: two replicas setting one project's credential never
+    // clash on its key.
     sqlx::query(
-        "INSERT INTO project_credentials (project_id, kind, username, sealed) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO project_credentials (project_id, kind, username, sealed) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (project_id) DO UPDATE SET kind = excluded.kind, username = excluded.username, \
+         sealed = excluded.sealed",
     )
     .bind(project_id)
-    .bind(enum_str(&c.kind))
+    .bind(c.kind)
     .bind(&c.username)
     .bind(&c.sealed)
     .execute(conn)
@@ -232,16 +261,17 @@ pub(super) async fn set_credential(
     project_id: i64,
     c: Option<&SealedCredential>,
 ) -> Result<()> {
-    let mut tx = db.begin_write().await?;
-    sqlx::query("DELETE FROM project_credentials WHERE project_id = $1")
-        .bind(project_id)
-        .execute(&mut *tx)
-        .await?;
-    if let Some(c) = c {
-        insert_credential(&mut tx, project_id, c).await?;
+    let mut conn = db.pool.acquire().await?;
+    match c {
+        Some(c) => insert_credential(&mut conn, project_id, c).await,
+        None => {
+            sqlx::query("DELETE FROM project_credentials WHERE project_id = $1")
+                .bind(project_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
     }
-    tx.commit().await?;
-    Ok(())
 }
 
 pub(super) async fn credential(db: &SqlStore, project_id: i64) -> Result<Option<SealedCredential>> {
@@ -252,7 +282,7 @@ pub(super) async fn credential(db: &SqlStore, project_id: i64) -> Result<Option<
             .await?;
     row.map(|r| {
         Ok(SealedCredential {
-            kind: enum_from("credential kind", &r.try_get::<String, _>("kind")?)?,
+            kind: r.try_get("kind")?,
             username: r.try_get("username")?,
             sealed: r.try_get("sealed")?,
         })

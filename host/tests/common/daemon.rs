@@ -27,6 +27,16 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// With `AUTODEPLOY_TEST_DATABASE=postgres`, the daemon of `data_dir` gets
+/// a PostgreSQL database of its own (the same one when it restarts);
+/// otherwise it keeps its SQLite file in the data dir.
+fn database_env(data_dir: &Path) -> Option<(&'static str, String)> {
+    super::db::postgres().then(|| {
+        let name = data_dir.to_string_lossy().replace(['/', '.'], "_");
+        ("DATABASE_URL", super::db::database_url(&name))
+    })
+}
+
 impl Daemon {
     pub fn start(data_dir: &Path) -> Daemon {
         Self::start_with(data_dir, &[], &[])
@@ -62,6 +72,7 @@ impl Daemon {
             .env_remove("DATABASE_URL")
             .env_remove("AUTODEPLOY_POLICY")
             .env_remove("AUTODEPLOY_SECRET_KEY")
+            .envs(database_env(data_dir))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())

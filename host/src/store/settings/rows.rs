@@ -27,15 +27,15 @@ pub async fn get(db: &SqlStore) -> Result<Settings> {
 pub async fn put(db: &SqlStore, values: &BTreeMap<String, String>) -> Result<Settings> {
     let mut tx = db.begin_write().await?;
     for (key, value) in values {
-        sqlx::query("DELETE FROM settings WHERE key = $1")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
-            .bind(key)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
+        // An upsert: two replicas writing one key never clash on it.
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
         events::insert(
             &mut *tx,
             None,
