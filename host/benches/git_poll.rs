@@ -69,6 +69,7 @@ async fn app(data_dir: &Path) -> Arc<App> {
     let args = ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
+        repo_dir: None,
         database_url: None,
         git_timeout_seconds: 30,
         http: Default::default(),
@@ -300,7 +301,7 @@ async fn push_latency() {
         .await
         .unwrap()
         .id;
-    let bare = autodeploy::git::hosted_path(&app.data_dir, id);
+    let bare = autodeploy::git::hosted_path(&app.repo_dir, id);
     let branch = "main".to_string();
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();

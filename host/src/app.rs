@@ -16,8 +16,10 @@ use crate::store::{Store, StoreError};
 
 pub struct App {
     pub store: Arc<dyn Store>,
-    /// Hosted repositories and accepted policies live here.
+    /// This replica's own files (compiled policies, scratch space).
     pub data_dir: PathBuf,
+    /// Hosted repositories: `AUTODEPLOY_REPO_DIR`, shared by replicas.
+    pub repo_dir: PathBuf,
     pub policy: PolicyHandle,
     pub key: SecretKey,
     /// Hash of `AUTODEPLOY_ADMIN_TOKEN`, when it is set.

@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod api;
 pub mod app;
+pub mod changes;
 pub mod client;
 pub mod decisions;
 pub mod git;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::loops::{ImageWatcher, Loops, ReplicaId};
 use crate::policy::cli::PolicyArgs;
-use crate::policy::{PolicyHandle, PolicyRuntime};
+use crate::policy::{PolicyHandle, PolicyRuntime, Seed, SwapError};
 use crate::registry::{Registry, RegistryConfig};
 use crate::secrets::{Secret, SecretKey, new_token, token_hash};
 use crate::store::{SqlStore, Store};
@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Where the database, secret key and policies live.
     #[arg(long, env = "AUTODEPLOY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where hosted repositories live (default DATA_DIR/repos). Replicas
+    /// share one, on a filesystem with working `flock`.
+    #[arg(long, env = "AUTODEPLOY_REPO_DIR")]
+    pub repo_dir: Option<PathBuf>,
     /// Another database than DATA_DIR/autodeploy.db (sqlite://PATH).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -181,10 +185,12 @@ impl RegistryArgs {
 pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>> {
     args.git_transport.apply()?;
     create_private_dir(&args.data_dir)?;
-    let url = match &args.database_url {
-        Some(url) => url.clone(),
-        None => format!("sqlite://{}", args.data_dir.join("autodeploy.db").display()),
-    };
+    let url = database_url(args);
+    let repo_dir = args
+        .repo_dir
+        .clone()
+        .unwrap_or_else(|| crate::git::default_repo_dir(&args.data_dir));
+    create_repo_dir(&repo_dir)?;
     let db_file = sqlite_file(&url);
     if let Some(db) = &db_file {
         private_database(db)?;
@@ -200,21 +206,26 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     )?;
     let admin_env_hash = admin_token(&store).await?;
 
+    let store: Arc<dyn Store> = Arc::new(store);
     let policy_dir = args.data_dir.join("policies");
     let runtime = PolicyRuntime::new(policy_args.config())?;
     runtime.use_cache_dir(policy_dir.join("compiled"));
-    let initial = match (
-        &policy_args.policy,
-        PolicyHandle::load_active(&runtime, &policy_dir),
-    ) {
-        (Some(path), _) => runtime.load_file(path)?,
-        (None, Some(active)) => active.context("load the policy stored as active")?,
-        (None, None) => runtime.load_bundled()?,
-    };
-    // A policy given on the command line must pass the same self-test as one
-    // swapped in through the API.
+    let seed = policy_seed(policy_args, &policy_dir)?;
+    let seed_source = seed.source.clone();
+    let (policy, switched) = PolicyHandle::open(runtime.clone(), store.clone(), seed)
+        .await
+        .map_err(|e| match e {
+            SwapError::SelfTest(failures) => anyhow::anyhow!(
+                "policy {seed_source} fails its self-test: {}",
+                failures.join("; ")
+            ),
+            other => anyhow::Error::new(other).context("start the policy"),
+        })?;
+    let initial = policy.current();
     // Remembered per policy, vectors, limits and engine: the budget makes the
     // outcome the same every time, so a pass need not be run at every start.
+    // A policy another replica stored must pass here too, under this
+    // replica's limits.
     let failures = runtime.self_test_remembered(
         &initial,
         &crate::policy::selftest::vectors_digest(&initial),
@@ -228,10 +239,18 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     );
     let info = initial.info().clone();
     tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, source = %info.source, "policy loaded");
-    // Without the config it was given, a policy could decide otherwise than
-    // the operator set it up to: refuse to start rather than drop it.
-    let policy_config = PolicyHandle::stored_config(&policy_dir, &info.sha256)
-        .context("read the policy's stored config")?;
+    if let Some(new) = switched {
+        store
+            .log_event(
+                None,
+                crate::store::EventKind::PolicySwitched,
+                &format!(
+                    "{} {} ({}) from {} at start",
+                    new.name, new.version, new.sha256, new.source
+                ),
+            )
+            .await?;
+    }
     if let Some(clock) = crate::policy::facts::test_only_clock() {
         tracing::warn!(
             file = %clock.display(),
@@ -264,9 +283,10 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     tracing::info!(replica = %replica, "replica id");
     let registry = Registry::new(args.registry.config()).context("set up registry access")?;
     let app = Arc::new(App {
-        store: Arc::new(store),
+        store,
         data_dir: args.data_dir.clone(),
-        policy: PolicyHandle::new(runtime, initial, Some(policy_dir)).with_config(policy_config),
+        repo_dir,
+        policy,
         key,
         admin_env_hash,
         loops: Loops {
@@ -285,6 +305,14 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     Ok(app)
 }
 
+/// `DATABASE_URL`, or the SQLite file in the data dir.
+fn database_url(args: &ServeArgs) -> String {
+    match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", args.data_dir.join("autodeploy.db").display()),
+    }
+}
+
 pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     let app = open(args, policy_args).await?;
     let cancel = CancellationToken::new();
@@ -292,6 +320,11 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     loops.spawn(crate::decisions::run_writer(app.clone(), cancel.clone()));
     loops.spawn(crate::decisions::run_retention(app.clone(), cancel.clone()));
     Loops::spawn(&app, &mut loops, &cancel);
+    loops.spawn(crate::changes::follow(
+        app.clone(),
+        database_url(args),
+        cancel.clone(),
+    ));
     loops.spawn(handle_signals(
         app.clone(),
         policy_args.policy.clone(),
@@ -357,6 +390,37 @@ pub fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// The policy this replica offers at start: `--policy`, else the one a data
+/// dir from before the database held policies ran, else the bundled one.
+fn policy_seed(policy_args: &PolicyArgs, policy_dir: &Path) -> Result<Seed> {
+    if let Some(path) = &policy_args.policy {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("read the policy {}", path.display()))?;
+        return Ok(Seed {
+            bytes,
+            source: path.display().to_string(),
+            config: None,
+            explicit: true,
+        });
+    }
+    let legacy = crate::policy::legacy_active(policy_dir)
+        .with_context(|| format!("read the policy stored in {}", policy_dir.display()))?;
+    Ok(match legacy {
+        Some((bytes, source, config)) => Seed {
+            bytes,
+            source,
+            config: Some(config),
+            explicit: false,
+        },
+        None => Seed {
+            bytes: crate::policy::BUNDLED_POLICY.to_vec(),
+            source: "bundled".into(),
+            config: None,
+            explicit: false,
+        },
+    })
 }
 
 /// The test-only variable that lowers the image watch interval's minimum.
@@ -434,18 +498,20 @@ async fn reload_policy(app: &Arc<App>, file: Option<&Path>) {
         tracing::warn!("SIGHUP: no --policy file to reload");
         return;
     };
-    let swap = app.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        swap.policy
-            .install(&bytes, &path.display().to_string())
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    match result {
-        Ok(Ok(info)) => tracing::info!(sha256 = %info.sha256, "SIGHUP: policy reloaded"),
-        Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: policy refused, the running one stays"),
-        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return tracing::error!(error = %format!("read {}: {e}", path.display()),
+                "SIGHUP: policy refused, the running one stays");
+        }
+    };
+    match app
+        .policy
+        .install_with_config(bytes, &path.display().to_string(), None)
+        .await
+    {
+        Ok(info) => tracing::info!(sha256 = %info.sha256, "SIGHUP: policy reloaded"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: policy refused, the running one stays"),
     }
 }
 
@@ -486,6 +552,28 @@ fn create_private_dir(dir: &Path) -> Result<()> {
             "data dir was open to other users; tightened to 0700"
         );
     }
+    Ok(())
+}
+
+/// Creates the repo dir (0700) when missing. One that exists is left as it
+/// is: replicas share it, and its owner may set it up for them.
+fn create_repo_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "create the repo dir {} (AUTODEPLOY_REPO_DIR)",
+                dir.display()
+            )
+        })?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "the repo dir {} (AUTODEPLOY_REPO_DIR) is not a directory",
+        dir.display()
+    );
     Ok(())
 }
 

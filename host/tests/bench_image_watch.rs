@@ -39,6 +39,7 @@ async fn image_watch_tick_over_1000_projects() {
     let args = ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.join("data"),
+        repo_dir: None,
         database_url: None,
         git_timeout_seconds: 30,
         http: Default::default(),
@@ -87,7 +88,7 @@ async fn image_watch_tick_over_1000_projects() {
         // Every file differs (its name line), as real projects' do: the
         // memo cannot share one answer between projects.
         hosted_repo(
-            &autodeploy::git::hosted_path(&args.data_dir, p.id),
+            &autodeploy::git::hosted_path(&app.repo_dir, p.id),
             &format!("name: p{i}\nservices:\n{compose}"),
         );
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -451,45 +451,31 @@ async fn the_data_dir_and_database_are_private() {
     assert!(d.stop().success());
 }
 
-#[test]
-fn the_active_policy_marker_is_replaced_by_rename() {
-    use autodeploy::policy::{BUNDLED_POLICY, PolicyHandle};
-    let dir = temp_dir("edges-marker").join("policies");
-    std::fs::create_dir_all(&dir).unwrap();
-    let marker = dir.join("active");
-    std::fs::write(&marker, "0".repeat(64)).unwrap();
-    let inode = std::fs::metadata(&marker).unwrap().ino();
-    // What a crash in the middle of an earlier write would leave.
-    std::fs::write(dir.join(".active.tmp-1-0"), "abc").unwrap();
+#[tokio::test]
+async fn a_data_dir_from_before_policies_lived_in_the_database_keeps_its_policy() {
+    use sha2::Digest;
+    // What an older version left: `policies/active` naming `<sha256>.wasm`,
+    // its config beside it.
+    let dir = temp_dir("edges-legacy-policy");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let wasm = common::policy_variant("legacy");
+    let sha = autodeploy::secrets::hex(&sha2::Sha256::digest(&wasm));
+    std::fs::write(policies.join(format!("{sha}.wasm")), &wasm).unwrap();
+    std::fs::write(policies.join(format!("{sha}.config")), "kept: yes\n").unwrap();
+    std::fs::write(policies.join("active"), &sha).unwrap();
 
-    let runtime = common::runtime(5_000, 64);
-    let handle = PolicyHandle::new(
-        runtime.clone(),
-        runtime.load_bundled().unwrap(),
-        Some(dir.clone()),
-    );
-    let info = handle.install(BUNDLED_POLICY, "test").unwrap();
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), info.sha256);
-    // A new file took the old one's name: a reader sees the old marker or
-    // the new one, never one cut short.
-    assert_ne!(
-        std::fs::metadata(&marker).unwrap().ino(),
-        inode,
-        "the marker was rewritten in place, not replaced by a rename"
-    );
-    assert_eq!(
-        std::fs::read(dir.join(format!("{}.wasm", info.sha256))).unwrap(),
-        BUNDLED_POLICY
-    );
-    // The next start reads the marker and clears what a crash left.
-    let loaded = PolicyHandle::load_active(&runtime, &dir)
-        .expect("a marker")
-        .expect("the stored policy loads");
-    assert_eq!(loaded.info().sha256, info.sha256);
-    let left: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-"))
-        .collect();
-    assert!(left.is_empty(), "temporary files left: {left:?}");
+    let d = Daemon::start(&dir);
+    let policy = d.ok(Method::GET, "/api/policy", None).await;
+    assert_eq!(policy["sha256"], sha.as_str(), "{policy}");
+    assert_eq!(policy["config"], "kept: yes\n", "{policy}");
+    assert!(d.stop().success());
+
+    // From then on the database holds it: the files no longer matter.
+    std::fs::remove_dir_all(&policies).unwrap();
+    let d = Daemon::start(&dir);
+    let policy = d.ok(Method::GET, "/api/policy", None).await;
+    assert_eq!(policy["sha256"], sha.as_str(), "{policy}");
+    assert_eq!(policy["config"], "kept: yes\n", "{policy}");
+    assert!(d.stop().success());
 }

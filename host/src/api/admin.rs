@@ -138,20 +138,12 @@ pub async fn put_policy(
             "the request body must be a WebAssembly component",
         ));
     }
-    let swap = app.clone();
     let with_config = config.is_some();
-    let info = tokio::task::spawn_blocking(move || {
-        swap.policy
-            .install_with_config(&wasm, "api", config.as_deref())
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("policy load failed: {e}"),
-        )
-    })?
-    .map_err(swap_error)?;
+    let info = app
+        .policy
+        .install_with_config(wasm.to_vec(), "api", config)
+        .await
+        .map_err(swap_error)?;
     let answer = policy_answer(&app);
     let config_note = match &answer.config_sha256 {
         Some(sha) if with_config => format!(", config {sha}"),
@@ -189,19 +181,7 @@ pub async fn put_policy_config(
     }
     let config = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the policy config must be UTF-8 text"))?;
-    let swap = app.clone();
-    let info = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || swap.policy.set_config(&config))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("storing the policy config failed: {e}"),
-                )
-            })?
-            .map_err(swap_error)?
-    };
+    let info = app.policy.set_config(&config).await.map_err(swap_error)?;
     let answer = policy_answer(&app);
     let what = match &answer.config_sha256 {
         Some(sha) => format!("config {sha} ({} bytes)", config.len()),
@@ -218,7 +198,7 @@ pub async fn put_policy_config(
 }
 
 pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<PolicyAnswer>> {
-    let info = app.policy.rollback().map_err(swap_error)?;
+    let info = app.policy.rollback().await.map_err(swap_error)?;
     app.store
         .log_event(
             None,
@@ -231,7 +211,11 @@ pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<Poli
 
 fn swap_error(e: SwapError) -> ApiError {
     match e {
-        SwapError::Io { .. } => {
+        // Another replica switched policy while this change was made.
+        SwapError::Store(crate::store::StoreError::Conflict(_)) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        SwapError::Store(_) | SwapError::Task(_) => {
             tracing::error!(error = %e, "storing a policy failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

@@ -175,7 +175,7 @@ pub async fn create(
         project.node_selector = req.node_selector;
     }
     if project.fields.git_source == GitSource::Hosted {
-        let path = crate::git::hosted_path(&app.data_dir, project.id);
+        let path = crate::git::hosted_path(&app.repo_dir, project.id);
         let branch = project.fields.git_branch.clone();
         let made =
             tokio::task::spawn_blocking(move || crate::git::init_hosted(&path, &branch)).await;
@@ -315,7 +315,7 @@ pub async fn update(
 
 pub async fn delete(State(app): State<Arc<App>>, Id(id): Id) -> ApiResult<StatusCode> {
     app.store.delete_project(id).await?;
-    let repo = crate::git::hosted_path(&app.data_dir, id);
+    let repo = crate::git::hosted_path(&app.repo_dir, id);
     if repo.exists()
         && let Err(e) = tokio::fs::remove_dir_all(&repo).await
     {

@@ -22,7 +22,7 @@ use tokio::process::Command;
 use tokio_util::io::ReaderStream;
 
 use crate::app::App;
-use crate::git::{hosted_path, local_head, repos_dir};
+use crate::git::{hosted_path, local_head};
 use crate::secrets::token_hash;
 use crate::store::GitSource;
 
@@ -289,7 +289,7 @@ pub async fn serve(
         Ok(p) if p.fields.git_source == GitSource::Hosted => p,
         _ => return plain(StatusCode::NOT_FOUND, "no such hosted repository"),
     };
-    let path = hosted_path(&app.data_dir, id);
+    let path = hosted_path(&app.repo_dir, id);
     if !path.is_dir() {
         return plain(StatusCode::NOT_FOUND, "repository missing on disk");
     }
@@ -310,6 +310,22 @@ pub async fn serve(
         drain(&mut body.into_data_stream(), &mut head, idle).await;
         return push_refused(max_push, &head, gzipped);
     }
+    // A push and its trigger hold the repository's lock: pushes through
+    // other replicas sharing the repo dir wait for it.
+    let lock = if receive {
+        match crate::git::lock::lock(&path).await {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                tracing::error!(project = id, error = %e, "cannot lock the repository");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the repository cannot be locked on the server; nothing was changed",
+                );
+            }
+        }
+    } else {
+        None
+    };
     let before = if receive {
         local_head(&path, &project.fields.git_branch).ok().flatten()
     } else {
@@ -321,7 +337,7 @@ pub async fn serve(
         // The daemon's environment (tokens, keys) stays out of the child.
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_PROJECT_ROOT", repos_dir(&app.data_dir))
+        .env("GIT_PROJECT_ROOT", &app.repo_dir)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("PATH_INFO", format!("/{id}.git/{rest}"))
         .env("REQUEST_METHOD", method.as_str())
@@ -423,6 +439,7 @@ pub async fn serve(
         };
         let rest = out.to_vec();
         crate::triggers::on_push(&app, id, before).await;
+        drop(lock);
         (status, cgi_headers, Body::from(rest))
     } else {
         let mut out = BufReader::new(stdout);

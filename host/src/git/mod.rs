@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod isolated;
+pub mod lock;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -231,13 +232,15 @@ fn callbacks<'a>(
     cb
 }
 
-/// Where hosted repositories live.
-pub fn repos_dir(data_dir: &Path) -> PathBuf {
+/// Where hosted repositories live unless `AUTODEPLOY_REPO_DIR` says
+/// otherwise (the layout of versions before it existed).
+pub fn default_repo_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("repos")
 }
 
-pub fn hosted_path(data_dir: &Path, project_id: i64) -> PathBuf {
-    repos_dir(data_dir).join(format!("{project_id}.git"))
+/// A hosted project's bare repository in the repo dir.
+pub fn hosted_path(repo_dir: &Path, project_id: i64) -> PathBuf {
+    repo_dir.join(format!("{project_id}.git"))
 }
 
 /// Creates a hosted project's bare repository, its HEAD on `branch`.

@@ -440,7 +440,7 @@ async fn list_images(
     let read = match f.git_source {
         GitSource::Hosted => {
             // A local read: a blocking thread, back soon whatever the file.
-            let path = crate::git::hosted_path(&app.data_dir, project.id);
+            let path = crate::git::hosted_path(&app.repo_dir, project.id);
             let local =
                 tokio::task::spawn_blocking(move || crate::git::hosted_file(&path, &branch, &file));
             match tokio::time::timeout(cap, local).await {

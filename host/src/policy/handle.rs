@@ -2,14 +2,20 @@
 //! current policy, so a swap never interrupts one: the next decision simply
 //! gets the new policy.
 //!
-//! Each policy has the operator's config: an opaque string passed to every
-//! call in the facts. It belongs to the policy file (kept beside it as
-//! `<sha256>.config`), so a swap brings its own config and a restart keeps it.
+//! The database holds which policy is active, its bytes, the operator's
+//! config for it and the one before it (for rollback), so every replica runs
+//! the same sha256. A change is written there first, in one transaction, and
+//! then followed here; other replicas follow it when told (see
+//! `crate::changes`). Compiled code stays local (the runtime's cache).
+//!
+//! The config is an opaque string passed to every call in the facts. It
+//! belongs to the policy: a swap brings the config last given to that policy.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{Policy, PolicyCacheStats, PolicyError, PolicyInfo, PolicyRuntime, memo, selftest};
+use crate::store::{ActivePolicy, NewPolicy, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
@@ -21,27 +27,40 @@ pub enum SwapError {
     NoPrevious,
     #[error("{0}")]
     Config(String),
-    #[error("store policy {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("storing the policy: {0}")]
+    Store(#[from] StoreError),
+    #[error("the policy check stopped: {0}")]
+    Task(String),
 }
 
 pub struct PolicyHandle {
     runtime: Arc<PolicyRuntime>,
-    /// Accepted policies are kept here as `<sha256>.wasm`, and `active` names
-    /// the one to start with.
-    dir: Option<PathBuf>,
+    store: Arc<dyn Store>,
     state: RwLock<Slots>,
     /// parse-compose answers of the active policy; emptied on every switch.
     memo: Arc<memo::ParseMemo>,
+    /// One change at a time in this process, so what runs here follows the
+    /// database in the order it changed.
+    changing: tokio::sync::Mutex<()>,
 }
 
 struct Slots {
     current: Arc<Policy>,
     config: Arc<str>,
-    previous: Option<(Arc<Policy>, Arc<str>)>,
+    /// The policy switched away from last, kept compiled for a rollback.
+    previous: Option<Arc<Policy>>,
+}
+
+/// The policy a replica offers when it starts.
+pub struct Seed {
+    pub bytes: Vec<u8>,
+    pub source: String,
+    /// Its config; `None` keeps the one stored for it.
+    pub config: Option<String>,
+    /// Given by the operator (`--policy`): it becomes the active policy even
+    /// when the database names another. Otherwise it is stored only when
+    /// the database has none yet.
+    pub explicit: bool,
 }
 
 /// The largest operator config a policy may be given.
@@ -57,18 +76,84 @@ fn check_config(config: &str) -> Result<(), SwapError> {
     Ok(())
 }
 
+/// Loads `bytes` and runs the conformance vectors, off the async threads.
+/// At start a pass may be `remembered` (as for the policy the database
+/// names); a swap always runs them.
+async fn validate(
+    runtime: &Arc<PolicyRuntime>,
+    bytes: Arc<[u8]>,
+    source: String,
+    remembered: bool,
+) -> Result<Policy, SwapError> {
+    let runtime = runtime.clone();
+    tokio::task::spawn_blocking(move || {
+        let policy = runtime.load(&bytes, &source)?;
+        let failures = if remembered {
+            let vectors = selftest::vectors_digest(&policy);
+            runtime.self_test_remembered(&policy, &vectors, || selftest::self_test(&policy))
+        } else {
+            selftest::self_test(&policy)
+        };
+        if !failures.is_empty() {
+            return Err(SwapError::SelfTest(failures));
+        }
+        Ok(policy)
+    })
+    .await
+    .map_err(|e| SwapError::Task(e.to_string()))?
+}
+
 impl PolicyHandle {
-    pub fn new(runtime: Arc<PolicyRuntime>, initial: Policy, dir: Option<PathBuf>) -> Self {
-        PolicyHandle {
+    /// Starts with the policy the database names as active, after storing
+    /// `seed` there when it is explicit or the database has none yet. The
+    /// seed must pass the self-test before it is stored.
+    pub async fn open(
+        runtime: Arc<PolicyRuntime>,
+        store: Arc<dyn Store>,
+        seed: Seed,
+    ) -> Result<(PolicyHandle, Option<PolicyInfo>), SwapError> {
+        if let Some(config) = &seed.config {
+            check_config(config)?;
+        }
+        let stored = store.active_policy().await?;
+        let sha = crate::secrets::hex(&<sha2::Sha256 as sha2::Digest>::digest(&seed.bytes));
+        let wanted = seed.explicit && stored.as_ref().is_none_or(|a| a.sha256 != sha);
+        let (active, seeded, switched) = if stored.is_none() || wanted {
+            let bytes: Arc<[u8]> = seed.bytes.into();
+            let policy = validate(&runtime, bytes.clone(), seed.source.clone(), true).await?;
+            let new = NewPolicy {
+                sha256: sha,
+                wasm: bytes.to_vec(),
+                source: seed.source,
+                config: seed.config,
+            };
+            let active = if wanted {
+                store.switch_policy(&new).await?
+            } else {
+                store.seed_policy(&new).await?
+            };
+            // Another replica may have seeded first: its policy wins.
+            let switched = wanted.then(|| policy.info().clone());
+            (active, Some(policy), switched)
+        } else {
+            (stored.expect("checked above"), None, None)
+        };
+        let current = match seeded {
+            Some(p) if p.info().sha256 == active.sha256 => p,
+            _ => load_stored(&runtime, &*store, &active.sha256).await?,
+        };
+        let handle = PolicyHandle {
             runtime,
-            dir,
+            store,
             state: RwLock::new(Slots {
-                current: Arc::new(initial),
-                config: Arc::from(""),
+                current: Arc::new(current),
+                config: Arc::from(active.config),
                 previous: None,
             }),
             memo: Default::default(),
-        }
+            changing: Default::default(),
+        };
+        Ok((handle, switched))
     }
 
     /// The memo of the active policy's parse-compose answers.
@@ -81,34 +166,6 @@ impl PolicyHandle {
             parse_compose: self.memo.stats(),
             compiled: self.runtime.compiled_stats(),
         }
-    }
-
-    /// Starts the initial policy with `config` (what [`Self::stored_config`]
-    /// read for it).
-    pub fn with_config(self, config: String) -> Self {
-        self.state.write().expect("policy lock").config = Arc::from(config);
-        self
-    }
-
-    /// The config kept in `dir` for the policy with this sha256; empty when
-    /// none was given.
-    pub fn stored_config(dir: &Path, sha256: &str) -> std::io::Result<String> {
-        match std::fs::read_to_string(config_path(dir, sha256)) {
-            Ok(text) => Ok(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The policy stored as active in `dir` by an earlier run, if any.
-    pub fn load_active(
-        runtime: &Arc<PolicyRuntime>,
-        dir: &Path,
-    ) -> Option<Result<Policy, PolicyError>> {
-        remove_stale_temp_files(dir);
-        let sha = std::fs::read_to_string(dir.join("active")).ok()?;
-        let path = dir.join(format!("{}.wasm", sha.trim()));
-        Some(runtime.load_file(&path))
     }
 
     pub fn current(&self) -> Arc<Policy> {
@@ -134,123 +191,152 @@ impl PolicyHandle {
     }
 
     /// Validates `bytes` (loads, implements the contract, passes the
-    /// vectors within the limits), keeps them by sha256 and switches to them,
-    /// with the config stored for them before, if any.
-    /// On any failure the running policy stays.
-    pub fn install(&self, bytes: &[u8], source: &str) -> Result<PolicyInfo, SwapError> {
-        self.install_with_config(bytes, source, None)
-    }
-
-    /// As [`Self::install`]; `Some(config)` replaces the policy's stored
-    /// config (an empty one removes it).
-    pub fn install_with_config(
+    /// vectors within the limits), stores them by sha256 and makes them the
+    /// active policy of every replica. `Some(config)` replaces the config
+    /// stored for them (an empty one removes it); `None` keeps it. On any
+    /// failure the running policy stays.
+    pub async fn install_with_config(
         &self,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         source: &str,
-        config: Option<&str>,
+        config: Option<String>,
     ) -> Result<PolicyInfo, SwapError> {
-        if let Some(config) = config {
+        if let Some(config) = &config {
             check_config(config)?;
         }
-        let policy = self.runtime.load(bytes, source)?;
-        let failures = selftest::self_test(&policy);
-        if !failures.is_empty() {
-            return Err(SwapError::SelfTest(failures));
-        }
-        let sha = policy.info().sha256.clone();
-        let config = match (&self.dir, config) {
-            (_, Some(c)) => c.to_string(),
-            (Some(dir), None) => {
-                Self::stored_config(dir, &sha).map_err(|source| SwapError::Io {
-                    path: config_path(dir, &sha).display().to_string(),
-                    source,
-                })?
-            }
-            (None, None) => String::new(),
-        };
-        if let Some(dir) = &self.dir {
-            let io = |source| SwapError::Io {
-                path: dir.display().to_string(),
-                source,
-            };
-            std::fs::create_dir_all(dir).map_err(io)?;
-            write_atomic(&dir.join(format!("{sha}.wasm")), bytes).map_err(io)?;
-            store_config(dir, &sha, &config).map_err(io)?;
-            write_atomic(&dir.join("active"), sha.as_bytes()).map_err(io)?;
-        }
+        let bytes: Arc<[u8]> = bytes.into();
+        let policy = validate(&self.runtime, bytes.clone(), source.to_string(), false).await?;
+        let _changing = self.changing.lock().await;
+        let active = self
+            .store
+            .switch_policy(&NewPolicy {
+                sha256: policy.info().sha256.clone(),
+                wasm: bytes.to_vec(),
+                source: source.to_string(),
+                config,
+            })
+            .await?;
         let info = policy.info().clone();
-        let mut slots = self.state.write().expect("policy lock");
-        let old = std::mem::replace(&mut slots.current, Arc::new(policy));
-        let old_config = std::mem::replace(&mut slots.config, Arc::from(config));
-        slots.previous = Some((old, old_config));
-        self.memo.clear();
+        self.switch(Arc::new(policy), active.config);
         tracing::info!(policy = %info.name, version = %info.version, sha256 = %info.sha256, "policy switched");
         Ok(info)
     }
 
-    /// Gives the active policy a new config (empty: none), kept beside it
-    /// so a restart or a later swap back to it finds it.
-    pub fn set_config(&self, config: &str) -> Result<PolicyInfo, SwapError> {
+    /// Gives the active policy a new config (empty: none), kept with it so a
+    /// restart or a later swap back to it finds it.
+    pub async fn set_config(&self, config: &str) -> Result<PolicyInfo, SwapError> {
         check_config(config)?;
-        // Held while the file is written: a swap meanwhile would store this
-        // config for the wrong policy.
-        let mut slots = self.state.write().expect("policy lock");
-        let info = slots.current.info().clone();
-        if let Some(dir) = &self.dir {
-            let io = |source| SwapError::Io {
-                path: dir.display().to_string(),
-                source,
-            };
-            std::fs::create_dir_all(dir).map_err(io)?;
-            store_config(dir, &info.sha256, config).map_err(io)?;
-        }
-        slots.config = Arc::from(config);
+        let _changing = self.changing.lock().await;
+        let info = self.current().info().clone();
+        // Refused when another replica switched policy meanwhile: this
+        // config was meant for the one shown here.
+        let active = self.store.set_policy_config(&info.sha256, config).await?;
+        self.follow(active).await?;
         tracing::info!(policy = %info.name, sha256 = %info.sha256, bytes = config.len(), "policy config changed");
         Ok(info)
     }
 
-    /// Switches back to the policy that was active before the last swap,
-    /// with the config it had.
-    pub fn rollback(&self) -> Result<PolicyInfo, SwapError> {
-        let mut slots = self.state.write().expect("policy lock");
-        let (previous, previous_config) = slots.previous.take().ok_or(SwapError::NoPrevious)?;
-        let replaced = std::mem::replace(&mut slots.current, previous);
-        let replaced_config = std::mem::replace(&mut slots.config, previous_config);
-        slots.previous = Some((replaced, replaced_config));
-        self.memo.clear();
-        let info = slots.current.info().clone();
-        if let Some(dir) = &self.dir {
-            // The same policy may have been given another config since.
-            if let Err(e) = store_config(dir, &info.sha256, &slots.config) {
-                tracing::warn!(error = %e, "cannot store the restored policy's config");
-            }
-            // The bundled policy has no file: starting from it needs no marker.
-            let marker = dir.join("active");
-            let _ = if dir.join(format!("{}.wasm", info.sha256)).exists() {
-                write_atomic(&marker, info.sha256.as_bytes())
-            } else {
-                std::fs::remove_file(&marker)
-            };
-        }
+    /// Switches every replica back to the policy that was active before the
+    /// last swap, with the config it had.
+    pub async fn rollback(&self) -> Result<PolicyInfo, SwapError> {
+        let _changing = self.changing.lock().await;
+        let active = self
+            .store
+            .rollback_policy()
+            .await?
+            .ok_or(SwapError::NoPrevious)?;
+        self.follow(active).await?;
+        let info = self.current().info().clone();
         tracing::info!(policy = %info.name, sha256 = %info.sha256, "policy rolled back");
         Ok(info)
     }
+
+    /// Reads the active policy from the database and runs it, if it is not
+    /// what runs here already (another replica changed it). True when
+    /// something changed.
+    pub async fn refresh(&self) -> Result<bool, SwapError> {
+        let _changing = self.changing.lock().await;
+        let Some(active) = self.store.active_policy().await? else {
+            return Ok(false);
+        };
+        let changed = self.follow(active).await?;
+        if changed {
+            let info = self.current().info().clone();
+            tracing::info!(policy = %info.name, sha256 = %info.sha256, "policy changed by another replica");
+        }
+        Ok(changed)
+    }
+
+    /// Runs `active` here; the caller holds `changing`.
+    async fn follow(&self, active: ActivePolicy) -> Result<bool, SwapError> {
+        let (current, previous, config) = {
+            let slots = self.state.read().expect("policy lock");
+            (
+                slots.current.clone(),
+                slots.previous.clone(),
+                slots.config.clone(),
+            )
+        };
+        if current.info().sha256 == active.sha256 {
+            if *config == *active.config {
+                return Ok(false);
+            }
+            self.state.write().expect("policy lock").config = Arc::from(active.config);
+            return Ok(true);
+        }
+        let policy = match previous.filter(|p| p.info().sha256 == active.sha256) {
+            Some(p) => p,
+            None => Arc::new(load_stored(&self.runtime, &*self.store, &active.sha256).await?),
+        };
+        self.switch(policy, active.config);
+        Ok(true)
+    }
+
+    fn switch(&self, policy: Arc<Policy>, config: String) {
+        let mut slots = self.state.write().expect("policy lock");
+        let old = std::mem::replace(&mut slots.current, policy);
+        slots.config = Arc::from(config);
+        slots.previous = Some(old);
+        self.memo.clear();
+    }
 }
 
-fn config_path(dir: &Path, sha256: &str) -> PathBuf {
-    dir.join(format!("{sha256}.config"))
+/// Loads the stored policy with this sha256 (compiled code comes from the
+/// local cache when it has it).
+async fn load_stored(
+    runtime: &Arc<PolicyRuntime>,
+    store: &dyn Store,
+    sha256: &str,
+) -> Result<Policy, SwapError> {
+    let stored = store.stored_policy(sha256).await?.ok_or_else(|| {
+        SwapError::Store(StoreError::Corrupt(format!(
+            "the active policy {sha256} has no stored component"
+        )))
+    })?;
+    let runtime = runtime.clone();
+    tokio::task::spawn_blocking(move || runtime.load(&stored.wasm, &stored.source))
+        .await
+        .map_err(|e| SwapError::Task(e.to_string()))?
+        .map_err(SwapError::from)
 }
 
-/// Writes a policy's config beside it, or removes the file for an empty one.
-fn store_config(dir: &Path, sha256: &str, config: &str) -> std::io::Result<()> {
-    let path = config_path(dir, sha256);
-    if !config.is_empty() {
-        return write_atomic(&path, config.as_bytes());
-    }
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+/// The policy a data dir from before the database held policies ran, and
+/// its config: `policies/active` names `<sha256>.wasm` beside it, its config
+/// in `<sha256>.config`. Read once, to seed an empty database.
+pub fn legacy_active(dir: &Path) -> std::io::Result<Option<(Vec<u8>, String, String)>> {
+    let sha = match std::fs::read_to_string(dir.join("active")) {
+        Ok(sha) => sha.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let wasm_path = dir.join(format!("{sha}.wasm"));
+    let wasm = std::fs::read(&wasm_path)?;
+    let config = match std::fs::read_to_string(dir.join(format!("{sha}.config"))) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(Some((wasm, wasm_path.display().to_string(), config)))
 }
 
 static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -292,19 +378,4 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Temporary files a crash left behind in `dir` (they were never renamed, so
-/// nothing reads them).
-fn remove_stale_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.contains(TEMP_MARK) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }

@@ -45,7 +45,7 @@ use wasmtime::{
 };
 
 pub use cache::{CompiledStats, user_cache_dir};
-pub use handle::{MAX_CONFIG_BYTES, PolicyHandle, SwapError};
+pub use handle::{MAX_CONFIG_BYTES, PolicyHandle, Seed, SwapError, legacy_active};
 pub use memo::{MemoStats, ParseMemo, PolicyCacheStats};
 
 /// The default policy, built from `guest/` for contract 0.2.0 by `build.rs`.

@@ -95,6 +95,11 @@ impl SqlStore {
         self.sqlite
     }
 
+    /// Whether the database is PostgreSQL (shared by replicas).
+    pub(super) fn is_postgres(&self) -> bool {
+        !self.sqlite
+    }
+
     /// A write transaction. SQLite takes the write lock up front: two
     /// deferred transactions that both read then write would deadlock.
     /// PostgreSQL keeps its default isolation; the queries that read a row

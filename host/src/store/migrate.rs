@@ -34,6 +34,7 @@ migrations!(
     "0006_project_labels.sql",
     "0007_decision_log.sql",
     "0008_replica_leases.sql",
+    "0009_shared_policies.sql",
 );
 
 /// The advisory lock replicas starting together take on PostgreSQL: one

@@ -13,6 +13,8 @@ mod events;
 mod leases;
 mod migrate;
 mod nodes;
+pub mod notify;
+mod policies;
 mod projects;
 mod settings;
 mod sql;
@@ -29,6 +31,7 @@ pub use decisions::{
     DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
 };
 pub use leases::{Leader, LeaseClaim};
+pub use policies::{ActivePolicy, NewPolicy, StoredPolicy};
 pub use settings::{
     DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
     set_image_watch_min,
@@ -525,4 +528,20 @@ pub trait Store: Send + Sync {
     /// Deletes decisions made before `older_than` (Unix seconds), then all
     /// but the newest `max_rows`.
     async fn prune_decisions(&self, max_rows: u64, older_than: i64) -> Result<Pruned>;
+
+    /// The policy every replica runs, if one was stored yet.
+    async fn active_policy(&self) -> Result<Option<ActivePolicy>>;
+    async fn stored_policy(&self, sha256: &str) -> Result<Option<StoredPolicy>>;
+    /// Keeps `new` and makes it active when no policy is yet; returns the
+    /// active one either way. Tells the other replicas.
+    async fn seed_policy(&self, new: &NewPolicy) -> Result<ActivePolicy>;
+    /// Keeps `new` and makes it active, the active one becoming previous,
+    /// in one transaction. Tells the other replicas.
+    async fn switch_policy(&self, new: &NewPolicy) -> Result<ActivePolicy>;
+    /// Gives the active policy `config`; a conflict when the active policy
+    /// is no longer `sha256`. Tells the other replicas.
+    async fn set_policy_config(&self, sha256: &str, config: &str) -> Result<ActivePolicy>;
+    /// Makes the previous policy active again; `None` when there is none.
+    /// Tells the other replicas.
+    async fn rollback_policy(&self) -> Result<Option<ActivePolicy>>;
 }

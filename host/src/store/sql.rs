@@ -206,4 +206,23 @@ impl Store for SqlStore {
     async fn prune_decisions(&self, max_rows: u64, older_than: i64) -> Result<Pruned> {
         self.prune_decisions_impl(max_rows, older_than).await
     }
+
+    async fn active_policy(&self) -> Result<Option<ActivePolicy>> {
+        self.active_policy_row().await
+    }
+    async fn stored_policy(&self, sha256: &str) -> Result<Option<StoredPolicy>> {
+        self.stored_policy_row(sha256).await
+    }
+    async fn seed_policy(&self, new: &NewPolicy) -> Result<ActivePolicy> {
+        self.seed_policy_row(new).await
+    }
+    async fn switch_policy(&self, new: &NewPolicy) -> Result<ActivePolicy> {
+        self.switch_policy_row(new).await
+    }
+    async fn set_policy_config(&self, sha256: &str, config: &str) -> Result<ActivePolicy> {
+        self.set_policy_config_row(sha256, config).await
+    }
+    async fn rollback_policy(&self) -> Result<Option<ActivePolicy>> {
+        self.rollback_policy_row().await
+    }
 }

@@ -180,7 +180,7 @@ pub async fn reconcile_hosted(
 ) -> Result<Moved, TriggerError> {
     for _ in 0..MAX_REDECIDE {
         let project = app.store.project(project_id).await?;
-        let path = crate::git::hosted_path(&app.data_dir, project_id);
+        let path = crate::git::hosted_path(&app.repo_dir, project_id);
         let branch = project.fields.git_branch.clone();
         let head = tokio::task::spawn_blocking(move || crate::git::local_head(&path, &branch))
             .await
@@ -218,7 +218,7 @@ async fn after_push(app: &Arc<App>, project_id: i64, before: Option<String>) {
         Ok(p) => p,
         Err(e) => return tracing::warn!(error = %e, "push: project vanished"),
     };
-    let path = crate::git::hosted_path(&app.data_dir, project_id);
+    let path = crate::git::hosted_path(&app.repo_dir, project_id);
     let after = match crate::git::local_head(&path, &project.fields.git_branch) {
         Ok(h) => h,
         Err(e) => return tracing::warn!(error = %e, "push: cannot read the branch"),
