@@ -92,12 +92,12 @@ impl SqlStore {
     }
 
     pub(super) fn is_sqlite(&self) -> bool {
-        self.sqlite
+        self.backend == Backend::Sqlite
     }
 
     /// Whether the database is PostgreSQL (shared by replicas).
     pub(super) fn is_postgres(&self) -> bool {
-        !self.sqlite
+        self.backend == Backend::Postgres
     }
 
     /// A write transaction. SQLite takes the write lock up front: two
