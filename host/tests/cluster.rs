@@ -410,8 +410,11 @@ async fn scenario() -> Outcome {
                 .map(|_| tokio::sync::RwLock::new(()))
                 .collect(),
         ),
+        // A fresh connection per request: a kept-alive one the replica is
+        // just closing (its idle timeout) fails the request that reuses it.
         http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap(),
     };

@@ -185,8 +185,12 @@ pub struct LoggedGitDaemon {
 impl LoggedGitDaemon {
     pub fn start(base: &Path) -> LoggedGitDaemon {
         use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
         let port = free_port();
+        // A group of its own: `git` runs `git-daemon` as a child, which
+        // killing `git` alone would leave running.
         let mut child = git_daemon_command(base, port, &["--verbose", "--max-connections=256"])
+            .process_group(0)
             .stderr(Stdio::piped())
             .spawn()
             .expect("run git daemon");
@@ -229,8 +233,14 @@ impl LoggedGitDaemon {
         )
     }
 
-    pub fn stop(self) {
-        drop(self.server);
+    pub fn stop(self) {}
+}
+
+impl Drop for LoggedGitDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.server.child.id())])
+            .status();
     }
 }
 
