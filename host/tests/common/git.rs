@@ -139,22 +139,161 @@ impl Drop for Server {
 /// `git daemon` exporting every repository under `base`.
 pub fn git_daemon(base: &Path) -> Server {
     let port = free_port();
-    let child = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", base.display()))
-        .arg(base)
-        .stdout(Stdio::null())
+    let child = git_daemon_command(base, port, &[])
         .stderr(Stdio::null())
         .spawn()
         .expect("run git daemon");
-    wait_for_port(port);
-    Server { child, port }
+    Server::wrap(child, port)
+}
+
+/// `extra` options go before the directory (git daemon takes every
+/// argument after the first directory as another directory).
+fn git_daemon_command(base: &Path, port: u16, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.args([
+        "daemon",
+        "--reuseaddr",
+        "--export-all",
+        "--listen=127.0.0.1",
+    ])
+    .args(extra)
+    .arg(format!("--port={port}"))
+    .arg(format!("--base-path={}", base.display()))
+    .arg(base)
+    .stdout(Stdio::null());
+    cmd
+}
+
+/// One `upload-pack` request `git daemon --verbose` logged: which
+/// repository (its path under the base, e.g. `/r001.git`) and when the
+/// line reached the test (milliseconds since the Unix epoch).
+#[derive(Debug, Clone)]
+pub struct UploadPack {
+    pub at_ms: u64,
+    pub repo: String,
+}
+
+/// `git daemon --verbose`, each upload-pack request (a head lookup or a
+/// fetch) recorded as it is logged. The daemon's log has no time of its
+/// own: a thread stamps each line as it reads it.
+pub struct LoggedGitDaemon {
+    server: Server,
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<UploadPack>>>,
+}
+
+impl LoggedGitDaemon {
+    pub fn start(base: &Path) -> LoggedGitDaemon {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        // A group of its own: `git` runs `git-daemon` as a child, which
+        // killing `git` alone would leave running.
+        let mut child = git_daemon_command(base, port, &["--verbose", "--max-connections=256"])
+            .process_group(0)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run git daemon");
+        let stderr = child.stderr.take().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = requests.clone();
+        // Ends when the daemon (and every child it forked) has exited.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(repo) = line
+                    .split_once("Request upload-pack for '")
+                    .and_then(|(_, rest)| rest.strip_suffix('\''))
+                {
+                    sink.lock().unwrap().push(UploadPack {
+                        at_ms: epoch_ms(),
+                        repo: repo.to_string(),
+                    });
+                }
+            }
+        });
+        LoggedGitDaemon {
+            server: Server::wrap(child, port),
+            port,
+            requests,
+        }
+    }
+
+    /// Every upload-pack request so far, in the order they were logged.
+    pub fn requests(&self) -> Vec<UploadPack> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The URL of the repository at `path` under the base.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "git://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    pub fn stop(self) {}
+}
+
+impl Drop for LoggedGitDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.server.child.id())])
+            .status();
+    }
+}
+
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A bare repository at `path` whose `main` holds one commit with `file.txt`
+/// = `content`, written in-process (hundreds of repositories in seconds);
+/// returns the commit's SHA.
+pub fn bare_with_file(path: &Path, content: &str) -> String {
+    // No template: git's sample hooks would be most of the files written.
+    let repo = git2::Repository::init_opts(
+        path,
+        git2::RepositoryInitOptions::new()
+            .bare(true)
+            .external_template(false),
+    )
+    .unwrap();
+    repo.set_head("refs/heads/main").unwrap();
+    commit_file(&repo, content)
+}
+
+/// Adds a commit on top of `main` of the bare repository at `path`, with
+/// `file.txt` = `content`; returns its SHA.
+pub fn advance(path: &Path, content: &str) -> String {
+    commit_file(&git2::Repository::open_bare(path).unwrap(), content)
+}
+
+fn commit_file(repo: &git2::Repository, content: &str) -> String {
+    let blob = repo.blob(content.as_bytes()).unwrap();
+    let mut tree = repo.treebuilder(None).unwrap();
+    tree.insert("file.txt", blob, 0o100644).unwrap();
+    let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let sig = git2::Signature::now("test", "test@example.com").unwrap();
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    repo.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        content,
+        &tree,
+        &parents,
+    )
+    .unwrap()
+    .to_string()
 }
 
 /// sshd on loopback that lets in one freshly made key (as the current

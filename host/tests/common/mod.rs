@@ -13,6 +13,7 @@ pub mod git;
 pub mod load;
 pub mod netns;
 pub mod registry;
+pub mod replicas;
 pub mod token_issuer;
 pub mod trickle;
 

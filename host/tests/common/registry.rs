@@ -225,6 +225,32 @@ impl TestRegistry {
         (count("HEAD"), count("GET"))
     }
 
+    /// Every manifest HEAD the registry answered so far, from its own
+    /// (logfmt) log lines, which carry nanosecond times; the access log's
+    /// lines carry whole seconds only.
+    pub fn manifest_heads(&self) -> Vec<ManifestHead> {
+        let text = std::fs::read_to_string(self.log.as_ref().expect("started with an access log"))
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.contains("msg=\"response completed")
+                    && logfmt(l, "http.request.method") == Some("HEAD")
+            })
+            .filter_map(|l| {
+                let uri = logfmt(l, "http.request.uri")?;
+                let (name, reference) = uri.strip_prefix("/v2/")?.split_once("/manifests/")?;
+                Some(ManifestHead {
+                    at_ms: rfc3339_ms(logfmt(l, "time")?)?,
+                    name: name.to_string(),
+                    reference: reference.to_string(),
+                    user_agent: logfmt(l, "http.request.useragent")
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Every request line in the access log (`METHOD PATH`), in order.
     pub fn requests(&self) -> Vec<String> {
         let text = std::fs::read_to_string(self.log.as_ref().expect("started with an access log"))
@@ -329,6 +355,52 @@ impl TestRegistry {
         std::fs::remove_dir_all(layout).unwrap();
         digest
     }
+}
+
+/// A manifest HEAD as the registry logged it.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub name: String,
+    pub reference: String,
+    pub user_agent: String,
+}
+
+/// The value of `key` in a logfmt line (`key=value` or `key="a value"`).
+fn logfmt<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line
+        .match_indices(&format!("{key}="))
+        .find(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')?
+        .0
+        + key.len()
+        + 1;
+    let rest = &line[start..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next(),
+        None => rest.split(' ').next(),
+    }
+}
+
+/// `2026-11-26T17:35:46.684304979Z` in milliseconds since the Unix epoch.
+fn rfc3339_ms(time: &str) -> Option<u64> {
+    let (date, clock) = time.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + h) * 60 + min) * 60 + sec)
+        .ok()
+        .map(|s| s * 1000 + ms as u64)
 }
 
 fn spawn(config: &Path, ip: &str, port: u16, log: Option<&Path>) -> Server {
