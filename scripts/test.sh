@@ -35,10 +35,12 @@ cargo clippy -p autodeploy-sync-windows --target wasm32-unknown-unknown -- -D wa
 echo "==> cargo test"
 cargo test --workspace
 # The same suites again against a real PostgreSQL: pg_virtualenv runs them
-# inside a throw-away cluster (PGHOST, PGPORT, PGUSER and PGPASSWORD set);
+# inside one throw-away cluster (PGHOST, PGPORT, PGUSER and PGPASSWORD set);
 # each test makes a database of its own there (host/tests/common/db.rs).
-echo "==> cargo test on PostgreSQL (store, API, triggers, agents, nodes)"
-pg_virtualenv sh -c 'AUTODEPLOY_TEST_DATABASE=postgres cargo test -p autodeploy --test store --test api --test git_trigger --test image_watch --test agent_deploys --test nodes'
-# Replicas on one PostgreSQL database, its ignored (PostgreSQL-only) test too.
-echo "==> replicas on PostgreSQL"
-pg_virtualenv sh -c 'AUTODEPLOY_TEST_DATABASE=postgres cargo test -p autodeploy --test replicas -- --include-ignored'
+# Then the PostgreSQL-only tests (ignored in the plain run above): replicas
+# sharing one database, and the 3-replica cluster with its kills.
+echo "==> cargo test on PostgreSQL (store, API, triggers, agents, nodes; replicas; cluster)"
+pg_virtualenv sh -c 'set -e
+export AUTODEPLOY_TEST_DATABASE=postgres
+cargo test -p autodeploy --test store --test api --test git_trigger --test image_watch --test agent_deploys --test nodes
+cargo test -p autodeploy --test replicas --test cluster -- --include-ignored'

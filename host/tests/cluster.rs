@@ -18,8 +18,9 @@
 //!   registry's log);
 //! - no replica panicked.
 //!
-//! Needs PostgreSQL: run it inside `pg_virtualenv` with
-//! `AUTODEPLOY_TEST_DATABASE=postgres` (scripts/test.sh does).
+//! Needs PostgreSQL, so its tests are ignored in a plain `cargo test`: run
+//! them inside `pg_virtualenv` with `AUTODEPLOY_TEST_DATABASE=postgres` and
+//! `--include-ignored` (scripts/test.sh does).
 
 mod common;
 
@@ -690,6 +691,7 @@ async fn scenario() -> Outcome {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh runs it inside pg_virtualenv"]
 fn every_change_is_deployed_exactly_once() {
     let o = outcome();
     let mut wrong = Vec::new();
@@ -736,6 +738,7 @@ fn every_change_is_deployed_exactly_once() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh runs it inside pg_virtualenv"]
 fn no_deployment_is_handed_to_two_nodes() {
     let o = outcome();
     let mut by_id: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
@@ -759,6 +762,7 @@ fn no_deployment_is_handed_to_two_nodes() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh runs it inside pg_virtualenv"]
 fn no_project_is_looked_up_twice_in_one_interval() {
     let o = outcome();
     let interval = POLL_SECONDS * 1000;
@@ -831,6 +835,7 @@ fn no_project_is_looked_up_twice_in_one_interval() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh runs it inside pg_virtualenv"]
 fn registry_heads_per_tick_equal_the_distinct_images() {
     let o = outcome();
     let interval = IMAGE_SECONDS * 1000;
@@ -886,6 +891,7 @@ fn registry_heads_per_tick_equal_the_distinct_images() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh runs it inside pg_virtualenv"]
 fn no_replica_panicked() {
     let o = outcome();
     assert!(o.panics.is_empty(), "{:#?}", o.panics);
