@@ -38,9 +38,10 @@ cargo test --workspace
 # inside one throw-away cluster (PGHOST, PGPORT, PGUSER and PGPASSWORD set);
 # each test makes a database of its own there (host/tests/common/db.rs).
 # Then the PostgreSQL-only tests (ignored in the plain run above): replicas
-# sharing one database, and the 3-replica cluster with its kills.
+# sharing one database, leases and leadership across replicas, and the
+# 3-replica cluster with its kills.
 echo "==> cargo test on PostgreSQL (store, API, triggers, agents, nodes; replicas; cluster)"
 pg_virtualenv sh -c 'set -e
 export AUTODEPLOY_TEST_DATABASE=postgres
 cargo test -p autodeploy --test store --test api --test git_trigger --test image_watch --test agent_deploys --test nodes
-cargo test -p autodeploy --test replicas --test cluster -- --include-ignored'
+cargo test -p autodeploy --test replicas --test leases --test cluster -- --include-ignored'

@@ -414,7 +414,17 @@ async fn toggle_goes_through_the_policy_and_settings_persist() {
     let status = d.ok(Method::GET, "/api/status", None).await;
     assert_eq!(status["policy"]["name"], "autodeploy-default");
     assert_eq!(status["policy"]["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(status["loops"]["node-watch"]["state"], "running");
+    // The loops start beside the listener (on PostgreSQL after a round trip
+    // or two), so their state is awaited, not read at once.
+    common::wait_until(
+        "the node watcher runs",
+        std::time::Duration::from_secs(60),
+        || async {
+            d.ok(Method::GET, "/api/status", None).await["loops"]["node-watch"]["state"]
+                == "running"
+        },
+    )
+    .await;
     d.stop();
 }
 

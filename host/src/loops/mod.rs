@@ -76,6 +76,8 @@ pub async fn run<L: Loop>(app: Arc<App>, pick: fn(&App) -> &L, cancel: Cancellat
         l.status().state("off", Some(e.to_string()));
         return;
     }
+    // Running from here, not only from the first tick's end.
+    l.status().state("running", None);
     let mut schedule = schedule::Schedule::new(&app, l.first_at_once());
     while schedule.next(&app, l, &cancel).await {
         match l.tick(&app, &cancel).await {
