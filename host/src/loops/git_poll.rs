@@ -285,47 +285,48 @@ impl Tick {
     /// hanging remote never holds them up.
     fn reconcile(&mut self, project: ProjectRecord) {
         let (app, local, base) = (self.app.clone(), self.local.clone(), self.base.clone());
-        let span = tracing::info_span!("trigger", project = project.id, source = "auto-push");
-        self.tasks.spawn(
-            async move {
-                let result = match local.acquire_owned().await {
-                    Ok(_permit) => reconcile(&app, &project, &base).await,
-                    Err(_) => Checked::Error {
-                        error: "the tick was stopped".into(),
-                    },
-                };
-                ProjectResult {
-                    project_id: project.id,
-                    name: project.fields.name.clone(),
-                    result,
-                }
+        let (id, name) = (project.id, project.fields.name.clone());
+        self.spawn_check(id, name, "auto-push", async move {
+            match local.acquire_owned().await {
+                Ok(_permit) => reconcile(&app, &project, &base).await,
+                Err(_) => stopped(),
             }
-            .instrument(span),
-        );
+        });
     }
 
     /// An external project: its remote branch head against the tracked
     /// commit.
     fn poll(&mut self, project: ProjectRecord, facts: Facts) {
         let (app, permits) = (self.app.clone(), self.remote.clone());
-        let span = tracing::info_span!("trigger", project = project.id, source = "auto-poll");
+        let (id, name) = (project.id, project.fields.name.clone());
+        self.spawn_check(id, name, "auto-poll", async move {
+            let url = project.fields.git_url.as_deref().unwrap_or_default();
+            if crate::git::isolated::is_remote(url) {
+                let jitter = rand::rng().random_range(0..=MAX_JITTER_MS);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            match permits.acquire_owned().await {
+                Ok(_permit) => check(&app, &project, facts).await,
+                Err(_) => stopped(),
+            }
+        });
+    }
+
+    /// Runs one project's check on the tick's tasks, in its trigger span.
+    fn spawn_check(
+        &mut self,
+        project_id: i64,
+        name: String,
+        source: &'static str,
+        check: impl Future<Output = Checked> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("trigger", project = project_id, source = source);
         self.tasks.spawn(
             async move {
-                let url = project.fields.git_url.as_deref().unwrap_or_default();
-                if crate::git::isolated::is_remote(url) {
-                    let jitter = rand::rng().random_range(0..=MAX_JITTER_MS);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                }
-                let result = match permits.acquire_owned().await {
-                    Ok(_permit) => check(&app, &project, facts).await,
-                    Err(_) => Checked::Error {
-                        error: "the tick was stopped".into(),
-                    },
-                };
                 ProjectResult {
-                    project_id: project.id,
-                    name: project.fields.name.clone(),
-                    result,
+                    project_id,
+                    name,
+                    result: check.await,
                 }
             }
             .instrument(span),
@@ -527,5 +528,12 @@ impl ErrorStreaks {
             // A day of failing remotes may have grown it: give the memory back.
             all.shrink_to_fit();
         }
+    }
+}
+
+/// What a check that never ran (its tick was stopped) came to.
+fn stopped() -> Checked {
+    Checked::Error {
+        error: "the tick was stopped".into(),
     }
 }
