@@ -104,7 +104,7 @@ async fn a_claim_skips_live_leases_and_checked_projects_and_takes_expired_leases
 
     // Replica a dies: its leases run to their end (here: already over) and
     // replica b takes the projects.
-    store.release_projects("replica-b").await.unwrap();
+    store.release_projects("replica-b", None).await.unwrap();
     assert_eq!(ids(&store, &anything("replica-a", now() - 1)).await, all);
     assert_eq!(ids(&store, &anything("replica-b", now() + 60)).await, all);
     // Paging: a claim starts above the cursor it is given.
@@ -117,7 +117,7 @@ async fn a_claim_skips_live_leases_and_checked_projects_and_takes_expired_leases
 
     // Released, the projects are free again; still checked within the
     // interval, so not due; due once the interval has passed.
-    store.release_projects("replica-b").await.unwrap();
+    store.release_projects("replica-b", None).await.unwrap();
     assert!(ids(&store, &due("replica-a", 60, 10)).await.is_empty());
     assert_eq!(ids(&store, &due("replica-a", -1, 10)).await, all);
 }

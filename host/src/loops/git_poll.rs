@@ -214,8 +214,10 @@ impl GitPoller {
             tick.join_one().await;
         }
         // Released as one: a lease held to the tick's end only keeps another
-        // replica's asked-for tick off these projects meanwhile.
-        if let Err(e) = app.store.release_projects(&claim.owner).await {
+        // replica's asked-for tick off these projects meanwhile. A due tick
+        // stamps them checked now, after every lookup it made.
+        let checked_at = claim.due_before.map(|_| crate::store::now());
+        if let Err(e) = app.store.release_projects(&claim.owner, checked_at).await {
             tracing::warn!(error = %e, "releasing the tick's leases failed; they expire");
         }
         if let Some(e) = failure {

@@ -122,12 +122,17 @@ pub(super) async fn claim(
         .collect())
 }
 
-/// Ends every lease `owner` holds.
-pub(super) async fn release(db: &SqlStore, owner: &str) -> Result<()> {
+/// Ends every lease `owner` holds. With `checked_at`, the projects are
+/// stamped checked then: a due tick stamps its claims again at its end, so
+/// the next check of a project looked up late in a long tick still waits a
+/// whole interval from that lookup, not from the tick's start.
+pub(super) async fn release(db: &SqlStore, owner: &str, checked_at: Option<i64>) -> Result<()> {
     sqlx::query(
-        "UPDATE projects SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        "UPDATE projects SET checked_at = COALESCE($2, checked_at), lease_owner = NULL, \
+         lease_until = NULL WHERE lease_owner = $1",
     )
     .bind(owner)
+    .bind(checked_at)
     .execute(&db.pool)
     .await?;
     Ok(())

@@ -467,8 +467,9 @@ pub trait Store: Send + Sync {
         claim: &LeaseClaim,
         after: i64,
     ) -> Result<Vec<Result<ProjectRecord, BrokenProject>>>;
-    /// Ends every lease `owner` holds.
-    async fn release_projects(&self, owner: &str) -> Result<()>;
+    /// Ends every lease `owner` holds; with `checked_at`, stamps those
+    /// projects checked then.
+    async fn release_projects(&self, owner: &str, checked_at: Option<i64>) -> Result<()>;
     /// The leadership of `role`, when no other replica holds it.
     async fn lead(&self, role: &str) -> Result<Option<Leader>>;
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;

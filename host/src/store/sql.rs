@@ -65,8 +65,8 @@ impl Store for SqlStore {
         leases::claim(self, claim, after).await
     }
 
-    async fn release_projects(&self, owner: &str) -> Result<()> {
-        leases::release(self, owner).await
+    async fn release_projects(&self, owner: &str, checked_at: Option<i64>) -> Result<()> {
+        leases::release(self, owner, checked_at).await
     }
 
     async fn lead(&self, role: &str) -> Result<Option<Leader>> {
