@@ -451,7 +451,6 @@ pub trait Store: Send + Sync {
         credential: Option<&SealedCredential>,
     ) -> Result<ProjectRecord>;
     async fn project(&self, id: i64) -> Result<ProjectRecord>;
-    async fn projects(&self) -> Result<Vec<ProjectRecord>>;
     /// Up to `limit` projects with an id above `after`, in id order, each
     /// row decoded on its own: a corrupt row is an error for that project
     /// only.

@@ -204,18 +204,6 @@ pub(super) async fn get(db: &SqlStore, id: i64) -> Result<ProjectRecord> {
     project_from(&row)
 }
 
-async fn all_rows(db: &SqlStore) -> Result<Vec<AnyRow>> {
-    Ok(sqlx::query(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} {FROM} ORDER BY p.id"
-    )))
-    .fetch_all(&db.pool)
-    .await?)
-}
-
-pub(super) async fn list(db: &SqlStore) -> Result<Vec<ProjectRecord>> {
-    all_rows(db).await?.iter().map(project_from).collect()
-}
-
 /// By id, from above `after`: a keyset page on the primary key.
 pub(super) async fn page(
     db: &SqlStore,

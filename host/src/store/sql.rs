@@ -45,10 +45,6 @@ impl Store for SqlStore {
         projects::get(self, id).await
     }
 
-    async fn projects(&self) -> Result<Vec<ProjectRecord>> {
-        projects::list(self).await
-    }
-
     async fn projects_checked(
         &self,
         after: i64,
