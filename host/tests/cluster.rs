@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::daemon::{ADMIN, temp_dir};
-use common::git::{LoggedGitDaemon, UploadPack, advance, bare_with_file, epoch_ms, git};
+use common::git::{LoggedGitDaemon, UploadPack, advance, bare_with_file, epoch_ms};
 use common::registry::{ManifestHead, TestRegistry};
 use common::replicas::{Replica, Shared};
 use common::wait_until;
@@ -323,23 +323,7 @@ async fn kill_mid_tick(replicas: &mut [Replica], api: &Api, not: Option<usize>) 
 /// Pushes `compose` as docker-compose.yml of hosted project `id` through
 /// `replica`; returns the pushed commit.
 fn push_compose(work: &Path, url: &str, id: i64, token: &str, compose: &str) -> String {
-    tokio::task::block_in_place(|| push_compose_blocking(work, url, id, token, compose))
-}
-
-fn push_compose_blocking(work: &Path, url: &str, id: i64, token: &str, compose: &str) -> String {
-    if !work.join(".git").exists() {
-        std::fs::create_dir_all(work).unwrap();
-        git(work, &["init", "-q", "-b", "main"]);
-    }
-    std::fs::write(work.join("docker-compose.yml"), compose).unwrap();
-    git(work, &["add", "docker-compose.yml"]);
-    git(work, &["commit", "-q", "-m", "compose"]);
-    let remote = format!(
-        "http://x:{token}@{}/git/{id}.git",
-        url.trim_start_matches("http://")
-    );
-    git(work, &["push", "-q", &remote, "main"]);
-    git(work, &["rev-parse", "HEAD"])
+    tokio::task::block_in_place(|| common::git::push_compose(work, url, id, token, compose))
 }
 
 /// Changes not yet deployed: no claim a node got matches them.

@@ -33,18 +33,7 @@ async fn digests(d: &Daemon, id: i64) -> Value {
 
 /// Pushes `compose` as docker-compose.yml to a hosted project's repository.
 fn push_compose(d: &Daemon, work: &Path, id: i64, token: &str, compose: &str) {
-    if !work.join(".git").exists() {
-        std::fs::create_dir_all(work).unwrap();
-        git(work, &["init", "-q", "-b", "main"]);
-    }
-    std::fs::write(work.join("docker-compose.yml"), compose).unwrap();
-    git(work, &["add", "docker-compose.yml"]);
-    git(work, &["commit", "-q", "-m", "compose"]);
-    let url = format!(
-        "http://x:{token}@{}/git/{id}.git",
-        d.url.trim_start_matches("http://")
-    );
-    git(work, &["push", "-q", &url, "main"]);
+    common::git::push_compose(work, &d.url, id, token, compose);
 }
 
 #[tokio::test]

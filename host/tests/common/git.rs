@@ -620,3 +620,22 @@ http {{
         access_log: dir.join("access.log"),
     }
 }
+
+/// Commits `compose` as docker-compose.yml in the work tree `work` (made on
+/// first use) and pushes it to hosted project `id` on the daemon at
+/// `daemon_url` with its push token; returns the pushed commit.
+pub fn push_compose(work: &Path, daemon_url: &str, id: i64, token: &str, compose: &str) -> String {
+    if !work.join(".git").exists() {
+        std::fs::create_dir_all(work).unwrap();
+        git(work, &["init", "-q", "-b", "main"]);
+    }
+    std::fs::write(work.join("docker-compose.yml"), compose).unwrap();
+    git(work, &["add", "docker-compose.yml"]);
+    git(work, &["commit", "-q", "-m", "compose"]);
+    let remote = format!(
+        "http://x:{token}@{}/git/{id}.git",
+        daemon_url.trim_start_matches("http://")
+    );
+    git(work, &["push", "-q", &remote, "main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
