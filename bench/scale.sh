@@ -26,5 +26,5 @@ if [ "${SCALE_ONLY:-postgres}" != sqlite ]; then
     # 10,000 repositories shared by the projects (project i uses i mod 10,000).
     SCALE_PROJECTS="${SCALE_PG_PROJECTS:-100000}" SCALE_REPOS=10000 \
         SCALE_TICKS="${SCALE_TICKS:-1}" AUTODEPLOY_TEST_DATABASE=postgres \
-        pg_virtualenv bash -c "$(declare -f run); run"
+        pg_virtualenv -t bash -c "$(declare -f run); run"
 fi

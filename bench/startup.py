@@ -57,7 +57,7 @@ def daemon_start(data_dir, args=()):
     )
     log = open(os.path.join(os.path.dirname(data_dir), "daemon.log"), "ab")
     started = time.perf_counter()
-    child = subprocess.Popen([BIN, *args, "serve"], env=e, stdout=subprocess.DEVNULL, stderr=log)
+    child = subprocess.Popen([BIN, "serve", *args], env=e, stdout=subprocess.DEVNULL, stderr=log)
     try:
         while True:
             if child.poll() is not None:
@@ -81,7 +81,7 @@ def daemon_start(data_dir, args=()):
 def parse_compose(compose, cache_home, args=()):
     started = time.perf_counter()
     out = subprocess.run(
-        [BIN, *args, "policy", "parse-compose", compose],
+        [BIN, "policy", "parse-compose", compose, *args],
         env=env(XDG_CACHE_HOME=cache_home),
         capture_output=True,
     )

@@ -72,6 +72,7 @@ async fn app(data_dir: &Path) -> Arc<App> {
         repo_dir: None,
         database_url: None,
         git_timeout_seconds: 30,
+        metrics_listen: None,
         http: Default::default(),
         registry: Default::default(),
         git_transport: Default::default(),
@@ -153,6 +154,7 @@ async fn poll_ticks() {
             image_ref: None,
             container_port: None,
             labels: Default::default(),
+            deploy: Default::default(),
         };
         app.store.create_project(&fields, None, None).await.unwrap();
     }

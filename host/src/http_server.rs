@@ -1,4 +1,5 @@
-//! The HTTP/1.1 listener in front of the API and the git endpoints.
+//! The HTTP/1.1 listener in front of the API, the web UI and the git
+//! endpoints.
 //!
 //! `axum::serve` has no header-read timeout and no connection cap: a client
 //! that opens connections and never finishes a request holds a task and a
@@ -120,7 +121,7 @@ pub async fn serve(
     let service = TowerToHyperService::new(router);
 
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -150,7 +151,16 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
-        let conn = builder.serve_connection(io, service.clone());
+        // The client's address, for what counts per client (failed web
+        // sign-ins), as axum's `ConnectInfo`.
+        let inner = service.clone();
+        let with_peer =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&inner, req)
+            });
+        let conn = builder.serve_connection(io, with_peer);
         let stop = shutdown.clone();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {

@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use autodeploy::agent::runner::AgentArgs;
-use autodeploy::client::{self, ClientArgs, NodeCommand, ProjectCommand, SettingsCommand};
+use autodeploy::client::{
+    self, ClientArgs, ClientError, EventsArgs, NodeCommand, NotificationCommand, ProjectCommand,
+    SettingsCommand,
+};
 use autodeploy::policy::cli::{PolicyArgs, PolicyCommand};
 use autodeploy::serve::{self, ServeArgs};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -17,21 +20,30 @@ use clap::{Parser, Subcommand};
     about = "Redeploys self-hosted projects when their source moves on"
 )]
 struct Cli {
-    #[command(flatten)]
-    policy: PolicyArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: API, hosted git, triggers (SQLite and the bundled policy by default).
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// Run a deploy node's agent: claim deployments and run them with docker compose.
     Agent(AgentArgs),
     /// Run one policy decision locally (JSON in, JSON out), or load/roll back the daemon's policy.
-    #[command(subcommand)]
-    Policy(PolicyCommand),
+    Policy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage projects on a running daemon.
     Project {
         #[command(flatten)]
@@ -53,6 +65,25 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Manage notification targets on a running daemon.
+    Notification {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: NotificationCommand,
+    },
+    /// The event log, newest first: what people, triggers and nodes did.
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: EventsArgs,
+    },
+    /// Print a shell completion script: `autodeploy completions bash >
+    /// /etc/bash_completion.d/autodeploy`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `autodeploy man | man -l -`.
+    Man,
     /// Internal: one network git lookup, asked by the daemon on stdin.
     #[command(name = "git-lookup", hide = true)]
     GitLookup,
@@ -68,7 +99,15 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // One line (the causes joined, no backtrace), and what to try
+            // when the client knows.
             eprintln!("error: {err:#}");
+            if let Some(hint) = err
+                .downcast_ref::<ClientError>()
+                .and_then(ClientError::hint)
+            {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -76,38 +115,51 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Serve(args) => {
+        Command::Serve { args, policy } => {
             serve::limit_malloc_arenas();
-            init_logging_with("info");
-            block_on(serve::run(args, &cli.policy))
+            init_logging(LogFormat::from_env()?, "info");
+            block_on(serve::run(args, policy))
         }
         Command::Agent(args) => {
-            init_logging_with("info");
+            init_logging(LogFormat::from_env()?, "info");
             block_on(autodeploy::agent::runner::run(args.clone()))
         }
-        Command::Policy(PolicyCommand::Load { file, config }) => block_on(client::load_policy(
-            &ClientArgs::from_env(),
-            file,
-            config.as_deref(),
-        )),
-        Command::Policy(PolicyCommand::SetConfig { file }) => {
-            block_on(client::set_policy_config(&ClientArgs::from_env(), file))
-        }
-        Command::Policy(PolicyCommand::Rollback) => {
-            block_on(client::rollback_policy(&ClientArgs::from_env()))
-        }
-        Command::Policy(PolicyCommand::Replay(args)) => {
-            block_on(autodeploy::decisions::replay::cli(args, &cli.policy))
-        }
-        Command::Policy(command) => {
-            // Quiet unless something is wrong (a damaged compiled-policy
-            // cache entry); stdout is the answer.
-            init_logging_with("warn");
-            autodeploy::policy::cli::run(command, &cli.policy)
-        }
+        Command::Policy { policy, command } => match command {
+            PolicyCommand::Load { file, config } => block_on(client::load_policy(
+                &ClientArgs::from_env(),
+                file,
+                config.as_deref(),
+            )),
+            PolicyCommand::SetConfig { file } => {
+                block_on(client::set_policy_config(&ClientArgs::from_env(), file))
+            }
+            PolicyCommand::Rollback => block_on(client::rollback_policy(&ClientArgs::from_env())),
+            PolicyCommand::Replay(args) => {
+                block_on(autodeploy::decisions::replay::cli(args, policy))
+            }
+            command => {
+                // Quiet unless something is wrong (a damaged compiled-policy
+                // cache entry); stdout is the answer.
+                init_logging_with("warn");
+                autodeploy::policy::cli::run(command, policy)
+            }
+        },
         Command::Project { client, command } => block_on(client::project(client, command)),
         Command::Settings { client, command } => block_on(client::settings(client, command)),
         Command::Node { client, command } => block_on(client::node(client, command)),
+        Command::Notification { client, command } => {
+            block_on(client::notification(client, command))
+        }
+        Command::Events { client, args } => block_on(client::events(client, args)),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "autodeploy", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::GitLookup => std::process::exit(autodeploy::git::isolated::child_main()),
     }
 }
@@ -123,14 +175,49 @@ fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
     result
 }
 
+/// `AUTODEPLOY_LOG_FORMAT`: how the daemon and the agent write their logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// Lines for people (the default).
+    Text,
+    /// One JSON object per line, with the fields of every span around the
+    /// event (project, source, deployment), for a log collector.
+    Json,
+}
+
+impl LogFormat {
+    fn from_env() -> Result<LogFormat> {
+        match std::env::var("AUTODEPLOY_LOG_FORMAT") {
+            Err(std::env::VarError::NotPresent) => Ok(LogFormat::Text),
+            Ok(v) if v == "text" || v.is_empty() => Ok(LogFormat::Text),
+            Ok(v) if v == "json" => Ok(LogFormat::Json),
+            Ok(v) => anyhow::bail!("AUTODEPLOY_LOG_FORMAT must be \"text\" or \"json\", not {v:?}"),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("AUTODEPLOY_LOG_FORMAT must be \"text\" or \"json\"")
+            }
+        }
+    }
+}
+
 /// Logs go to stderr; `RUST_LOG` filters them (default: `default`).
 fn init_logging_with(default: &str) {
+    init_logging(LogFormat::Text, default)
+}
+
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+    }
 }

@@ -18,6 +18,7 @@ use autodeploy_policy_contract::{Answer, Call};
 
 use crate::app::App;
 use crate::decisions::PendingDecision;
+use crate::metrics::TriggerOutcome;
 use crate::store::{DeploySource, Deployment, ProjectRecord, StoreError, TriggerWrite};
 
 /// What fired, what to deploy and what to record as tracked.
@@ -34,6 +35,8 @@ pub struct Trigger {
     pub decided_on_commit: Option<String>,
     /// The policy decisions that fired it; written with the deployment.
     pub decisions: Vec<PendingDecision>,
+    /// A manual redeploy of that deployment's recorded state.
+    pub from_deployment: Option<i64>,
 }
 
 impl Trigger {
@@ -47,6 +50,7 @@ impl Trigger {
             track_digests: None,
             decided_on_commit: None,
             decisions: Vec::new(),
+            from_deployment: None,
         }
     }
 }
@@ -56,7 +60,7 @@ pub async fn trigger(
     project: &ProjectRecord,
     t: Trigger,
 ) -> Result<Deployment, StoreError> {
-    let span = tracing::info_span!("trigger", project = project.id, source = ?t.source);
+    let span = tracing::info_span!("trigger", project = project.id, source = %t.source);
     async move {
         let facts = crate::policy::facts::gather(app, project).await?;
         let decided = app
@@ -100,6 +104,10 @@ pub async fn trigger(
             track_commit: t.track_commit,
             track_digests: t.track_digests,
             decided_on_commit: t.decided_on_commit,
+            // A person's deploy does not hang on the toggle; a tick's does.
+            decided_with_auto_deploy: (t.source != DeploySource::Manual)
+                .then_some(project.fields.auto_deploy_enabled),
+            from_deployment: t.from_deployment,
             decisions: decisions
                 .into_iter()
                 .map(PendingDecision::into_record)
@@ -108,6 +116,7 @@ pub async fn trigger(
         let deployment = match app.store.record_trigger(&write).await {
             Ok(d) => d,
             Err(e) => {
+                app.metrics.trigger(write.source, TriggerOutcome::Error);
                 // Nothing was written: the decisions were still made, and
                 // are logged without a deployment.
                 for r in write.decisions {
@@ -116,8 +125,23 @@ pub async fn trigger(
                 return Err(e);
             }
         };
+        app.metrics.trigger(
+            write.source,
+            if write.failure.is_none() {
+                TriggerOutcome::Queued
+            } else {
+                TriggerOutcome::Refused
+            },
+        );
+        // A trigger that joined a deployment already counted adds none.
+        if deployment.trigger_count <= 1 && deployment.repeat_count <= 1 {
+            app.metrics.deployment(deployment.status);
+        }
         match &deployment.error {
-            Some(e) => tracing::warn!(deployment = deployment.id, repeats = deployment.repeat_count, error = %e, "deployment failed before it started; the tracked state stays, the next tick tries again"),
+            Some(e) => {
+                app.notifier.wake();
+                tracing::warn!(deployment = deployment.id, repeats = deployment.repeat_count, error = %e, "deployment failed before it started; the tracked state stays, the next tick tries again")
+            }
             None => tracing::info!(deployment = deployment.id, triggers = deployment.trigger_count, reason = %deployment.reason, "deployment queued"),
         }
         Ok(deployment)

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTODEPLOY_GIT_TIMEOUT_SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub git_timeout_seconds: u64,
+    /// A second address serving `/metrics` without a token (for a scraper
+    /// on a private network); on the main listener it takes the admin token.
+    #[arg(long, env = "AUTODEPLOY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -126,7 +130,8 @@ pub struct RegistryArgs {
     pub registry_user: Option<String>,
     #[arg(long, env = "REGISTRY_PASSWORD", hide_env_values = true)]
     pub registry_password: Option<String>,
-    /// A docker config.json whose `auths` hold credentials for other registries.
+    /// A docker config.json: its `credHelpers`, `credsStore` and `auths`
+    /// give credentials for other registries.
     #[arg(long, env = "AUTODEPLOY_DOCKER_CONFIG")]
     pub docker_config: Option<PathBuf>,
     /// Comma-separated hosts reached over plain HTTP (loopback ones always may be).
@@ -143,6 +148,22 @@ pub struct RegistryArgs {
     #[arg(long, env = "AUTODEPLOY_IMAGE_LOOKUP_TIMEOUT_SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub image_lookup_timeout_seconds: u64,
+    /// Cap on one docker credential helper run, in seconds.
+    #[arg(long, env = "AUTODEPLOY_REGISTRY_HELPER_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub registry_helper_timeout_seconds: u64,
+    /// How long a credential helper's answer is reused, in seconds.
+    #[arg(long, env = "AUTODEPLOY_REGISTRY_HELPER_TTL_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub registry_helper_ttl_seconds: u64,
+    /// The secret registry notifications (`POST /hooks/registry`) must
+    /// carry; unset, that endpoint answers 404.
+    #[arg(long, env = "AUTODEPLOY_REGISTRY_HOOK_SECRET", hide_env_values = true)]
+    pub registry_hook_secret: Option<String>,
+    /// A header that may carry the bare secret, besides `Authorization:
+    /// Bearer`.
+    #[arg(long, env = "AUTODEPLOY_REGISTRY_HOOK_HEADER")]
+    pub registry_hook_header: Option<String>,
 }
 
 impl Default for RegistryArgs {
@@ -157,6 +178,10 @@ impl Default for RegistryArgs {
             registry_ca: None,
             registry_timeout_seconds: 30,
             image_lookup_timeout_seconds: 30,
+            registry_helper_timeout_seconds: 10,
+            registry_helper_ttl_seconds: 300,
+            registry_hook_secret: None,
+            registry_hook_header: None,
         }
     }
 }
@@ -177,6 +202,26 @@ impl RegistryArgs {
             ca_file: self.registry_ca.clone(),
             timeout: Duration::from_secs(self.registry_timeout_seconds),
             lookup_timeout: Duration::from_secs(self.image_lookup_timeout_seconds),
+            helper_timeout: Duration::from_secs(self.registry_helper_timeout_seconds),
+            helper_ttl: Duration::from_secs(self.registry_helper_ttl_seconds),
+        }
+    }
+
+    /// How registry notifications are authenticated; an empty secret is
+    /// none.
+    pub fn hook_auth(&self) -> crate::service::registry_hooks::HookAuth {
+        crate::service::registry_hooks::HookAuth {
+            secret: self
+                .registry_hook_secret
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Secret::new(s.to_string())),
+            header: self
+                .registry_hook_header
+                .as_deref()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty()),
         }
     }
 }
@@ -211,6 +256,9 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     let policy_dir = args.data_dir.join("policies");
     let runtime = PolicyRuntime::new(policy_args.config())?;
     runtime.use_cache_dir(policy_dir.join("compiled"));
+    // Replicas share one secret key, and through it authenticated native
+    // code: only the replica that accepts a policy compiles it.
+    runtime.share_code_with(key.code_key());
     let seed = policy_seed(policy_args, &policy_dir)?;
     let seed_source = seed.source.clone();
     let (policy, switched) = PolicyHandle::open(runtime.clone(), store.clone(), seed)
@@ -282,7 +330,10 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
     crate::api::set_body_idle_timeout(Duration::from_secs(args.http.idle_timeout_seconds));
     let replica = ReplicaId::new();
     tracing::info!(replica = %replica, "replica id");
-    let registry = Registry::new(args.registry.config()).context("set up registry access")?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let registry = Registry::new(args.registry.config())
+        .context("set up registry access")?
+        .with_metrics(metrics.clone());
     let app = Arc::new(App {
         store,
         data_dir: args.data_dir.clone(),
@@ -292,7 +343,8 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         admin_env_hash,
         loops: Loops {
             git_poll: Default::default(),
-            image_watch: ImageWatcher::new(registry, args.registry.registry_addr.clone()),
+            image_watch: ImageWatcher::new(registry, args.registry.registry_addr.clone())
+                .with_hook_auth(args.registry.hook_auth()),
             node_watch: Default::default(),
         },
         replica,
@@ -302,6 +354,8 @@ pub async fn open(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<Arc<App>
         image_watch_min_seconds: test_only_image_watch_min()?,
         decision_log: Default::default(),
         shadow: Default::default(),
+        metrics,
+        notifier: Default::default(),
     });
     Ok(app)
 }
@@ -320,6 +374,7 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(crate::decisions::run_writer(app.clone(), cancel.clone()));
     loops.spawn(crate::decisions::run_retention(app.clone(), cancel.clone()));
+    loops.spawn(crate::notifications::run(app.clone(), cancel.clone()));
     Loops::spawn(&app, &mut loops, &cancel);
     loops.spawn(crate::changes::follow(
         app.clone(),
@@ -351,12 +406,26 @@ pub async fn run(args: &ServeArgs, policy_args: &PolicyArgs) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(metrics_addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("listen on {metrics_addr} (AUTODEPLOY_METRICS_LISTEN)"))?;
+        let bound = metrics.local_addr()?;
+        println!("autodeploy metrics on http://{bound}/metrics");
+        tracing::info!(addr = %bound, "metrics listening without a token");
+        loops.spawn(crate::http_server::serve(
+            metrics,
+            crate::observe::metrics_router(app.clone()),
+            limits,
+            cancel.clone(),
+        ));
+    }
     println!("autodeploy listening on http://{addr}");
     tracing::info!(%addr, max_connections = limits.max_connections, open_files = nofile,
         header_timeout = ?limits.header_timeout, idle_timeout = ?limits.idle_timeout, "listening");
     crate::http_server::serve(
         listener,
-        crate::api::router(app.clone()),
+        crate::web::daemon_router(app.clone(), cancel.clone()),
         limits,
         cancel.clone(),
     )

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::agent::{
-    Agent, Cleanup, Gate, RemoveImages, build_and_push, files_containing, process_tree, processes,
-    require_docker,
+    Agent, Cleanup, Gate, RemoveImages, build_and_push, compose_file, files_containing,
+    process_tree, processes, require_docker,
 };
 use common::daemon::{Daemon, temp_dir};
 use common::git::{free_port, git, nginx_git_tls, test_ca};
@@ -27,13 +27,6 @@ const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
 
 const USER: &str = "deploy";
 const TOKEN: &str = "CLAIM-SECRET-TOKEN-9d27c4e1";
-
-/// A compose file whose one service serves `/www/{page}` of `image`.
-fn compose_file(image: &str, page: &str, port: u16) -> String {
-    format!(
-        "services:\n  web:\n    image: {image}\n    command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www/{page}\"]\n    ports: [\"127.0.0.1:{port}:8080\"]\n"
-    )
-}
 
 /// Commits `compose` as docker-compose.yml in `work` (a clone made on first
 /// use) and pushes it to `remote`'s main; returns the commit.
@@ -97,14 +90,6 @@ async fn get(url: &str) -> String {
     body.into_inner().unwrap()
 }
 
-async fn node_token(d: &Daemon) -> String {
-    d.ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// `secret` is nowhere in the agent's work dir (names or contents), its
 /// log, or the arguments of any process on the machine.
 fn assert_nowhere(agent: &Agent, what: &str, secret: &str) {
@@ -135,7 +120,7 @@ async fn the_agent_deploys_the_target_commit_after_the_branch_moved_on() {
     build_and_push(&dir, &image, &[("a", "commit A"), ("b", "commit B")]);
     let _pulled = RemoveImages(vec![image.clone()]);
     let d = Daemon::start(&dir.join("cp"));
-    let token = node_token(&d).await;
+    let token = d.add_node("n1").await;
     let name = format!("target{}", std::process::id());
     let project = d.ok(Method::POST, "/api/projects", Some(json!({"name": name, "project_type": "compose", "expose_service": "web", "expose_port": 8080, "auto_deploy_enabled": true}))).await;
     let id = project["id"].as_i64().unwrap();
@@ -234,7 +219,7 @@ async fn an_external_https_repository_is_checked_out_with_the_claims_credentials
         Some(json!({"auto_deploy_poll_interval_seconds": 86_400, "auto_deploy_image_watch_interval_seconds": 86_400})),
     )
     .await;
-    let token = node_token(&d).await;
+    let token = d.add_node("n1").await;
     let name = format!("creds{}", std::process::id());
     let id = d.create_project(json!({"name": name, "project_type": "compose", "git_source": "external", "git_url": url, "expose_service": "web", "expose_port": 8080, "auto_deploy_enabled": true, "credentials": {"kind": "https", "username": USER, "token": TOKEN}})).await;
     let _cleanup = Cleanup(vec![format!("autodeploy-{name}-{id}")]);

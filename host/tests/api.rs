@@ -215,7 +215,7 @@ async fn every_error_path_answers_with_a_clear_4xx() {
             Some(ADMIN),
             Some(json!({"name": "a", "project_type": "compose", "image_ref": "redis:7"})),
             StatusCode::BAD_REQUEST,
-            "belong to image projects only",
+            "image_ref belongs to image projects only",
         ),
         (
             Method::PUT,
@@ -453,9 +453,7 @@ async fn triggers_coalesce_while_queued_and_rejected_deploys_are_recorded() {
         .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
         .await;
     let node_token = node["token"].as_str().unwrap();
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(node_token), None)
-        .await;
+    let (status, claim) = d.agent_claim(node_token).await;
     assert_eq!(status, StatusCode::OK, "{claim}");
     for _ in 0..5 {
         d.ok(Method::POST, &path, None).await;
@@ -474,23 +472,14 @@ async fn triggers_coalesce_while_queued_and_rejected_deploys_are_recorded() {
         .collect();
     assert_eq!(statuses, [("queued", 5), ("running", 50)]);
     // One deploy at a time per project: the queued one waits for the running one.
-    let (status, _) = d
-        .call(Method::POST, "/api/agent/claim", Some(node_token), None)
-        .await;
+    let (status, _) = d.agent_claim(node_token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let running = claim["deployment"]["id"].as_i64().unwrap();
     let (status, v) = d
-        .call(
-            Method::POST,
-            &format!("/api/agent/deployments/{running}/report"),
-            Some(node_token),
-            Some(json!({"status": "succeeded"})),
-        )
+        .agent_report(node_token, running, json!({"status": "succeeded"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let (status, next) = d
-        .call(Method::POST, "/api/agent/claim", Some(node_token), None)
-        .await;
+    let (status, next) = d.agent_claim(node_token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(next["deployment"]["trigger_count"], 5);
 
@@ -995,18 +984,11 @@ async fn lists_are_paged_with_a_limit_and_a_cursor() {
             .await["id"]
             .as_i64()
             .unwrap();
-        let (status, claim) = d
-            .call(Method::POST, "/api/agent/claim", Some(&tokens[0]), None)
-            .await;
+        let (status, claim) = d.agent_claim(&tokens[0]).await;
         assert_eq!(status, StatusCode::OK, "{claim}");
         assert_eq!(claim["deployment"]["id"], dep);
         let (status, v) = d
-            .call(
-                Method::POST,
-                &format!("/api/agent/deployments/{dep}/report"),
-                Some(&tokens[0]),
-                Some(json!({"status": "succeeded"})),
-            )
+            .agent_report(&tokens[0], dep, json!({"status": "succeeded"}))
             .await;
         assert_eq!(status, StatusCode::OK, "{v}");
         deployments.insert(0, dep);

@@ -42,6 +42,7 @@ async fn image_watch_tick_over_1000_projects() {
         repo_dir: None,
         database_url: None,
         git_timeout_seconds: 30,
+        metrics_listen: None,
         http: Default::default(),
         registry: Default::default(),
         git_transport: Default::default(),
@@ -73,6 +74,7 @@ async fn image_watch_tick_over_1000_projects() {
             image_ref: None,
             container_port: None,
             labels: Default::default(),
+            deploy: Default::default(),
         };
         let p = app.store.create_project(&fields, None, None).await.unwrap();
         let compose: String = [0, 1, 7]

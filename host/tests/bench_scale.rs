@@ -46,6 +46,36 @@ fn memory(d: &Daemon) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time the daemon used so far (user + system, all threads): a figure
+/// that depends less on what else runs on the machine than wall time.
+fn cpu(d: &Daemon) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.child.id())).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line (11 and 12 here).
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[11] + f[12]) * 1000 / hz)
+}
+
+/// Waits until the decision log's writer has caught up; its counters.
+async fn decisions_written(d: &Daemon) -> Value {
+    common::wait_until(
+        "the decision log is written",
+        Duration::from_secs(600),
+        || async {
+            let s = d.ok(Method::GET, "/api/status", None).await;
+            s["decision_log"]["queued"].as_u64() == Some(0)
+        },
+    )
+    .await;
+    d.ok(Method::GET, "/api/status", None).await["decision_log"].clone()
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -89,6 +119,7 @@ async fn fill(url: &str, dir: &Path, projects: usize, repos: usize) {
                     image_ref: Some("example.com/app:1".into()),
                     container_port: Some(80),
                     labels: Default::default(),
+                    deploy: Default::default(),
                 };
                 store.create_project(&fields, None, None).await.unwrap();
             }
@@ -229,18 +260,44 @@ async fn scale() {
     );
     let (rss, _) = memory(&d);
     println!("scale: RSS after the aligning tick: {}", mib(rss));
+    let log = decisions_written(&d).await;
+    println!("scale: decision log after the aligning tick: {log}");
     for n in 1..=ticks {
+        // With SCALE_PERF=FILE, the first tick is sampled by `perf record`.
+        let perf = match std::env::var("SCALE_PERF") {
+            Ok(file) if n == 1 => Some(
+                std::process::Command::new("perf")
+                    .args(["record", "-F", "499", "-g", "-o", &file, "-p"])
+                    .arg(d.child.id().to_string())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start perf"),
+            ),
+            _ => None,
+        };
+        let cpu_before = cpu(&d);
         let started = Instant::now();
         let t = tick(&d).await;
+        let wall = started.elapsed();
         let (rss, _) = memory(&d);
+        let log = decisions_written(&d).await;
+        let used = cpu(&d) - cpu_before;
+        if let Some(mut p) = perf {
+            // SIGINT makes perf write its file and exit.
+            // SAFETY: a plain kill of the child we started.
+            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+            let _ = p.wait();
+        }
+        let checked = t["checked"].as_u64().unwrap_or(0).max(1);
         println!(
-            "scale: tick {n}, nothing moved: {} ms in the summary ({:.1?} wall), checked {}, triggered {}, errors {}; RSS after: {}",
+            "scale: tick {n}, nothing moved: {} ms in the summary ({wall:.1?} wall), checked {}, triggered {}, errors {}; RSS after: {}; daemon CPU for the tick and its log writes: {used:.1?} ({:.0} us per project); decision log: {log}",
             t["elapsed_ms"],
-            started.elapsed(),
             t["checked"],
             t["triggered"],
             t["errors"],
-            mib(rss)
+            mib(rss),
+            used.as_micros() as f64 / checked as f64,
         );
         assert_eq!(t["triggered"], 0, "nothing moved: {}", t["errors"]);
     }

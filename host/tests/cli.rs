@@ -157,13 +157,12 @@ fn decide_images_json_in_and_out() {
 
 #[test]
 fn policy_flag_and_env_select_another_component() {
-    let dir = std::env::temp_dir().join(format!("autodeploy-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::daemon::temp_dir("cli");
     let hostile = dir.join("hostile.wasm");
     std::fs::write(&hostile, common::hostile_policy(common::LOOP_BODY)).unwrap();
 
     let info = json_out(&autodeploy(
-        &["--policy", hostile.to_str().unwrap(), "policy", "info"],
+        &["policy", "info", "--policy", hostile.to_str().unwrap()],
         "",
     ));
     assert_eq!(info["name"], "hostile");
@@ -186,7 +185,7 @@ fn policy_flag_and_env_select_another_component() {
 
     let missing = dir.join("missing.wasm");
     let out = autodeploy(
-        &["--policy", missing.to_str().unwrap(), "policy", "info"],
+        &["policy", "info", "--policy", missing.to_str().unwrap()],
         "",
     );
     assert_eq!(out.status.code(), Some(1));
@@ -229,4 +228,142 @@ fn policy_fuel_is_configurable_down_to_a_documented_minimum() {
         stderr.contains("policy-fuel") && stderr.contains(&min),
         "{stderr}"
     );
+}
+
+/// The subcommands `autodeploy ARGS --help` lists (not `help` itself).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The policy flags belong to the commands that run a policy: `serve` and
+/// `policy ...`. Every other command's help, found by walking the whole
+/// tree, leaves them out.
+#[test]
+fn only_serve_and_policy_show_the_policy_flags() {
+    let mut todo: Vec<Vec<String>> = vec![vec![]];
+    let mut checked = Vec::new();
+    while let Some(path) = todo.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = autodeploy(&args, "");
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let runs_a_policy = matches!(path.first().map(String::as_str), Some("serve" | "policy"));
+        for flag in [
+            "--policy ",
+            "--policy-fuel",
+            "--policy-deadline-ms",
+            "--policy-memory-mib",
+        ] {
+            // The top level lists no flags of its subcommands either.
+            assert_eq!(
+                help.contains(flag),
+                runs_a_policy,
+                "{flag} in `autodeploy {}`:\n{help}",
+                args.join(" ")
+            );
+        }
+        for sub in subcommands(&help) {
+            let mut next = path.clone();
+            next.push(sub);
+            todo.push(next);
+        }
+        checked.push(path.join(" "));
+    }
+    for want in [
+        "agent",
+        "node list",
+        "project deployments",
+        "settings get",
+        "events",
+        "completions",
+        "man",
+        "policy info",
+    ] {
+        assert!(checked.iter().any(|c| c == want), "{want} in {checked:?}");
+    }
+}
+
+/// The same env vars still set the policy flags where they moved.
+#[test]
+fn policy_env_vars_still_set_the_moved_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+        .env("XDG_CACHE_HOME", cache_home())
+        .args(["policy", "info"])
+        .env_remove("AUTODEPLOY_POLICY")
+        .env("AUTODEPLOY_POLICY_MEMORY_MIB", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--policy-memory-mib"), "{err}");
+}
+
+/// `completions bash` is a script bash accepts; zsh and fish get theirs;
+/// `man` prints a roff page naming the subcommands.
+#[test]
+fn completions_and_man_page() {
+    let dir = std::env::temp_dir().join(format!("autodeploy-completions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = autodeploy(&["completions", "bash"], "");
+    assert!(out.status.success());
+    let script = dir.join("autodeploy.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let bash = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        bash.contains("complete -F") && bash.contains("deployments"),
+        "{bash}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let zsh = autodeploy(&["completions", "zsh"], "");
+    assert!(zsh.status.success());
+    assert!(
+        String::from_utf8(zsh.stdout)
+            .unwrap()
+            .starts_with("#compdef autodeploy")
+    );
+    let fish = autodeploy(&["completions", "fish"], "");
+    assert!(fish.status.success());
+    assert!(
+        String::from_utf8(fish.stdout)
+            .unwrap()
+            .contains("complete -c autodeploy")
+    );
+    let out = autodeploy(&["completions", "tcsh"], "");
+    assert_eq!(out.status.code(), Some(2));
+
+    let man = autodeploy(&["man"], "");
+    assert!(man.status.success());
+    let man = String::from_utf8(man.stdout).unwrap();
+    // roff: the page's title line after nothing but roff requests (the
+    // quote-character setup clap_mangen puts first).
+    let head: Vec<&str> = man.lines().take_while(|l| !l.starts_with(".TH")).collect();
+    assert!(head.iter().all(|l| l.starts_with('.')), "{head:?}");
+    assert!(
+        man.lines().any(|l| l.starts_with(".TH autodeploy 1")),
+        "{}",
+        &man[..man.len().min(300)]
+    );
+    for sub in ["serve", "agent", "project", "events", "completions"] {
+        assert!(man.contains(sub), "{sub} in the man page");
+    }
 }

@@ -12,8 +12,8 @@
 //! - every change (a commit, a push, a moved digest) deployed exactly once;
 //! - no deployment handed to two nodes;
 //! - no project looked up twice in one poll interval (the git daemon's
-//!   log: no more lookups per project than intervals in the run, plus one
-//!   per kill, when the killed replica's leases run out);
+//!   log: any two lookups of a project an interval apart, but for a pair
+//!   around a kill, when the killed replica's leases run out);
 //! - registry HEADs per image-watch tick equal the distinct images (the
 //!   registry's log);
 //! - no replica panicked.
@@ -114,6 +114,8 @@ struct Outcome {
     images_complete_ms: u64,
     /// Lines of replica logs that report a panic.
     panics: Vec<String>,
+    /// Times a replica took the image watch's leadership, over the run.
+    leaderships: usize,
 }
 
 /// The run, once per test binary; a failed run fails every test with its
@@ -646,6 +648,10 @@ async fn scenario() -> Outcome {
                 .collect::<Vec<_>>()
         })
         .collect();
+    let leaderships = replicas
+        .iter()
+        .map(|r| r.log().matches("image watch: this replica leads").count())
+        .sum();
     for r in &mut replicas {
         r.stop();
     }
@@ -671,6 +677,7 @@ async fn scenario() -> Outcome {
         images,
         images_complete_ms,
         panics,
+        leaderships,
     }
 }
 
@@ -754,19 +761,23 @@ fn no_project_is_looked_up_twice_in_one_interval() {
     for l in &o.lookups {
         by_repo.entry(l.repo.as_str()).or_default().push(l.at_ms);
     }
-    // A replica claims a project only when no replica checked it within
-    // the interval (stamped in whole seconds), then looks it up some time
-    // within its tick, which the lease bounds to one interval. So n
-    // lookups of a project span at least (n - 1) claim gaps of
-    // (interval - 1 s), less one interval of lateness: at most
-    // (span + interval) / (interval - 1 s) + 1 lookups, and one more per
-    // kill (a replica that died mid-tick may have looked the project up
-    // without recording it; its lease runs out and another looks again).
-    // A replica polling on its own, or two replicas sharing a tick, looks
-    // each project up about twice as often.
-    let step = interval - 1000;
-    let mut over = Vec::new();
-    let mut most = (0, 0, String::new());
+    // Every upload-pack request here is a branch-head lookup by a poller:
+    // the external projects are of a kind the image watch does not read,
+    // the nodes are simulated (no checkout) and no tick is asked for
+    // through the API. A replica claims a project only when its lease is
+    // free (a running tick renews it) and no replica stamped it checked
+    // within the interval; a tick stamps its projects again when it ends,
+    // after its last lookup. So two lookups of a project are at least an
+    // interval apart, less the stamp's rounding down to whole seconds and
+    // the time this test's log reader takes to see a line (SLACK). The
+    // one exception: a replica killed mid-tick may have looked a project
+    // up without stamping it; its lease runs out and another looks again,
+    // so a pair around a kill may be closer. Its lookups run in child
+    // processes, which SIGKILL does not reach: one in flight at the kill
+    // still reaches the daemon after it (seen 1.5 s later under load), so
+    // the first of such a pair may come up to an interval after the kill.
+    const SLACK: u64 = 1500;
+    let mut close = Vec::new();
     for (repo, project) in &o.external {
         let times = by_repo.get(repo.as_str()).cloned().unwrap_or_default();
         assert!(
@@ -774,37 +785,37 @@ fn no_project_is_looked_up_twice_in_one_interval() {
             "project {project} ({repo}) was looked up {} times: polling must reach every project",
             times.len()
         );
-        let span = times.last().unwrap() - times[0];
-        let bound = (span + interval) / step + 1 + o.kills.len() as u64;
-        let n = times.len() as u64;
-        if n > bound {
-            over.push(format!(
-                "project {project} ({repo}): {n} lookups over {:.1} s, at most {bound} allowed",
-                span as f64 / 1000.0
-            ));
-        }
-        if n * 1000 / bound.max(1) > most.0 {
-            most = (
-                n * 1000 / bound.max(1),
-                n,
-                format!("{repo} (bound {bound})"),
-            );
+        for pair in times.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let straddles_kill = o
+                .kills
+                .iter()
+                .any(|(_, at)| a <= *at + interval && *at <= b);
+            if b - a + SLACK < interval && !straddles_kill {
+                close.push(format!(
+                    "project {project} ({repo}): lookups at {a} and {b} ms, {:.1} s apart",
+                    (b - a) as f64 / 1000.0
+                ));
+            }
         }
     }
     println!(
-        "lookups: {} in all over {} projects; the closest to its bound: {} lookups of {}",
+        "lookups: {} in all over {} projects",
         o.lookups.len(),
-        o.external.len(),
-        most.1,
-        most.2
+        o.external.len()
     );
     assert!(
-        over.is_empty(),
-        "{} projects were looked up more often than once per {POLL_SECONDS} s interval \
+        close.is_empty(),
+        "{} pairs of lookups of one project closer than the {POLL_SECONDS} s interval \
          (kills at {:?} ms); first ones:\n{}",
-        over.len(),
+        close.len(),
         o.kills,
-        over.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        close
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let unknown: BTreeSet<&str> = o
         .lookups
@@ -829,11 +840,21 @@ fn registry_heads_per_tick_equal_the_distinct_images() {
         .filter(|h| h.at_ms > o.images_complete_ms)
         .collect();
     heads.sort_by_key(|h| h.at_ms);
-    // A tick's HEADs go out together; ticks are an interval apart.
+    // A tick's HEADs go out together, one per image; one leader's ticks
+    // never overlap, and start an interval apart (back to back when a tick
+    // ran longer than the interval, as happens under load). So a HEAD of an
+    // image its tick already asked for starts the next tick: a tick that
+    // asked for an image twice, or two leaders' ticks at once, leave a
+    // partial tick behind.
     let mut ticks: Vec<Vec<&ManifestHead>> = Vec::new();
     for h in heads {
         match ticks.last_mut() {
-            Some(t) if h.at_ms - t.last().unwrap().at_ms < interval / 2 => t.push(h),
+            Some(t)
+                if h.at_ms - t.last().unwrap().at_ms < interval / 2
+                    && t.iter().all(|x| x.name != h.name) =>
+            {
+                t.push(h)
+            }
             _ => ticks.push(vec![h]),
         }
     }
@@ -859,8 +880,26 @@ fn registry_heads_per_tick_equal_the_distinct_images() {
                 t[0].at_ms,
                 t.len()
             ));
+        } else if !names.is_subset(&o.images) {
+            // Around a kill the dead leader's tick may be cut short; never
+            // an image no project uses.
+            wrong.push(format!(
+                "a tick at {} around a kill made {} HEADs: {per_image:?}",
+                t[0].at_ms,
+                t.len()
+            ));
         }
     }
+    // Two leaders ticking one after the other would each make whole
+    // ticks; the HEADs alone cannot tell them from one leader whose ticks
+    // ran back to back under load. So the replicas' logs: leadership is
+    // taken once at start, and again only when a leader was killed.
+    assert!(
+        o.leaderships <= 1 + o.kills.len(),
+        "the image watch changed leader {} times with {} kills",
+        o.leaderships,
+        o.kills.len()
+    );
     assert!(
         wrong.is_empty(),
         "registry HEADs per tick differ from the {} distinct images ({} ticks): {wrong:#?}",

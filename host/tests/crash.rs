@@ -34,12 +34,7 @@ async fn sigkill_between_triggers_loses_and_doubles_nothing() {
             project = d
                 .create_project(json!({"name": "web", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
                 .await;
-            node_token = d
-                .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
-                .await["token"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            node_token = d.add_node("n1").await;
         }
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..3 {

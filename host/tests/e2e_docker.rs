@@ -6,11 +6,12 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use common::agent::RemoveRepos;
 use common::daemon::{Daemon, temp_dir};
 use common::git::{free_port, git};
 use common::registry::TestRegistry;
@@ -66,34 +67,37 @@ fn build_and_push(dir: &Path, image: &str, page: &str) {
     sh(Command::new("docker").args(["push", "-q", image]));
 }
 
-struct Agent(Child);
+/// Ended with its process group (the compose runs it started) when
+/// dropped.
+struct Agent(common::reap::Proc);
 
 impl Agent {
     /// Its log goes to `dir` with the extension `log`, appended across restarts.
     fn start(d: &Daemon, token: &str, dir: &Path) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-            .args([
-                "agent",
-                "--control-plane",
-                &d.url,
-                "--token",
-                token,
-                "--heartbeat-seconds",
-                "1",
-            ])
-            .arg("--work-dir")
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.with_extension("log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
+        let child = common::reap::spawn(
+            Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+                .args([
+                    "agent",
+                    "--control-plane",
+                    &d.url,
+                    "--token",
+                    token,
+                    "--heartbeat-seconds",
+                    "1",
+                ])
+                .arg("--work-dir")
+                .arg(dir)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.with_extension("log"))
+                        .unwrap(),
+                ),
+        )
+        .unwrap();
         Agent(child)
     }
 }
@@ -104,13 +108,6 @@ impl Agent {
         self.0.kill().expect("SIGKILL the agent");
         let status = self.0.wait().unwrap();
         assert_eq!(status.signal(), Some(9), "the agent died of SIGKILL");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -247,7 +244,11 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
     require_docker();
     let dir = temp_dir("e2e");
     let reg = TestRegistry::start(&dir.join("registry"), None, None);
-    let tag = format!("{}/e2e-web-{}:1", reg.addr, std::process::id());
+    let repo = format!("{}/e2e-web-{}", reg.addr, std::process::id());
+    // Declared before the compose projects' cleanup: dropped after it, once
+    // no container uses the images.
+    let _images = RemoveRepos(vec![repo.clone()]);
+    let tag = format!("{repo}:1");
     build_and_push(&dir, &tag, "version one");
 
     let d = Daemon::start_with(
@@ -261,18 +262,8 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
         Some(json!({"node_offline_after_seconds": 5})),
     )
     .await;
-    let n1 = d
-        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let n2 = d
-        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n2"})))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let n1 = d.add_node("n1").await;
+    let n2 = d.add_node("n2").await;
     let agent1 = Agent::start(&d, &n1, &dir.join("agent1"));
 
     let suffix = std::process::id();
@@ -426,29 +417,6 @@ async fn pushes_and_image_changes_end_with_the_new_version_running() {
         get(&format!("http://127.0.0.1:{image_port}/")).await,
         "version two, longer"
     );
-    let build = d
-        .create_project(json!({"name": format!("build{suffix}"), "project_type": "deployment"}))
-        .await;
-    d.ok(
-        Method::POST,
-        &format!("/api/projects/{build}/deployments"),
-        None,
-    )
-    .await;
-    // The policy knows what the agents run: a kind they cannot deploy is
-    // refused before it is queued, never handed to a node.
-    let dep_build = finished(&d, build, 0).await;
-    assert_eq!(dep_build["status"], "failed");
-    assert!(dep_build["node_id"].is_null(), "{dep_build}");
-    assert!(
-        dep_build["error"]
-            .as_str()
-            .unwrap()
-            .contains("no deploy agent runs deployment projects"),
-        "{}",
-        dep_build["error"]
-    );
-
     d.stop();
 }
 
@@ -566,6 +534,10 @@ async fn a_deploy_survives_the_control_plane_going_down() {
     // deploy is still running when the control plane goes away.
     let (slow, pulls) = slow_proxy(reg.port, Duration::from_secs(1));
     let name = format!("slow-{}", std::process::id());
+    let _images = RemoveRepos(vec![
+        format!("{}/{name}", reg.addr),
+        format!("127.0.0.1:{slow}/{name}"),
+    ]);
     build_and_push(
         &dir,
         &format!("{}/{name}:1", reg.addr),
@@ -577,12 +549,7 @@ async fn a_deploy_survives_the_control_plane_going_down() {
     let listen = format!("127.0.0.1:{}", free_port());
     let cp = dir.join("cp");
     let d = Daemon::start_with(&cp, &[], &[("AUTODEPLOY_LISTEN", listen.as_str())]);
-    let token = d
-        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = d.add_node("n1").await;
     let port = free_port();
     let project = d.create_project(json!({"name": name, "project_type": "image", "image_ref": format!("127.0.0.1:{slow}/{name}:1"), "container_port": 8080, "expose_port": port})).await;
     let _cleanup = Cleanup(vec![format!("autodeploy-{name}-{project}")]);
@@ -646,13 +613,12 @@ async fn an_agent_killed_mid_deploy_reports_the_lost_deploy_after_a_restart_and_
     // The image is pulled through a gate that holds the pull until the test
     // opens it: the deploy is mid-way for as long as the test needs.
     let gate = Gate::start(reg.port);
+    let _images = RemoveRepos(vec![
+        format!("{}/{name}", reg.addr),
+        format!("127.0.0.1:{}/{name}", gate.port),
+    ]);
     let d = Daemon::start(&dir.join("cp"));
-    let token = d
-        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = d.add_node("n1").await;
     let port = free_port();
     let project = d.create_project(json!({"name": name, "project_type": "image", "image_ref": format!("127.0.0.1:{}/{name}:1", gate.port), "container_port": 8080, "expose_port": port})).await;
     let _cleanup = Cleanup(vec![format!("autodeploy-{name}-{project}")]);
@@ -726,12 +692,7 @@ async fn an_agent_killed_mid_deploy_reports_the_lost_deploy_after_a_restart_and_
 async fn a_deploy_whose_in_flight_marker_cannot_be_written_fails_saying_so_and_does_not_start() {
     let dir = temp_dir("e2e-marker");
     let d = Daemon::start(&dir.join("cp"));
-    let token = d
-        .ok(Method::POST, "/api/nodes", Some(json!({"name": "n1"})))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = d.add_node("n1").await;
     let work = dir.join("agent");
     let _agent = Agent::start(&d, &token, &work);
     // Once it heartbeats, the agent has made its inflight/ directory and

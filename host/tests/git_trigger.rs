@@ -646,16 +646,13 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
         .await;
     let node_token = node["token"].as_str().unwrap();
     for _ in 0..2 {
-        let (status, claim) = d
-            .call(Method::POST, "/api/agent/claim", Some(node_token), None)
-            .await;
+        let (status, claim) = d.agent_claim(node_token).await;
         assert_eq!(status, 200, "{claim}");
         let dep = claim["deployment"]["id"].as_i64().unwrap();
-        d.call(
-            Method::POST,
-            &format!("/api/agent/deployments/{dep}/report"),
-            Some(node_token),
-            Some(json!({"status": "failed", "error": "docker-compose up failed"})),
+        d.agent_report(
+            node_token,
+            dep,
+            json!({"status": "failed", "error": "docker-compose up failed"}),
         )
         .await;
     }
@@ -679,4 +676,33 @@ async fn failures_before_the_node_are_retried_each_tick_and_folded() {
         );
     }
     d.stop();
+}
+
+/// A `file://` repository's branch head as a tick reads it: the loose ref
+/// file when there is one, else libgit2 (packed refs, a missing branch), and
+/// never a path outside `refs/heads`.
+#[test]
+fn file_heads_are_read_loose_packed_or_missing() {
+    use autodeploy::git::local_repository_head;
+    let dir = temp_dir("file-heads");
+    let bare = dir.join("r.git");
+    let first = bare_with_commit(&bare);
+    let url = format!("file://{}", bare.display());
+    let head = |branch: &str| local_repository_head(&url, branch).expect("a local URL");
+
+    assert_eq!(head("main").unwrap(), Some(first.clone()), "loose");
+    assert_eq!(head("other").unwrap(), None, "missing");
+    assert!(
+        !matches!(head("../../HEAD"), Ok(Some(_))),
+        "an invalid branch name reads nothing"
+    );
+
+    git(&bare, &["pack-refs", "--all"]);
+    assert!(!bare.join("refs/heads/main").exists(), "the ref is packed");
+    assert_eq!(head("main").unwrap(), Some(first), "packed");
+
+    // A commit after packing writes a loose ref again, which wins.
+    let second = commit_to(&bare, "main", "second");
+    assert_eq!(head("main").unwrap(), Some(second), "loose over packed");
+    let _ = std::fs::remove_dir_all(&dir);
 }

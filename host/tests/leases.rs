@@ -35,6 +35,7 @@ fn external(name: &str) -> ProjectFields {
         image_ref: Some("registry.test/app:1".into()),
         container_port: Some(8080),
         labels: Default::default(),
+        deploy: Default::default(),
     }
 }
 
@@ -107,6 +108,18 @@ async fn a_claim_skips_live_leases_and_checked_projects_and_takes_expired_leases
     store.release_projects("replica-b", None).await.unwrap();
     assert_eq!(ids(&store, &anything("replica-a", now() - 1)).await, all);
     assert_eq!(ids(&store, &anything("replica-b", now() + 60)).await, all);
+    // A renewed lease (a tick still running) keeps the projects its own:
+    // b's leases, run out, are renewed, so a takes nothing.
+    assert_eq!(ids(&store, &anything("replica-b", now() - 1)).await, all);
+    assert_eq!(
+        store.renew_leases("replica-b", now() + 60).await.unwrap(),
+        all.len() as u64
+    );
+    assert!(
+        ids(&store, &anything("replica-a", now() + 60))
+            .await
+            .is_empty()
+    );
     // Paging: a claim starts above the cursor it is given.
     let after = store
         .claim_projects(&anything("replica-b", now() + 60), all[1])
@@ -125,7 +138,8 @@ async fn a_claim_skips_live_leases_and_checked_projects_and_takes_expired_leases
 /// `git daemon --verbose` over `base`, each upload-pack request stamped
 /// with the moment its log line arrived.
 struct LoggedDaemon {
-    child: std::process::Child,
+    /// `git` and the `git-daemon` it runs: ended as a group when dropped.
+    _child: common::reap::Proc,
     port: u16,
     requests: Arc<Mutex<Vec<(Instant, String)>>>,
 }
@@ -133,16 +147,17 @@ struct LoggedDaemon {
 impl LoggedDaemon {
     fn start(base: &Path) -> LoggedDaemon {
         let port = free_port();
-        let mut child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--verbose"])
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run git daemon");
+        let mut child = common::reap::spawn(
+            Command::new("git")
+                .args(["daemon", "--reuseaddr", "--export-all", "--verbose"])
+                .arg("--listen=127.0.0.1")
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .expect("run git daemon");
         let stderr = child.stderr.take().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let sink = requests.clone();
@@ -159,7 +174,7 @@ impl LoggedDaemon {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         LoggedDaemon {
-            child,
+            _child: child,
             port,
             requests,
         }
@@ -172,13 +187,6 @@ impl LoggedDaemon {
             by_repo.entry(repo.clone()).or_default().push(*at);
         }
         by_repo
-    }
-}
-
-impl Drop for LoggedDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

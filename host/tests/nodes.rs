@@ -14,13 +14,6 @@ use common::wait_until;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn add_node(d: &Daemon, name: &str) -> String {
-    let node = d
-        .ok(Method::POST, "/api/nodes", Some(json!({"name": name})))
-        .await;
-    node["token"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
     let dir = temp_dir("nodes");
@@ -31,7 +24,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
         Some(json!({"node_offline_after_seconds": 5})),
     )
     .await;
-    let (n1, n2) = (add_node(&d, "n1").await, add_node(&d, "n2").await);
+    let (n1, n2) = (d.add_node("n1").await, d.add_node("n2").await);
     let listed = d.ok(Method::GET, "/api/nodes", None).await;
     assert!(
         listed
@@ -54,9 +47,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
-        .await;
+    let (status, claim) = d.agent_claim(&n1).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(claim["project"]["id"], web);
     assert_eq!(
@@ -67,31 +58,14 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
 
     // Only the node that holds a deployment may report on it.
     let (status, v) = d
-        .call(
-            Method::POST,
-            &format!("/api/agent/deployments/{dep}/report"),
-            Some(&n2),
-            Some(json!({"status": "succeeded"})),
-        )
+        .agent_report(&n2, dep, json!({"status": "succeeded"}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
-    let (status, v) = d
-        .call(
-            Method::POST,
-            &format!("/api/agent/deployments/{dep}/report"),
-            Some(&n1),
-            Some(json!({"status": "queued"})),
-        )
-        .await;
+    let (status, v) = d.agent_report(&n1, dep, json!({"status": "queued"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     let tail = "x".repeat(100_000) + "compose up done";
     let (status, v) = d
-        .call(
-            Method::POST,
-            &format!("/api/agent/deployments/{dep}/report"),
-            Some(&n1),
-            Some(json!({"status": "succeeded", "log_tail": tail})),
-        )
+        .agent_report(&n1, dep, json!({"status": "succeeded", "log_tail": tail}))
         .await;
     assert_eq!(status, StatusCode::OK, "{}", v["error"]);
     assert_eq!(v["status"], "succeeded");
@@ -105,9 +79,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
         None,
     )
     .await;
-    let (status, _) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n2), None)
-        .await;
+    let (status, _) = d.agent_claim(&n2).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 
     // n1 stops heartbeating; n2 keeps going. The queued web deploy fails with
@@ -157,9 +129,7 @@ async fn compose_projects_pin_to_their_first_node_and_refuse_to_migrate() {
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n2), None)
-        .await;
+    let (status, claim) = d.agent_claim(&n2).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(claim["project"]["id"], api);
 
@@ -266,7 +236,7 @@ async fn hosted_with_commit(d: &Daemon, work: &Path, name: &str) -> (i64, String
 async fn a_node_token_fetches_only_repositories_of_deployments_it_runs() {
     let dir = temp_dir("nodes-fetch");
     let d = Daemon::start(&dir);
-    let (n1, n2) = (add_node(&d, "n1").await, add_node(&d, "n2").await);
+    let (n1, n2) = (d.add_node("n1").await, d.add_node("n2").await);
     let (web, sha) = hosted_with_commit(&d, &dir.join("web-work"), "web").await;
     let (other, _) = hosted_with_commit(&d, &dir.join("other-work"), "other").await;
 
@@ -282,9 +252,7 @@ async fn a_node_token_fetches_only_repositories_of_deployments_it_runs() {
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
-        .await;
+    let (status, claim) = d.agent_claim(&n1).await;
     assert_eq!(status, StatusCode::OK, "{claim}");
     assert_eq!(claim["project"]["id"], web);
     let dep = claim["deployment"]["id"].as_i64().unwrap();
@@ -322,12 +290,7 @@ async fn a_node_token_fetches_only_repositories_of_deployments_it_runs() {
 
     // Once the deployment is finished, the node's access ends with it.
     let (status, v) = d
-        .call(
-            Method::POST,
-            &format!("/api/agent/deployments/{dep}/report"),
-            Some(&n1),
-            Some(json!({"status": "succeeded"})),
-        )
+        .agent_report(&n1, dep, json!({"status": "succeeded"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     refused(
@@ -343,7 +306,7 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
     let d = Daemon::start(&dir);
     let eu = add_labelled_node(&d, "eu", json!({"zone": "eu", "tier": "prod"})).await;
     let us = add_labelled_node(&d, "us", json!({"zone": "us", "tier": "prod"})).await;
-    let bare = add_node(&d, "bare").await;
+    let bare = d.add_node("bare").await;
     let listed = d.ok(Method::GET, "/api/nodes", None).await;
     assert_eq!(listed[0]["labels"], json!({"zone": "eu", "tier": "prod"}));
     assert_eq!(listed[2]["labels"], json!({}));
@@ -403,21 +366,15 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
         assert_eq!(q["status"], "queued", "{q}");
     }
     for (token, name) in [(&us, "us"), (&bare, "bare")] {
-        let (status, v) = d
-            .call(Method::POST, "/api/agent/claim", Some(token), None)
-            .await;
+        let (status, v) = d.agent_claim(token).await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{name} got {v}");
     }
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&eu), None)
-        .await;
+    let (status, claim) = d.agent_claim(&eu).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(claim["project"]["id"], euapp);
     assert_eq!(claim["credential"]["secret"], secret);
     for token in [&eu, &us, &bare] {
-        let (status, v) = d
-            .call(Method::POST, "/api/agent/claim", Some(token), None)
-            .await;
+        let (status, v) = d.agent_claim(token).await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
     }
     assert_eq!(d.deployments(nowhere).await[0]["status"], "queued");
@@ -431,9 +388,7 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
         )
         .await;
     assert_eq!(cleared["node_selector"], json!({}));
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&bare), None)
-        .await;
+    let (status, claim) = d.agent_claim(&bare).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(claim["project"]["id"], nowhere);
 
@@ -447,9 +402,7 @@ async fn claims_go_only_to_nodes_whose_labels_match_the_project_selector() {
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&us), None)
-        .await;
+    let (status, claim) = d.agent_claim(&us).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(claim["project"]["id"], web);
     let (status, v) = d
@@ -480,9 +433,7 @@ async fn pinned_compose(d: &Daemon, name: &str, token: &str) -> (i64, i64) {
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(token), None)
-        .await;
+    let (status, claim) = d.agent_claim(token).await;
     assert_eq!(status, StatusCode::OK, "{claim}");
     assert_eq!(claim["project"]["id"], id);
     (id, claim["deployment"]["id"].as_i64().unwrap())
@@ -492,18 +443,13 @@ async fn pinned_compose(d: &Daemon, name: &str, token: &str) -> (i64, i64) {
 async fn deleting_a_node_with_pinned_projects_answers_409_naming_them() {
     let dir = temp_dir("nodes-delete-409");
     let d = Daemon::start(&dir);
-    let n1 = add_node(&d, "n1").await;
+    let n1 = d.add_node("n1").await;
     let n1_id = d.ok(Method::GET, "/api/nodes", None).await[0]["id"]
         .as_i64()
         .unwrap();
     let (web, dep) = pinned_compose(&d, "web", &n1).await;
-    d.call(
-        Method::POST,
-        &format!("/api/agent/deployments/{dep}/report"),
-        Some(&n1),
-        Some(json!({"status": "succeeded"})),
-    )
-    .await;
+    d.agent_report(&n1, dep, json!({"status": "succeeded"}))
+        .await;
     pinned_compose(&d, "db", &n1).await;
 
     let (status, v) = d
@@ -551,7 +497,7 @@ async fn deleting_a_node_with_pinned_projects_answers_409_naming_them() {
 async fn force_delete_unpins_and_fails_the_deployments_the_node_held() {
     let dir = temp_dir("nodes-delete-force");
     let d = Daemon::start(&dir);
-    let (n1, n2) = (add_node(&d, "n1").await, add_node(&d, "n2").await);
+    let (n1, n2) = (d.add_node("n1").await, d.add_node("n2").await);
     let n1_id = d.ok(Method::GET, "/api/nodes", None).await[0]["id"]
         .as_i64()
         .unwrap();
@@ -615,9 +561,7 @@ async fn force_delete_unpins_and_fails_the_deployments_the_node_held() {
 
     // The deleted node's token is dead, and the project is not stuck: its
     // next deployment goes to another node.
-    let (status, _) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
-        .await;
+    let (status, _) = d.agent_claim(&n1).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     d.ok(
         Method::POST,
@@ -625,9 +569,7 @@ async fn force_delete_unpins_and_fails_the_deployments_the_node_held() {
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n2), None)
-        .await;
+    let (status, claim) = d.agent_claim(&n2).await;
     assert_eq!(status, StatusCode::OK, "{claim}");
     assert_eq!(claim["project"]["id"], web);
     d.stop();
@@ -646,7 +588,7 @@ async fn a_restarted_control_plane_does_not_fail_the_deploys_of_nodes_that_come_
         Some(json!({"node_offline_after_seconds": 5})),
     )
     .await;
-    let n1 = add_node(&d, "n1").await;
+    let n1 = d.add_node("n1").await;
     let api = d
         .create_project(json!({"name": "api", "project_type": "image", "image_ref": "registry.test/app:1", "container_port": 8080}))
         .await;
@@ -656,9 +598,7 @@ async fn a_restarted_control_plane_does_not_fail_the_deploys_of_nodes_that_come_
         None,
     )
     .await;
-    let (status, claim) = d
-        .call(Method::POST, "/api/agent/claim", Some(&n1), None)
-        .await;
+    let (status, claim) = d.agent_claim(&n1).await;
     assert_eq!(status, StatusCode::OK, "{claim}");
     let dep = claim["deployment"]["id"].clone();
     d.stop();

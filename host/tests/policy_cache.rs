@@ -30,8 +30,10 @@ fn stats(precompiled: u64, cache_hits: u64, compiled: u64, rejected: u64) -> Com
     CompiledStats {
         precompiled,
         cache_hits,
+        shared: 0,
         compiled,
         rejected,
+        shared_rejected: 0,
     }
 }
 
@@ -225,12 +227,12 @@ async fn the_daemon_compiles_a_policy_once_across_restarts() {
     let dir = temp_dir("cwasm-daemon");
     let d = Daemon::start(&dir);
     let (first, later) = if BUILT_IN {
-        let built_in = json!({"precompiled": 1, "cache_hits": 0, "compiled": 0, "rejected": 0});
+        let built_in = json!({"precompiled": 1, "cache_hits": 0, "compiled": 0, "rejected": 0, "shared": 0, "shared_rejected": 0});
         (built_in.clone(), built_in)
     } else {
         (
-            json!({"precompiled": 0, "cache_hits": 0, "compiled": 1, "rejected": 0}),
-            json!({"precompiled": 0, "cache_hits": 1, "compiled": 0, "rejected": 0}),
+            json!({"precompiled": 0, "cache_hits": 0, "compiled": 1, "rejected": 0, "shared": 0, "shared_rejected": 0}),
+            json!({"precompiled": 0, "cache_hits": 1, "compiled": 0, "rejected": 0, "shared": 0, "shared_rejected": 0}),
         )
     };
     assert_eq!(status(&d).await["policy_cache"]["compiled"], first);
@@ -256,13 +258,14 @@ async fn the_daemon_compiles_a_policy_once_across_restarts() {
     assert_eq!(s["policy"]["sha256"], sha.as_str());
     assert_eq!(
         s["policy_cache"]["compiled"],
-        json!({"precompiled": 0, "cache_hits": 1, "compiled": 0, "rejected": 0})
+        json!({"precompiled": 0, "cache_hits": 1, "compiled": 0, "rejected": 0, "shared": 0, "shared_rejected": 0})
     );
     assert!(!d.log().contains(REMEMBERED), "{}", d.log());
     d.stop();
 
-    // A damaged entry: the daemon still starts on that policy, compiles it
-    // again and says so.
+    // A damaged entry: the daemon still starts on that policy, says so, and
+    // takes the native code it stored in the database at the swap (checked
+    // under its secret key) instead, rewriting the entry with it.
     let mut bytes = std::fs::read(&found[0]).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -272,7 +275,7 @@ async fn the_daemon_compiles_a_policy_once_across_restarts() {
     assert_eq!(s["policy"]["sha256"], sha.as_str());
     assert_eq!(
         s["policy_cache"]["compiled"],
-        json!({"precompiled": 0, "cache_hits": 0, "compiled": 1, "rejected": 1})
+        json!({"precompiled": 0, "cache_hits": 0, "compiled": 0, "rejected": 1, "shared": 1, "shared_rejected": 0})
     );
     assert!(
         d.log().contains("compiled policy entry unusable"),
@@ -390,10 +393,10 @@ fn the_cli_uses_the_bundled_code_and_caches_a_policy_file() {
     let cache_home = dir.join("cache");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-            .args(args)
             .arg("policy")
             .arg("parse-compose")
             .arg(&compose)
+            .args(args)
             .env("XDG_CACHE_HOME", &cache_home)
             .env("RUST_LOG", "autodeploy=debug")
             .env_remove("AUTODEPLOY_POLICY")

@@ -137,7 +137,7 @@ async fn a_policy_that_fails_its_self_test_is_refused_at_start() {
     let file = dir.join("hostile.wasm");
     std::fs::write(&file, common::hostile_policy(common::TRAP_BODY)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .args(["--policy", file.to_str().unwrap(), "serve"])
+        .args(["serve", "--policy", file.to_str().unwrap()])
         .env("AUTODEPLOY_LISTEN", "127.0.0.1:0")
         .env("AUTODEPLOY_DATA_DIR", &dir)
         .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)

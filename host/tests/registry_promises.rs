@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::daemon::{Daemon, temp_dir};
-use common::git::git;
 use common::netns::{OUTSIDE_IP, run_in_private_netns};
 use common::registry::{Options, TestRegistry, TokenAuth, make_tls_for};
 use common::token_issuer::{TokenIssuer, account, grant};
@@ -46,44 +45,6 @@ fn lookup_failure(d: &Daemon, image: &str) -> String {
         .to_string()
 }
 
-/// A bare repository at `dir/name.git` whose `main` holds `compose` as
-/// docker-compose.yml; returns its file:// URL.
-fn compose_repo(dir: &Path, name: &str, compose: &str) -> String {
-    let bare = dir.join(format!("{name}.git"));
-    let work = dir.join(format!("{name}-work"));
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("docker-compose.yml"), compose).unwrap();
-    git(&work, &["add", "docker-compose.yml"]);
-    git(&work, &["commit", "-q", "-m", "compose"]);
-    git(
-        dir,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    format!("file://{}", bare.display())
-}
-
-/// An external compose project watching `images`, auto-deploy on.
-async fn watch(d: &Daemon, dir: &Path, name: &str, images: &[String]) -> i64 {
-    let services: String = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| format!("  s{i}:\n    image: {image}\n"))
-        .collect();
-    let url = compose_repo(dir, name, &format!("services:\n{services}"));
-    d.create_project(json!({
-        "name": name, "project_type": "compose", "git_source": "external", "git_url": url,
-        "expose_service": "s0", "expose_port": 80, "auto_deploy_enabled": true,
-    }))
-    .await
-}
-
 /// A docker config.json giving `user:password` for `host`.
 fn docker_config(path: &Path, host: &str, user: &str, password: &str) -> String {
     use base64::Engine;
@@ -107,8 +68,12 @@ async fn digests_are_read_with_head_only_as_the_registry_access_log_shows() {
 
     let d = Daemon::start(&dir.join("daemon"));
     // Two projects share `app`: it is still looked up once per tick.
-    let shop = watch(&d, &dir, "shop", &[app.clone(), multi_image.clone()]).await;
-    let blog = watch(&d, &dir, "blog", std::slice::from_ref(&app)).await;
+    let shop = d
+        .watch_images(&dir, "shop", &[app.clone(), multi_image.clone()])
+        .await;
+    let blog = d
+        .watch_images(&dir, "blog", std::slice::from_ref(&app))
+        .await;
 
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 0, "{t}");
@@ -209,7 +174,7 @@ async fn bearer_tokens_from_a_real_token_service_honour_credentials_scope_and_se
         image("private/other"),
         image("secret/app"),
     ];
-    let id = watch(&d, &dir, "private", &images).await;
+    let id = d.watch_images(&dir, "private", &images).await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 1, "{t}");
     assert_eq!(
@@ -269,7 +234,7 @@ async fn bearer_tokens_from_a_real_token_service_honour_credentials_scope_and_se
     // Anonymous: the issuer's anonymous grants, nothing more.
     let d = Daemon::start(&dir.join("anonymous"));
     let images = [image("pub/app"), image("private/app")];
-    let id = watch(&d, &dir, "anonymous", &images).await;
+    let id = d.watch_images(&dir, "anonymous", &images).await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 1, "{t}");
     assert_eq!(digests(&d, id).await, json!({images[0].clone(): public}));
@@ -292,7 +257,7 @@ async fn bearer_tokens_from_a_real_token_service_honour_credentials_scope_and_se
             ("REGISTRY_PASSWORD", "PLANTED-wrong-pw"),
         ],
     );
-    let id = watch(&d, &dir, "wrong", &[image("private/app")]).await;
+    let id = d.watch_images(&dir, "wrong", &[image("private/app")]).await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 1, "{t}");
     assert_eq!(digests(&d, id).await, json!({}));
@@ -365,7 +330,9 @@ async fn plain_http_in_a_private_network() {
         &[],
         &[("AUTODEPLOY_DOCKER_CONFIG", config.as_str())],
     );
-    let id = watch(&d, &dir, "unlisted", std::slice::from_ref(&image)).await;
+    let id = d
+        .watch_images(&dir, "unlisted", std::slice::from_ref(&image))
+        .await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 1, "{t}");
     assert_eq!(digests(&d, id).await, json!({}));
@@ -417,7 +384,9 @@ async fn plain_http_in_a_private_network() {
             ("AUTODEPLOY_INSECURE_REGISTRIES", OUTSIDE_IP),
         ],
     );
-    let id = watch(&d, &dir, "listed", std::slice::from_ref(&image)).await;
+    let id = d
+        .watch_images(&dir, "listed", std::slice::from_ref(&image))
+        .await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 0, "{t}");
     assert_eq!(digests(&d, id).await, json!({image.clone(): digest}));
@@ -482,7 +451,9 @@ async fn plain_http_in_a_private_network() {
             ("AUTODEPLOY_REGISTRY_CA", ca.as_str()),
         ],
     );
-    let id = watch(&d, &dir, "plain-realm", std::slice::from_ref(&secure_image)).await;
+    let id = d
+        .watch_images(&dir, "plain-realm", std::slice::from_ref(&secure_image))
+        .await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 1, "{t}");
     assert_eq!(
@@ -506,13 +477,9 @@ async fn plain_http_in_a_private_network() {
             ("AUTODEPLOY_INSECURE_REGISTRIES", OUTSIDE_IP),
         ],
     );
-    let id = watch(
-        &d,
-        &dir,
-        "listed-realm",
-        std::slice::from_ref(&secure_image),
-    )
-    .await;
+    let id = d
+        .watch_images(&dir, "listed-realm", std::slice::from_ref(&secure_image))
+        .await;
     let t = tick(&d).await;
     assert_eq!(t["lookup_failures"], 0, "{t}");
     assert_eq!(

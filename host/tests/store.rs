@@ -29,6 +29,7 @@ fn fields(name: &str) -> ProjectFields {
         image_ref: None,
         container_port: None,
         labels: Default::default(),
+        deploy: Default::default(),
     }
 }
 
@@ -47,7 +48,9 @@ fn push(project_id: i64, sha: &str) -> TriggerWrite {
         track_commit: Some(sha.into()),
         track_digests: None,
         decided_on_commit: None,
+        decided_with_auto_deploy: None,
         decisions: Vec::new(),
+        from_deployment: None,
     }
 }
 
@@ -286,6 +289,21 @@ async fn a_trigger_decided_on_a_stale_tracked_commit_writes_nothing() {
     late.decided_on_commit = Some("1".repeat(40));
     let d = store.record_trigger(&late).await.unwrap();
     assert_eq!(d.trigger_count, 2);
+}
+
+#[tokio::test]
+async fn a_trigger_decided_before_auto_deploy_was_switched_off_writes_nothing() {
+    let (store, id) = open("store-toggled").await;
+    let enabled = store.project(id).await.unwrap().fields.auto_deploy_enabled;
+    let mut late = push(id, &"3".repeat(40));
+    late.decided_with_auto_deploy = Some(!enabled);
+    let err = store.record_trigger(&late).await.unwrap_err();
+    assert!(matches!(err, StoreError::Stale(p) if p == id), "{err}");
+    assert!(store.deployments(id, 10).await.unwrap().is_empty());
+    assert_eq!(store.project(id).await.unwrap().last_tracked_commit_sha, "");
+    late.decided_with_auto_deploy = Some(enabled);
+    let d = store.record_trigger(&late).await.unwrap();
+    assert_eq!(d.target_commit.as_deref(), Some("3".repeat(40).as_str()));
 }
 
 #[tokio::test]
@@ -542,4 +560,61 @@ async fn stores_opening_one_new_database_together_apply_each_migration_once() {
         let store = store.unwrap().expect("every store opens");
         assert!(store.projects_page(None, 1).await.unwrap().is_empty());
     }
+}
+
+#[tokio::test]
+async fn web_sessions_are_kept_by_hash_and_expired_ones_go_with_the_next_sign_in() {
+    use autodeploy::store::WebSession;
+    let store = connect("web-sessions").await;
+    let t = autodeploy::store::now();
+    let old = WebSession {
+        csrf: "csrf-old".into(),
+        created_at: t - 100,
+        expires_at: t - 10,
+    };
+    store.create_web_session("hash-old", &old).await.unwrap();
+    assert_eq!(store.web_session("hash-old").await.unwrap(), Some(old));
+    let live = WebSession {
+        csrf: "csrf-live".into(),
+        created_at: t,
+        expires_at: t + 3600,
+    };
+    store.create_web_session("hash-live", &live).await.unwrap();
+    assert_eq!(
+        store.web_session("hash-old").await.unwrap(),
+        None,
+        "an expired session goes when a new one is made"
+    );
+    assert_eq!(store.web_session("hash-live").await.unwrap(), Some(live));
+    store.delete_web_session("hash-live").await.unwrap();
+    assert_eq!(store.web_session("hash-live").await.unwrap(), None);
+    // Deleting one that is gone is not an error (a second sign-out).
+    store.delete_web_session("hash-live").await.unwrap();
+}
+
+#[tokio::test]
+async fn deployment_changes_are_told_after_they_are_written() {
+    let (store, id) = open("deployment-changes").await;
+    let mut changes = store.deployment_changes();
+    let d = store
+        .record_trigger(&push(id, &"a".repeat(40)))
+        .await
+        .unwrap();
+    let told = changes.try_recv().expect("a change was told");
+    assert_eq!(told.deployment_id, d.id);
+    assert_eq!(told.project_id, id);
+    assert_eq!(told.status, DeployStatus::Queued);
+    let node = store
+        .add_node("n1", "node-hash", &BTreeMap::new())
+        .await
+        .unwrap();
+    let claimed = store.claim(node.id).await.unwrap().expect("a claim");
+    assert_eq!(claimed.deployment.id, d.id);
+    assert_eq!(changes.try_recv().unwrap().status, DeployStatus::Running);
+    store
+        .report(node.id, d.id, DeployStatus::Succeeded, None, None)
+        .await
+        .unwrap();
+    assert_eq!(changes.try_recv().unwrap().status, DeployStatus::Succeeded);
+    assert!(changes.try_recv().is_err(), "one change each");
 }

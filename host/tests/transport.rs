@@ -511,14 +511,8 @@ async fn pinned_ssh_host_keys_are_enforced_and_a_mismatch_deploys_nothing() {
 }
 
 /// A deploy agent, killed when dropped.
-struct Agent(std::process::Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// Ended with its process group when dropped.
+struct Agent(#[allow(dead_code)] common::reap::Proc);
 
 #[tokio::test]
 async fn the_agent_enforces_the_pins_on_its_checkout() {
@@ -551,17 +545,18 @@ async fn the_agent_enforces_the_pins_on_its_checkout() {
     let work = dir.join("agent");
     std::fs::create_dir_all(&work).unwrap();
     let _agent = Agent(
-        std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-            .args(["agent", "--control-plane", &d.url, "--token", &token])
-            .args(["--heartbeat-seconds", "1"])
-            .arg("--work-dir")
-            .arg(&work)
-            .env_remove("AUTODEPLOY_GIT_CA")
-            .env_remove("AUTODEPLOY_INSECURE_GIT_HOSTS")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-            .spawn()
-            .expect("start the agent"),
+        common::reap::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+                .args(["agent", "--control-plane", &d.url, "--token", &token])
+                .args(["--heartbeat-seconds", "1"])
+                .arg("--work-dir")
+                .arg(&work)
+                .env_remove("AUTODEPLOY_GIT_CA")
+                .env_remove("AUTODEPLOY_INSECURE_GIT_HOSTS")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join("agent.log")).unwrap()),
+        )
+        .expect("start the agent"),
     );
     d.ok(
         Method::POST,

@@ -1,21 +1,27 @@
 //! Runs docker compose: the v2 plugin (`docker compose`) when the node has
-//! it, else v1 (`docker-compose`).
+//! it, else v1 (`docker-compose`). Output goes to the deploy's log as it
+//! comes; a cancelled deploy ends the compose process.
 
 use std::path::Path;
 use std::process::Stdio;
 
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
-/// Log tails are cut to their last 64 KiB.
-const MAX_LOG: usize = 64 * 1024;
+use super::logs::Log;
 
 /// The agent's own token, kept from compose: compose interpolates its
 /// environment into the project, so a compose file could hand it to a container.
-const NODE_TOKEN_ENV: &str = "AUTODEPLOY_NODE_TOKEN";
+pub const NODE_TOKEN_ENV: &str = "AUTODEPLOY_NODE_TOKEN";
 
-pub struct Output {
-    pub log: String,
-    pub result: Result<(), String>,
+/// Why a step did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the deploy was cancelled")]
+    Cancelled,
 }
 
 /// `docker compose` (v2) if it answers, else `docker-compose` (v1).
@@ -34,58 +40,92 @@ async fn program() -> Vec<&'static str> {
     }
 }
 
-/// One compose command in `dir`, under the project name `project`.
-pub async fn run(dir: &Path, project: &str, file: &str, args: &[&str]) -> Output {
+/// A compose project: its directory, name and files (`-f`, in order).
+pub struct Project<'a> {
+    pub dir: &'a Path,
+    pub name: &'a str,
+    pub files: &'a [String],
+}
+
+/// One compose command; its output is appended to `log` line by line.
+pub async fn run(
+    p: &Project<'_>,
+    args: &[&str],
+    log: &Log,
+    cancel: &CancellationToken,
+) -> Result<(), StepError> {
     let program = program().await;
-    let line = format!(
-        "$ {} -p {project} -f {file} {}\n",
+    let files: Vec<String> = p.files.iter().map(|f| format!("-f {f}")).collect();
+    log.push(&format!(
+        "$ {} -p {} {} {}\n",
         program.join(" "),
+        p.name,
+        files.join(" "),
         args.join(" ")
-    );
-    let out = Command::new(program[0])
-        .args(&program[1..])
-        .args(["-p", project, "-f", file])
+    ));
+    let what = format!("{} {}", program.join(" "), args.join(" "));
+    let mut cmd = Command::new(program[0]);
+    cmd.args(&program[1..]).args(["-p", p.name]);
+    for f in p.files {
+        cmd.args(["-f", f]);
+    }
+    let child = cmd
         .args(args)
-        .current_dir(dir)
+        .current_dir(p.dir)
         .env_remove(NODE_TOKEN_ENV)
+        // Plain progress lines, not a redrawn terminal.
+        .env("BUILDKIT_PROGRESS", "plain")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await;
-    match out {
-        Ok(out) => {
-            let mut log = line;
-            log.push_str(&String::from_utf8_lossy(&out.stdout));
-            log.push_str(&String::from_utf8_lossy(&out.stderr));
-            let result = if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} {} exited with {}",
-                    program.join(" "),
-                    args.join(" "),
-                    out.status
-                ))
-            };
-            Output {
-                log: tail(log),
-                result,
-            }
+        // Its own process group, so a cancel also ends what it started
+        // (a `docker build` it runs).
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let error = format!("cannot run {}: {e}", program.join(" "));
+            log.push(&format!("{error}\n"));
+            return Err(StepError::Failed(error));
         }
-        Err(e) => Output {
-            log: line,
-            result: Err(format!("cannot run {}: {e}", program.join(" "))),
-        },
+    };
+    let out = copy_lines(child.stdout.take(), log.clone());
+    let err = copy_lines(child.stderr.take(), log.clone());
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = cancel.cancelled() => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) with a negative pid signals that process
+                // group only; the group is the child's own (above).
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.kill().await;
+            let _ = tokio::join!(out, err);
+            log.push(&format!("cancelled: stopped {what}\n"));
+            return Err(StepError::Cancelled);
+        }
+    };
+    let _ = tokio::join!(out, err);
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(StepError::Failed(format!("{what} exited with {s}"))),
+        Err(e) => Err(StepError::Failed(format!("{what}: {e}"))),
     }
 }
 
-fn tail(s: String) -> String {
-    if s.len() <= MAX_LOG {
-        return s;
-    }
-    let mut start = s.len() - MAX_LOG;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_string()
+fn copy_lines<R: AsyncRead + Unpin + Send + 'static>(
+    from: Option<R>,
+    log: Log,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(from) = from else { return };
+        let mut lines = BufReader::new(from).split(b'\n');
+        while let Ok(Some(line)) = lines.next_segment().await {
+            let mut text = String::from_utf8_lossy(&line).into_owned();
+            text.push('\n');
+            log.push(&text);
+        }
+    })
 }

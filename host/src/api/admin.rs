@@ -9,16 +9,16 @@ use axum::extract::{OriginalUri, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::Digest;
 
 use super::page::Paged;
 use super::projects::PageQuery;
 use super::{ApiError, ApiResult, Body, Id};
 use crate::app::App;
-use crate::policy::{MAX_CONFIG_BYTES, PolicyInfo, SwapError};
+use crate::policy::SwapError;
 use crate::service;
 use crate::service::nodes::{NewNode, NodeState};
 use crate::service::page::{List, PageRequest};
+use crate::service::policy::{ActivePolicy, PolicyActionError};
 use crate::store::{Event, NodeDeletion, Settings};
 
 pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
@@ -56,30 +56,8 @@ pub async fn put_settings(
     Ok(Json(service::settings::put(&app, &update).await?))
 }
 
-/// The active policy and the operator's config for it. The config is not
-/// secret by contract (it reaches every decision and the decision log), so
-/// it is shown.
-#[derive(Serialize)]
-pub struct PolicyAnswer {
-    #[serde(flatten)]
-    info: PolicyInfo,
-    /// `null` when none is set.
-    config: Option<String>,
-    config_sha256: Option<String>,
-}
-
-fn policy_answer(app: &App) -> PolicyAnswer {
-    let (policy, config) = app.policy.current_with_config();
-    let set = !config.is_empty();
-    PolicyAnswer {
-        info: policy.info().clone(),
-        config_sha256: set.then(|| crate::secrets::hex(&sha2::Sha256::digest(config.as_bytes()))),
-        config: set.then(|| config.to_string()),
-    }
-}
-
-pub async fn get_policy(State(app): State<Arc<App>>) -> Json<PolicyAnswer> {
-    Json(policy_answer(&app))
+pub async fn get_policy(State(app): State<Arc<App>>) -> Json<ActivePolicy> {
+    Json(service::policy::current(&app))
 }
 
 /// `PUT /api/policy` with a JSON body: the component and its config at once.
@@ -94,9 +72,9 @@ pub struct PolicyUpload {
 }
 
 /// The body is the component's bytes, or (with `Content-Type:
-/// application/json`) a [`PolicyUpload`] carrying its config too.
-/// Validation (compile, contract check, self-test) runs off the async
-/// threads; the running policy stays unless the new one passes. With
+/// application/json`) a [`PolicyUpload`] carrying its config too (see
+/// [`service::policy::install`]). Validation runs off the async threads;
+/// the running policy stays unless the new one passes. With
 /// `?dry_run=true` nothing is switched: the answer is the self-test's result
 /// and the replay of recent decisions.
 pub async fn put_policy(
@@ -126,37 +104,11 @@ pub async fn put_policy(
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(upload.wasm_base64.trim())
             .map_err(|_| ApiError::bad_request("wasm_base64 is not valid base64"))?;
-        (Bytes::from(wasm), upload.config)
+        (wasm, upload.config)
     } else {
-        (body, None)
+        (body.to_vec(), None)
     };
-    if wasm.is_empty() {
-        return Err(ApiError::bad_request(
-            "the request body must be a WebAssembly component",
-        ));
-    }
-    let with_config = config.is_some();
-    let info = app
-        .policy
-        .install_with_config(wasm.to_vec(), "api", config)
-        .await
-        .map_err(swap_error)?;
-    let answer = policy_answer(&app);
-    let config_note = match &answer.config_sha256 {
-        Some(sha) if with_config => format!(", config {sha}"),
-        Some(sha) => format!(", its stored config {sha}"),
-        None => ", no config".to_string(),
-    };
-    app.store
-        .log_event(
-            None,
-            crate::store::EventKind::PolicySwitched,
-            &format!(
-                "{} {} ({}){config_note}",
-                info.name, info.version, info.sha256
-            ),
-        )
-        .await?;
+    let answer = service::policy::install(&app, wasm, config).await?;
     Ok(Json(answer).into_response())
 }
 
@@ -166,44 +118,25 @@ pub async fn put_policy(
 pub async fn put_policy_config(
     State(app): State<Arc<App>>,
     body: Bytes,
-) -> ApiResult<Json<PolicyAnswer>> {
-    if body.len() > MAX_CONFIG_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the policy config is {} bytes; at most {MAX_CONFIG_BYTES} are allowed",
-                body.len()
-            ),
-        ));
-    }
-    let config = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::bad_request("the policy config must be UTF-8 text"))?;
-    let info = app.policy.set_config(&config).await.map_err(swap_error)?;
-    let answer = policy_answer(&app);
-    let what = match &answer.config_sha256 {
-        Some(sha) => format!("config {sha} ({} bytes)", config.len()),
-        None => "config removed".to_string(),
-    };
-    app.store
-        .log_event(
-            None,
-            crate::store::EventKind::PolicyConfigChanged,
-            &format!("{} {} ({}): {what}", info.name, info.version, info.sha256),
-        )
-        .await?;
-    Ok(Json(answer))
+) -> ApiResult<Json<ActivePolicy>> {
+    Ok(Json(service::policy::set_config(&app, &body).await?))
 }
 
-pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<PolicyAnswer>> {
-    let info = app.policy.rollback().await.map_err(swap_error)?;
-    app.store
-        .log_event(
-            None,
-            crate::store::EventKind::PolicyRolledBack,
-            &format!("{} {} ({})", info.name, info.version, info.sha256),
-        )
-        .await?;
-    Ok(Json(policy_answer(&app)))
+pub async fn rollback_policy(State(app): State<Arc<App>>) -> ApiResult<Json<ActivePolicy>> {
+    Ok(Json(service::policy::rollback(&app).await?))
+}
+
+impl From<PolicyActionError> for ApiError {
+    fn from(e: PolicyActionError) -> Self {
+        match e {
+            PolicyActionError::Invalid(m) => ApiError::bad_request(m),
+            PolicyActionError::ConfigTooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            PolicyActionError::Swap(e) => swap_error(e),
+            PolicyActionError::Store(e) => e.into(),
+        }
+    }
 }
 
 fn swap_error(e: SwapError) -> ApiError {

@@ -1,6 +1,8 @@
 //! The deploy agents' side of the API: a node authenticates with its own
-//! token, heartbeats, claims deployments and reports how they went.
+//! token, heartbeats, claims deployments, streams their logs and reports
+//! how they went.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -13,10 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiResult, Body, Id, bearer};
 use crate::app::App;
 use crate::secrets::token_hash;
+use crate::service::deployments;
 use crate::store::{Claim, CredentialKind, DeployStatus, Deployment, Node, now};
-
-/// Log tails are cut to their last 64 KiB.
-const MAX_LOG_TAIL: usize = 64 * 1024;
 
 pub async fn require_node(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let Some(token) = bearer(req.headers()) else {
@@ -65,6 +65,7 @@ pub async fn claim(
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     tracing::info!(node = %node.name, deployment = claim.deployment.id, project = claim.project.id, "deployment claimed");
+    app.metrics.deployment(claim.deployment.status);
     let credential = match app.store.credential(claim.project.id).await? {
         Some(c) => match app.key.unseal(&c.sealed) {
             Ok(secret) => Some(AgentCredential {
@@ -88,6 +89,8 @@ pub struct Report {
     status: DeployStatus,
     log_tail: Option<String>,
     error: Option<String>,
+    ran_commit: Option<String>,
+    ran_digests: Option<BTreeMap<String, String>>,
 }
 
 pub async fn report(
@@ -96,27 +99,36 @@ pub async fn report(
     Id(id): Id,
     Body(r): Body<Report>,
 ) -> ApiResult<Json<Deployment>> {
-    if r.status == DeployStatus::Queued {
-        return Err(ApiError::bad_request(
-            "status must be running, succeeded or failed",
-        ));
-    }
-    let tail = r.log_tail.as_deref().map(last_bytes);
-    let d = app
-        .store
-        .report(node.id, id, r.status, tail, r.error.as_deref())
-        .await?;
-    tracing::info!(node = %node.name, deployment = id, status = ?r.status, "deployment reported");
-    Ok(Json(d))
+    let report = deployments::Report {
+        status: r.status,
+        log_tail: r.log_tail,
+        error: r.error,
+        ran_commit: r.ran_commit,
+        ran_digests: r.ran_digests,
+    };
+    Ok(Json(deployments::report(&app, &node, id, report).await?))
 }
 
-fn last_bytes(s: &str) -> &str {
-    if s.len() <= MAX_LOG_TAIL {
-        return s;
-    }
-    let mut start = s.len() - MAX_LOG_TAIL;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    offset: i64,
+    chunk: String,
+}
+
+#[derive(Serialize)]
+pub struct LogAnswer {
+    /// A person asked to cancel the deployment: the node stops it.
+    cancel: bool,
+}
+
+/// A chunk of the log of a deployment this node runs.
+pub async fn log(
+    State(app): State<Arc<App>>,
+    Extension(node): Extension<Node>,
+    Id(id): Id,
+    Body(c): Body<LogChunk>,
+) -> ApiResult<Json<LogAnswer>> {
+    let cancel = deployments::append_log(&app, &node, id, c.offset, &c.chunk).await?;
+    Ok(Json(LogAnswer { cancel }))
 }

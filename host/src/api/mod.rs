@@ -8,6 +8,8 @@
 mod admin;
 mod agent;
 mod decisions;
+mod hooks;
+mod notifications;
 mod page;
 mod projects;
 
@@ -50,9 +52,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nodes", get(admin::list_nodes).post(admin::add_node))
         .route("/nodes/{id}", axum::routing::delete(admin::delete_node))
         .route("/events", get(admin::events))
+        .route(
+            "/notifications",
+            get(notifications::list).post(notifications::add),
+        )
+        .route(
+            "/notifications/{id}",
+            get(notifications::show).delete(notifications::delete),
+        )
+        .route(
+            "/notifications/{id}/deliveries",
+            get(notifications::deliveries),
+        )
         .route("/ticks/git-poll", post(admin::tick_git_poll))
         .route("/ticks/image-watch", post(admin::tick_image_watch))
         .route("/projects", get(projects::list).post(projects::create))
+        .route("/projects/summaries", get(projects::summaries))
         .route(
             "/projects/{id}",
             get(projects::show)
@@ -64,9 +79,26 @@ pub fn router(app: Arc<App>) -> Router {
             post(projects::rotate_push_token),
         )
         .route(
+            "/projects/{id}/webhook-secret",
+            post(projects::rotate_webhook_secret),
+        )
+        .route(
+            "/projects/{id}/registry-credentials",
+            get(projects::registry_credentials).put(projects::set_registry_credential),
+        )
+        .route(
+            "/projects/{id}/registry-credentials/{registry}",
+            axum::routing::delete(projects::delete_registry_credential),
+        )
+        .route(
             "/projects/{id}/deployments",
             get(projects::deployments).post(projects::deploy),
         )
+        .route(
+            "/projects/{id}/deployments/{dep}/cancel",
+            post(projects::cancel),
+        )
+        .route("/projects/{id}/deployments/{dep}/log", get(projects::log))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin));
     let agent = Router::new()
         .route("/heartbeat", post(agent::heartbeat))
@@ -75,6 +107,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/deployments/{id}/report",
             put(agent::report).post(agent::report),
         )
+        .route("/deployments/{id}/log", post(agent::log))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             agent::require_node,
@@ -84,6 +117,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/git/{repo}/{*rest}",
             get(crate::git::http::serve).post(crate::git::http::serve),
         )
+        .route("/hooks/git/{id}", post(hooks::git))
+        .route("/hooks/registry", post(hooks::registry))
         .nest("/api/agent", agent)
         .nest("/api", admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -126,7 +161,9 @@ fn body_idle() -> Duration {
 /// segments) are noted before the handler runs, so whatever wrote the
 /// message (a handler, serde, axum) cannot echo one of them.
 async fn guard_errors(req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/git/") {
+    // Webhooks read their own body under their own cap, so an oversized
+    // one still reaches the handler and its security event.
+    if req.uri().path().starts_with("/git/") || req.uri().path().starts_with("/hooks/") {
         return next.run(req).await;
     }
     let mut values = request_strings(req.uri());
@@ -543,6 +580,52 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
             .filter(|id| *id > 0)
             .map(Id)
             .ok_or_else(bad)
+    }
+}
+
+/// A project id and a registry host from the path
+/// (`/projects/{id}/registry-credentials/{registry}`).
+pub struct RegistryPath(pub i64, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RegistryPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path((project, registry)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| {
+                    ApiError::bad_request("the path is not /projects/ID/registry-credentials/HOST")
+                })?;
+        match project.parse::<i64>().ok().filter(|id| *id > 0) {
+            Some(p) => Ok(RegistryPath(p, registry)),
+            None => Err(ApiError::bad_request(
+                "the project id in the path is not a valid id: use a whole number above 0",
+            )),
+        }
+    }
+}
+
+/// A project id and one of its deployments' ids from the path
+/// (`/projects/{id}/deployments/{dep}`).
+pub struct DeploymentPath(pub i64, pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeploymentPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::bad_request(
+                "the ids in the path are not valid ids: use whole numbers above 0",
+            )
+        };
+        let axum::extract::Path((project, deployment)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| bad())?;
+        let id = |raw: String| raw.parse::<i64>().ok().filter(|id| *id > 0);
+        match (id(project), id(deployment)) {
+            (Some(p), Some(d)) => Ok(DeploymentPath(p, d)),
+            _ => Err(bad()),
+        }
     }
 }
 

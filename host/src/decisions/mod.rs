@@ -10,6 +10,7 @@
 //! is full the decision is dropped and counted, never waited for: a trigger
 //! is worth more than its log line.
 
+mod fast_json;
 pub mod pool;
 pub mod replay;
 pub mod shadow;
@@ -32,6 +33,9 @@ use crate::store::{DecisionCall, DecisionRecord, Pruned, now};
 const QUEUE: usize = 10_000;
 /// Decisions written per transaction.
 const BATCH: usize = 500;
+/// Decisions written since the last time freed memory was handed back
+/// that make it worth doing again once the queue is empty.
+const TRIM_AFTER: usize = 5_000;
 /// How often retention runs (also at start and on every settings change).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// At most one "decisions dropped" warning per this long.
@@ -94,8 +98,13 @@ pub fn record(
         at: now(),
         call: call_kind(call),
         project_id: call.project().and_then(|p| p.id.parse().ok()),
-        input: input_json(call).to_string(),
-        output: outcome(result).to_string(),
+        // The calls a tick makes by the thousand skip the `Value` tree.
+        input: fast_json::input(call).unwrap_or_else(|| input_json(call).to_string()),
+        output: match result {
+            Ok(answer) => fast_json::output(answer),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| outcome(result).to_string()),
         policy_name: policy.name.clone(),
         policy_version: policy.version.clone(),
         policy_sha256: policy.sha256.clone(),
@@ -250,6 +259,7 @@ pub async fn run_writer(app: Arc<App>, cancel: CancellationToken) {
         return;
     };
     let mut batch = Vec::with_capacity(BATCH);
+    let mut since_trim = 0;
     loop {
         let got = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -259,6 +269,13 @@ pub async fn run_writer(app: Arc<App>, cancel: CancellationToken) {
             return;
         }
         write(&app, &mut batch).await;
+        since_trim += got;
+        // A backlog (a tick's thousands of decisions) is written: the
+        // memory its records held goes back to the system.
+        if rx.is_empty() && since_trim >= TRIM_AFTER {
+            since_trim = 0;
+            crate::serve::release_freed_memory();
+        }
     }
     // Shutting down: what is queued now is written, then the writer ends.
     rx.close();

@@ -33,7 +33,11 @@ struct QueueState {
 
 impl DecisionPool {
     /// Threads: one per core, at least 2 and at most 8.
-    fn threads() -> usize {
+    pub(crate) fn threads(&self) -> usize {
+        Self::count()
+    }
+
+    fn count() -> usize {
         std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 8)
@@ -42,7 +46,7 @@ impl DecisionPool {
     pub(crate) fn run(&self, job: Job) {
         let queue = self.queue.get_or_init(|| {
             let queue = Arc::new(JobQueue::default());
-            for i in 0..Self::threads() {
+            for i in 0..Self::count() {
                 let worker = queue.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("policy-{i}"))

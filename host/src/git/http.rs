@@ -201,6 +201,33 @@ async fn feed_body(
     }
 }
 
+/// `git-http-backend` itself, found once through `git --exec-path`. Running
+/// it directly, as nginx + fcgiwrap do, saves starting `git` only for it to
+/// start the backend: one process start per request, two or three per push.
+/// `None` (no such file) runs `git http-backend`.
+async fn backend() -> Option<&'static std::path::Path> {
+    static BACKEND: tokio::sync::OnceCell<Option<std::path::PathBuf>> =
+        tokio::sync::OnceCell::const_new();
+    BACKEND
+        .get_or_init(|| async {
+            let out = Command::new("git")
+                .arg("--exec-path")
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .await
+                .ok()
+                .filter(|o| o.status.success())?;
+            let dir = String::from_utf8(out.stdout).ok()?;
+            let path = std::path::Path::new(dir.trim()).join("git-http-backend");
+            path.is_file().then_some(path)
+        })
+        .await
+        .as_deref()
+}
+
 /// Stops git and every process it started (they share its process group).
 async fn stop_git(child: &mut tokio::process::Child) {
     if tokio::time::timeout(Duration::from_secs(5), child.wait())
@@ -332,10 +359,16 @@ pub async fn serve(
         None
     };
 
-    let mut cmd = Command::new("git");
-    cmd.arg("http-backend")
-        // The daemon's environment (tokens, keys) stays out of the child.
-        .env_clear()
+    let mut cmd = match backend().await {
+        Some(path) => Command::new(path),
+        None => {
+            let mut git = Command::new("git");
+            git.arg("http-backend");
+            git
+        }
+    };
+    // The daemon's environment (tokens, keys) stays out of the child.
+    cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("GIT_PROJECT_ROOT", &app.repo_dir)
         .env("GIT_HTTP_EXPORT_ALL", "1")

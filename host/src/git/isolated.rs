@@ -256,6 +256,110 @@ pub async fn remote_file(
     }
 }
 
+/// One local branch head to read (see [`local_heads`]).
+pub struct LocalHead {
+    pub url: String,
+    pub branch: String,
+    pub known_hosts: Option<String>,
+}
+
+/// [`remote_head`] for many local repositories without credentials, read
+/// one after another on one blocking thread: a tick over thousands of
+/// `file://` projects hands work to a thread once per batch rather than
+/// once per project (the hand-offs cost more than the reads). Each read
+/// keeps its own cap: when the one in progress passes it, that project
+/// fails with a timeout and the reads not yet started are each made on
+/// their own, as [`remote_head`] makes them.
+pub async fn local_heads(
+    heads: Vec<LocalHead>,
+    cap: Duration,
+) -> Vec<Result<Option<String>, GitError>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    type Head = Result<Option<String>, GitError>;
+    struct Progress {
+        /// Set when the waiting side stopped waiting: no more reads start.
+        abandoned: AtomicBool,
+        done: Mutex<Vec<Head>>,
+    }
+    let n = heads.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let heads = Arc::new(heads);
+    let progress = Arc::new(Progress {
+        abandoned: AtomicBool::new(false),
+        done: Mutex::new(Vec::with_capacity(n)),
+    });
+    let job = {
+        let (heads, progress) = (heads.clone(), progress.clone());
+        move || {
+            for h in heads.iter() {
+                if progress.abandoned.load(Ordering::Acquire) {
+                    return;
+                }
+                let head = super::local_repository_head(&h.url, &h.branch).unwrap_or_else(|| {
+                    super::remote_head(&h.url, &h.branch, None, h.known_hosts.as_deref())
+                });
+                progress
+                    .done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(head);
+            }
+        }
+    };
+    let task = tokio::task::spawn_blocking(job);
+    // Waits while reads keep finishing within the cap of each: the cap
+    // restarts whenever one more is done.
+    let mut task = std::pin::pin!(task);
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(cap, &mut task).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => {
+                // The job panicked: what it read stands, the rest fail.
+                let mut done =
+                    std::mem::take(&mut *progress.done.lock().unwrap_or_else(|e| e.into_inner()));
+                let failed = done.len();
+                done.extend(
+                    (failed..n).map(|_| Err(GitError::Remote(format!("lookup task failed: {e}")))),
+                );
+                return done;
+            }
+            Err(_) => {
+                let now_done = progress
+                    .done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .len();
+                if now_done > seen {
+                    seen = now_done;
+                    continue;
+                }
+                progress.abandoned.store(true, Ordering::Release);
+                break;
+            }
+        }
+    }
+    let mut done = std::mem::take(&mut *progress.done.lock().unwrap_or_else(|e| e.into_inner()));
+    if done.len() == n {
+        return done;
+    }
+    // Stopped waiting: the read in progress (or the job, never started)
+    // timed out; the ones after it are made on their own, each under its
+    // own cap.
+    let timed_out = done.len();
+    done.push(Err(GitError::Timeout {
+        url: heads[timed_out].url.clone(),
+        timeout: cap,
+    }));
+    for h in &heads[timed_out + 1..] {
+        done.push(remote_head(&h.url, &h.branch, None, h.known_hosts.as_deref(), cap).await);
+    }
+    done
+}
+
 /// A local read on a blocking thread, with the same cap (a local read does
 /// not trickle, so the thread comes back soon after).
 async fn in_process<T: Send + 'static>(
@@ -280,6 +384,19 @@ fn own_executable() -> std::io::Result<PathBuf> {
     }
 }
 
+/// Whether a lookup of `url` may make a TLS connection: anything but
+/// `git://` and ssh (`ssh://`, `git+ssh://`, `ssh+git://` or scp-like
+/// `user@host:path`). Plain `http://` counts, since a server may redirect
+/// it to HTTPS.
+fn may_use_tls(url: &str) -> bool {
+    let u = url.trim().to_ascii_lowercase();
+    if let Some((scheme, _)) = u.split_once("://") {
+        return !matches!(scheme, "git" | "ssh" | "git+ssh" | "ssh+git");
+    }
+    // No scheme: scp-like ssh when a ':' comes before any '/'.
+    !u.split('/').next().is_some_and(|first| first.contains(':'))
+}
+
 /// Runs one request in a child; the child is killed at `cap`, and also if
 /// this future is dropped (`kill_on_drop`).
 async fn run_child(url: &str, request: &Request, cap: Duration) -> Result<Answer, GitError> {
@@ -295,6 +412,13 @@ async fn run_child(url: &str, request: &Request, cap: Duration) -> Result<Answer
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    if !may_use_tls(url) {
+        // libgit2 loads the system's CA bundle when it starts (OpenSSL
+        // parses every certificate: most of a lookup's time on `git://`).
+        // This child makes no TLS connection, so it gets an empty trust
+        // store instead; were TLS ever attempted, verification would fail.
+        command.env("SSL_CERT_FILE", "/dev/null");
+    }
     let mut child = spawn(command).await.map_err(|e| failed("start", &e))?;
     let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(GitError::Remote(format!(
@@ -438,5 +562,93 @@ fn answer(request: Request) -> Answer {
                 Err(e) => Answer::from_error(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_git_and_ssh_lookups_go_without_the_trust_store() {
+        for url in [
+            "git://127.0.0.1:9418/app.git",
+            "ssh://git@example.com/app.git",
+            "SSH://git@example.com:22/app.git",
+            "git+ssh://git@example.com/app.git",
+            "git@example.com:team/app.git",
+        ] {
+            assert!(!may_use_tls(url), "{url}");
+        }
+        for url in [
+            "https://example.com/app.git",
+            // A plain HTTP server may redirect to HTTPS.
+            "http://example.com/app.git",
+            "ftp://example.com/app.git",
+            "app.git",
+            "dir/with:colon",
+        ] {
+            assert!(may_use_tls(url), "{url}");
+        }
+    }
+
+    /// A bare repository as the loose-ref fast path reads it, its branch
+    /// `main` at `head`; `None` makes the ref a FIFO, a read that hangs
+    /// until something writes to it.
+    fn repo(dir: &Path, head: Option<&str>) -> String {
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+        std::fs::create_dir_all(dir.join("refs/heads")).unwrap();
+        std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        let main = dir.join("refs/heads/main");
+        match head {
+            Some(h) => std::fs::write(&main, format!("{h}\n")).unwrap(),
+            None => {
+                let path = std::ffi::CString::new(main.to_str().unwrap()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+            }
+        }
+        format!("file://{}", dir.display())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_local_read_times_out_alone() {
+        let root = std::env::temp_dir().join(format!("local-heads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (a, c) = ("a".repeat(40), "c".repeat(40));
+        let urls = [
+            repo(&root.join("a.git"), Some(&a)),
+            repo(&root.join("b.git"), None),
+            repo(&root.join("c.git"), Some(&c)),
+        ];
+        let heads = urls
+            .iter()
+            .map(|url| LocalHead {
+                url: url.clone(),
+                branch: "main".into(),
+                known_hosts: None,
+            })
+            .collect();
+        let cap = Duration::from_millis(500);
+        let got = local_heads(heads, cap).await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap().as_deref(), Some(a.as_str()));
+        assert!(
+            matches!(&got[1], Err(GitError::Timeout { url, .. }) if *url == urls[1]),
+            "{:?}",
+            got[1]
+        );
+        // Read on its own after the hung one, under its own cap.
+        assert_eq!(got[2].as_ref().unwrap().as_deref(), Some(c.as_str()));
+        // Lets the hung read finish with a head, so the runtime can shut
+        // down (the job then stops: it was abandoned).
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("b.git/refs/heads/main"))
+            .unwrap();
+        fifo.write_all(format!("{}\n", "b".repeat(40)).as_bytes())
+            .unwrap();
+        drop(fifo);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -287,6 +287,9 @@ pub fn local_repository_head(url: &str, branch: &str) -> Option<Result<Option<St
         None if url.starts_with('/') => url,
         None => return None,
     };
+    if let Some(head) = loose_branch_ref(Path::new(path), branch) {
+        return Some(Ok(Some(head)));
+    }
     let err = |e: git2::Error| GitError::Remote(format!("{url}: {}", e.message()));
     let read = || {
         let repo = Repository::open_ext(
@@ -305,6 +308,39 @@ pub fn local_repository_head(url: &str, branch: &str) -> Option<Result<Option<St
         }
     };
     Some(read())
+}
+
+/// The branch's loose ref in the bare repository `git_dir`, read as a
+/// plain file: what libgit2 finds first, without opening the repository
+/// (which reads its config files and more, and was most of a tick over
+/// thousands of local repositories). `None` whenever that is not plainly
+/// the answer: not a bare repository owned by this user (libgit2 checks
+/// `safe.directory`), a branch name that is not valid, a ref that is
+/// packed, symbolic or in another format. libgit2 then reads it.
+fn loose_branch_ref(git_dir: &Path, branch: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let name = format!("refs/heads/{branch}");
+    if !git2::Reference::is_valid_name(&name) {
+        return None;
+    }
+    let dir = std::fs::metadata(git_dir).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if !dir.is_dir() || dir.uid() != unsafe { libc::geteuid() } {
+        return None;
+    }
+    // libgit2 looks for a `.git` inside first; a bare repository has a
+    // HEAD file and an objects directory. SHA-1 names only, the ones
+    // libgit2 reads.
+    if std::fs::symlink_metadata(git_dir.join(".git")).is_ok()
+        || !std::fs::metadata(git_dir.join("HEAD")).is_ok_and(|m| m.is_file())
+        || !std::fs::metadata(git_dir.join("objects")).is_ok_and(|m| m.is_dir())
+    {
+        return None;
+    }
+    let text = std::fs::read_to_string(git_dir.join(&name)).ok()?;
+    let oid = text.strip_suffix('\n').unwrap_or(&text);
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    (oid.len() == 40 && oid.bytes().all(hex)).then(|| oid.to_string())
 }
 
 /// Files larger than this are not read (a compose file is a few KiB).

@@ -24,7 +24,8 @@ use crate::git::GitError;
 use crate::pipeline::{self, Trigger};
 use crate::policy::facts::FactBase;
 use crate::policy::{Facts, Lookup};
-use crate::registry::{ImageRef, Registry};
+use crate::registry::{Credential, ImageRef, Registry, same_host};
+use crate::service::registry_hooks::HookAuth;
 use crate::store::{
     DeploySource, DeployStatus, EventKind, GitSource, Leader, ProjectRecord, Settings, StoreError,
 };
@@ -101,6 +102,11 @@ pub struct ImageWatcher {
     /// each distinct image is looked up once per tick across the cluster.
     leader: tokio::sync::Mutex<Option<Leader>>,
     status: LoopStatus,
+    /// How `POST /hooks/registry` is authenticated.
+    hook_auth: HookAuth,
+    /// Images a registry notification asked about and not yet checked, and
+    /// whether a task is checking them.
+    pushed: Mutex<(BTreeSet<ImageRef>, bool)>,
 }
 
 impl ImageWatcher {
@@ -112,7 +118,71 @@ impl ImageWatcher {
             lock: Default::default(),
             leader: Default::default(),
             status: LoopStatus::default(),
+            hook_auth: HookAuth::default(),
+            pushed: Default::default(),
         }
+    }
+
+    /// Enables registry notifications with this secret.
+    pub fn with_hook_auth(mut self, auth: HookAuth) -> ImageWatcher {
+        self.hook_auth = auth;
+        self
+    }
+
+    pub fn hook_auth(&self) -> &HookAuth {
+        &self.hook_auth
+    }
+
+    /// Schedules a digest check of `images` for the projects using them,
+    /// at once. Images already waiting for a check are folded into it;
+    /// returns how many were. One task checks at a time, taking every image
+    /// pushed meanwhile into its next round.
+    pub fn check_soon(&self, app: &Arc<App>, images: BTreeSet<ImageRef>) -> usize {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pushed.0.len();
+        let n = images.len();
+        pushed.0.extend(images);
+        let coalesced = n - (pushed.0.len() - before);
+        if pushed.1 {
+            return coalesced;
+        }
+        pushed.1 = true;
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let round = {
+                    let watcher = &app.loops.image_watch;
+                    let mut pushed = watcher.pushed.lock().unwrap_or_else(|e| e.into_inner());
+                    if pushed.0.is_empty() {
+                        pushed.1 = false;
+                        return;
+                    }
+                    std::mem::take(&mut pushed.0)
+                };
+                let names: Vec<String> = round.iter().map(ToString::to_string).collect();
+                let watcher = &app.loops.image_watch;
+                let checked = match watcher.off() {
+                    Some(reason) => Err(WatchError::Off(reason)),
+                    None => {
+                        let _one_at_a_time = watcher.lock.lock().await;
+                        tick_only(&app, Some(&round)).await
+                    }
+                };
+                match checked {
+                    Ok(t) => tracing::info!(
+                        images = ?names,
+                        projects = t.projects.len(),
+                        triggered = t.triggered,
+                        elapsed_ms = t.elapsed_ms as u64,
+                        "registry notification: images checked"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(images = ?names, error = %e, "registry notification: check failed")
+                    }
+                }
+            }
+        });
+        coalesced
     }
 
     /// Why the image trigger is off, if it is.
@@ -227,6 +297,16 @@ impl ImageWatcher {
 }
 
 async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
+    tick_only(app, None).await
+}
+
+/// A tick; with `only`, just for the projects whose compose file uses one
+/// of those images (all of such a project's images are looked up, since
+/// `decide-images` takes a lookup for each).
+async fn tick_only(
+    app: &Arc<App>,
+    only: Option<&BTreeSet<ImageRef>>,
+) -> Result<ImageTick, WatchError> {
     let started = Instant::now();
     let base = FactBase::read(app).await?;
     let mut results = Vec::new();
@@ -318,33 +398,58 @@ async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
         }
     }
 
-    // 2. Each distinct image once, for every project that uses it.
-    let distinct: BTreeSet<String> = watched
-        .iter()
-        .flat_map(|w| w.images.iter().cloned())
-        .collect();
-    // Keyed by the parsed reference itself: nothing is parsed twice, so no
-    // reference a compose file can hold reaches an `expect`.
-    let mut by_ref: BTreeMap<ImageRef, Vec<String>> = BTreeMap::new();
-    let mut lookups: BTreeMap<String, Lookup> = BTreeMap::new();
-    for image in distinct {
-        match ImageRef::parse(&image) {
-            Ok(r) => by_ref.entry(r).or_default().push(image),
-            Err(e) => {
-                tracing::warn!(image = %image, error = %e, "not a valid image reference; previous digests are kept");
-                lookups.insert(image, Lookup::Failed(e));
+    if let Some(only) = only {
+        watched.retain(|w| {
+            w.images
+                .iter()
+                .any(|i| ImageRef::parse(i).is_ok_and(|r| only.contains(&r)))
+        });
+    }
+
+    // 2. Each distinct (image, credential) once, for every project that
+    // uses it: projects with no credential of their own for an image's
+    // registry share the daemon's lookup; a project's own credential gets
+    // its own lookup (shared only with projects holding the very same
+    // credential), so one project's access never answers for another.
+    let own = project_credentials(app, &watched).await?;
+    let mut invalid: BTreeMap<String, Lookup> = BTreeMap::new();
+    let mut keys: BTreeSet<(ImageRef, Whose)> = BTreeSet::new();
+    for w in &watched {
+        for image in &w.images {
+            match ImageRef::parse(image) {
+                Ok(r) => {
+                    let whose = own.whose(w.project.id, &r);
+                    keys.insert((r, whose));
+                }
+                Err(e) => {
+                    if !invalid.contains_key(image) {
+                        tracing::warn!(image = %image, error = %e, "not a valid image reference; previous digests are kept");
+                        invalid.insert(image.clone(), Lookup::Failed(e));
+                    }
+                }
             }
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
-    let mut pending: BTreeMap<tokio::task::Id, Vec<String>> = BTreeMap::new();
-    for (image, names) in &by_ref {
-        let (app, permits, image) = (app.clone(), permits.clone(), image.clone());
+    let mut pending: BTreeMap<tokio::task::Id, (ImageRef, Whose)> = BTreeMap::new();
+    for (key_image, whose) in &keys {
+        let (app, permits, image) = (app.clone(), permits.clone(), key_image.clone());
+        let credential = own.credential(whose);
         let handle = tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return Lookup::Failed("the tick was stopped".into());
             };
-            match app.loops.image_watch.registry.manifest_digest(&image).await {
+            let credential = match credential {
+                Ok(c) => c,
+                Err(e) => return Lookup::Failed(e),
+            };
+            match app
+                .loops
+                .image_watch
+                .registry
+                .manifest_digest(&image, credential.as_ref())
+                .await
+            {
                 Ok(d) => Lookup::Digest(d),
                 Err(e) => {
                     tracing::warn!(image = %image, error = %e, "digest lookup failed; previous digests are kept");
@@ -352,8 +457,9 @@ async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
                 }
             }
         });
-        pending.insert(handle.id(), names.clone());
+        pending.insert(handle.id(), (key_image.clone(), whose.clone()));
     }
+    let mut looked_up: BTreeMap<(ImageRef, Whose), Lookup> = BTreeMap::new();
     while let Some(joined) = tasks.join_next_with_id().await {
         // A lookup that panicked is a failed lookup for its images (their
         // previous digests are kept), never a silent gap in the map.
@@ -364,31 +470,43 @@ async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
                 (e.id(), Lookup::Failed(format!("the lookup failed: {e}")))
             }
         };
-        for name in pending.remove(&id).unwrap_or_default() {
-            lookups.insert(name, result.clone());
+        if let Some(key) = pending.remove(&id) {
+            looked_up.insert(key, result);
         }
     }
-    let lookup_failures = by_ref
+    let lookup_failures = looked_up
         .values()
-        .filter(|names| {
-            names
-                .first()
-                .is_some_and(|n| matches!(lookups.get(n), Some(Lookup::Failed(_))))
-        })
+        .filter(|l| matches!(l, Lookup::Failed(_)))
         .count();
+    let lookups_made = looked_up.len();
+    let project_lookups = |w: &Watched| -> BTreeMap<String, Lookup> {
+        w.images
+            .iter()
+            .filter_map(|i| {
+                let found = match ImageRef::parse(i) {
+                    Ok(r) => {
+                        let whose = own.whose(w.project.id, &r);
+                        looked_up.get(&(r, whose)).cloned()
+                    }
+                    Err(_) => invalid.get(i).cloned(),
+                };
+                found.map(|l| (i.clone(), l))
+            })
+            .collect()
+    };
 
     // 3. The policy decides for each project.
     for w in watched {
         let span = tracing::info_span!("trigger", project = w.project.id, source = "auto-image");
-        let outcome = decide(app, &w, &lookups).instrument(span).await;
-        let image_errors = w
-            .images
+        let lookups = project_lookups(&w);
+        let image_errors = lookups
             .iter()
-            .filter_map(|i| match lookups.get(i) {
-                Some(Lookup::Failed(e)) => Some((i.clone(), e.clone())),
+            .filter_map(|(i, l)| match l {
+                Lookup::Failed(e) => Some((i.clone(), e.clone())),
                 _ => None,
             })
             .collect();
+        let outcome = decide(app, &w, lookups).instrument(span).await;
         let mut watch = result(&w.project, w.images, w.skipped, outcome);
         watch.image_errors = image_errors;
         results.push(watch);
@@ -397,7 +515,7 @@ async fn tick(app: &Arc<App>) -> Result<ImageTick, WatchError> {
     Ok(ImageTick {
         paused: !base.master_enabled(),
         not_watched,
-        lookups: by_ref.len(),
+        lookups: lookups_made,
         lookup_failures,
         triggered: results
             .iter()
@@ -519,12 +637,7 @@ fn read_error(e: GitError) -> String {
     format!("cannot read the compose file: {e}")
 }
 
-async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> Outcome {
-    let lookups: BTreeMap<String, Lookup> = w
-        .images
-        .iter()
-        .filter_map(|i| all.get(i).map(|l| (i.clone(), l.clone())))
-        .collect();
+async fn decide(app: &Arc<App>, w: &Watched, lookups: BTreeMap<String, Lookup>) -> Outcome {
     let prior = w.project.last_tracked_image_digests.clone();
     let decided = app
         .decide_call(Call::DecideImages {
@@ -557,6 +670,7 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
             track_digests: Some(d.record),
             decided_on_commit: None,
             decisions: vec![decided.decision],
+            from_deployment: None,
         };
         return match pipeline::trigger(app, &w.project, t).await {
             Ok(dep) if dep.status == DeployStatus::Failed => Outcome::Failed {
@@ -581,4 +695,86 @@ async fn decide(app: &Arc<App>, w: &Watched, all: &BTreeMap<String, Lookup>) -> 
         return Outcome::Recorded { reason: d.reason };
     }
     Outcome::Unchanged { reason: d.reason }
+}
+
+/// Whose credential an image lookup is made with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Whose {
+    /// The daemon's (REGISTRY_ADDR, docker config, helpers), or none.
+    Daemon,
+    /// A project's own, by its fingerprint.
+    Project(String),
+    /// A project's own that cannot be unsealed.
+    Unsealable { project: i64, registry: String },
+}
+
+/// The watched projects' own registry credentials, unsealed for this tick.
+#[derive(Default)]
+struct OwnCredentials {
+    /// Project → (registry host, its credential; `None`: unsealable).
+    by_project: BTreeMap<i64, Vec<(String, Option<Credential>)>>,
+    by_fingerprint: BTreeMap<String, Credential>,
+}
+
+impl OwnCredentials {
+    fn whose(&self, project: i64, image: &ImageRef) -> Whose {
+        let Some((registry, c)) = self
+            .by_project
+            .get(&project)
+            .and_then(|all| all.iter().find(|(r, _)| same_host(r, &image.registry)))
+        else {
+            return Whose::Daemon;
+        };
+        match c {
+            Some(c) => Whose::Project(c.fingerprint()),
+            None => Whose::Unsealable {
+                project,
+                registry: registry.clone(),
+            },
+        }
+    }
+
+    fn credential(&self, whose: &Whose) -> Result<Option<Credential>, String> {
+        match whose {
+            Whose::Daemon => Ok(None),
+            Whose::Project(f) => Ok(self.by_fingerprint.get(f).cloned()),
+            Whose::Unsealable { project, registry } => Err(format!(
+                "project {project}'s credential for {registry} cannot be unsealed (wrong AUTODEPLOY_SECRET_KEY, or the database was altered)"
+            )),
+        }
+    }
+}
+
+/// Every watched project's own registry credentials, read in one query.
+async fn project_credentials(app: &App, watched: &[Watched]) -> Result<OwnCredentials, StoreError> {
+    let mut own = OwnCredentials::default();
+    if watched.is_empty() {
+        return Ok(own);
+    }
+    let ids: BTreeSet<i64> = watched.iter().map(|w| w.project.id).collect();
+    for (project, c) in app.store.all_registry_credentials().await? {
+        if !ids.contains(&project) {
+            continue;
+        }
+        let credential = match app.key.unseal(&c.sealed) {
+            Ok(password) => {
+                let credential = Credential::Basic {
+                    user: c.username,
+                    password,
+                };
+                own.by_fingerprint
+                    .insert(credential.fingerprint(), credential.clone());
+                Some(credential)
+            }
+            Err(e) => {
+                tracing::error!(project, registry = %c.registry, error = %e, "cannot unseal the project's registry credential");
+                None
+            }
+        };
+        own.by_project
+            .entry(project)
+            .or_default()
+            .push((c.registry, credential));
+    }
+    Ok(own)
 }

@@ -30,7 +30,7 @@ use crate::store::{BrokenProject, ProjectRecord, Settings};
 pub use git_poll::GitPoller;
 pub use image_watch::ImageWatcher;
 pub use node_watch::NodeWatcher;
-pub use status::{LoopState, LoopStatus};
+pub use status::{LoopState, LoopStatus, RunState};
 
 /// One background loop, as the runner sees it.
 #[async_trait]
@@ -73,14 +73,17 @@ pub async fn run<L: Loop>(app: Arc<App>, pick: fn(&App) -> &L, cancel: Cancellat
     let name = l.name();
     if let Err(e) = l.start(&app).await {
         tracing::warn!(loop = name, error = %e, "loop is off");
-        l.status().state("off", Some(e.to_string()));
+        l.status().state(RunState::Off, Some(e.to_string()));
         return;
     }
     // Running from here, not only from the first tick's end.
-    l.status().state("running", None);
+    l.status().state(RunState::Running, None);
     let mut schedule = schedule::Schedule::new(&app, l.first_at_once());
     while schedule.next(&app, l, &cancel).await {
-        match l.tick(&app, &cancel).await {
+        let started = std::time::Instant::now();
+        let ticked = l.tick(&app, &cancel).await;
+        app.metrics.tick(name, started.elapsed());
+        match ticked {
             Ok(t) => l.status().ticked(t.watched, None),
             Err(e) => {
                 tracing::warn!(loop = name, replica = %app.replica, error = %e, "tick failed");
@@ -89,7 +92,7 @@ pub async fn run<L: Loop>(app: Arc<App>, pick: fn(&App) -> &L, cancel: Cancellat
         }
         crate::serve::release_freed_memory();
     }
-    l.status().state("stopped", None);
+    l.status().state(RunState::Stopped, None);
 }
 
 /// A page of rows split into the projects that decode and the rows that do
@@ -131,16 +134,24 @@ async fn watch_plans(
     base: &FactBase,
     projects: Vec<ProjectRecord>,
 ) -> Vec<(ProjectRecord, Facts, Result<WatchPlan, String>)> {
-    let asked = projects.into_iter().map(|project| {
-        let facts = base.facts(&project);
-        async move {
-            let plan = crate::triggers::watch_plan(app, &project, facts.clone())
-                .await
+    let facts: Vec<Facts> = projects.iter().map(|p| base.facts(p)).collect();
+    let calls = projects
+        .iter()
+        .zip(&facts)
+        .map(|(p, f)| crate::triggers::watch_plan_call(p, f.clone()))
+        .collect();
+    // One policy hand-off per thread for the whole batch.
+    let decided = app.decide_calls(calls).await;
+    projects
+        .into_iter()
+        .zip(facts)
+        .zip(decided)
+        .map(|((project, facts), decided)| {
+            let plan = crate::triggers::plan_of(decided)
                 .map_err(|e| format!("the policy could not plan what to watch: {e}"));
             (project, facts, plan)
-        }
-    });
-    futures::future::join_all(asked).await
+        })
+        .collect()
 }
 
 /// The components, for the API's "tick now" and status.
@@ -163,6 +174,31 @@ impl Loops {
         ]
         .into_iter()
         .collect()
+    }
+
+    /// Every loop's name, state and current interval, for `/readyz`.
+    pub fn intervals(
+        &self,
+        app: &App,
+        settings: &Settings,
+    ) -> Vec<(&'static str, LoopState, Duration)> {
+        vec![
+            (
+                self.git_poll.name(),
+                self.git_poll.status().snapshot(),
+                self.git_poll.interval(app, settings),
+            ),
+            (
+                self.image_watch.name(),
+                self.image_watch.status().snapshot(),
+                self.image_watch.interval(app, settings),
+            ),
+            (
+                self.node_watch.name(),
+                self.node_watch.status().snapshot(),
+                self.node_watch.interval(app, settings),
+            ),
+        ]
     }
 
     /// Starts every loop on `tasks`; each ends when `cancel` fires.

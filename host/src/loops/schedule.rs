@@ -43,8 +43,10 @@ impl Schedule {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(loop = l.name(), error = %e, "cannot read the settings");
-                    l.status()
-                        .state("running", Some(format!("reading settings: {e}")));
+                    l.status().state(
+                        super::RunState::Running,
+                        Some(format!("reading settings: {e}")),
+                    );
                     tokio::select! {
                         _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep(RETRY) => continue,

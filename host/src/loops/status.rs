@@ -4,9 +4,24 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+/// Where a loop is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Not started yet (the process is starting).
+    #[default]
+    Starting,
+    /// Ticking, or waiting for its next tick.
+    Running,
+    /// Its start-up failed: it does not tick in this process.
+    Off,
+    /// Stopped by shutdown.
+    Stopped,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LoopState {
-    pub state: String,
+    pub state: RunState,
     pub last_tick_at: Option<i64>,
     pub last_error: Option<String>,
     /// Ticks the loop ran on its own (ticks asked for through the API not
@@ -22,6 +37,10 @@ pub struct LoopState {
     /// For a loop one replica runs at a time: whether this one leads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leader: Option<bool>,
+    /// When it started running (Unix seconds): `/readyz` measures a loop
+    /// that has not ticked yet from here.
+    #[serde(skip)]
+    pub running_since: Option<i64>,
 }
 
 /// One loop's state, owned by the loop.
@@ -38,7 +57,7 @@ impl LoopStatus {
     /// `watched` projects (`None`: it failed before it knew).
     pub fn ticked(&self, watched: Option<usize>, error: Option<String>) {
         self.with(|s| {
-            s.state = "running".to_string();
+            s.state = RunState::Running;
             s.last_tick_at = Some(crate::store::now());
             s.last_error = error;
             s.ticks += 1;
@@ -50,16 +69,19 @@ impl LoopStatus {
     /// The loop waits for its next tick at `next` (Unix seconds).
     pub fn waiting(&self, next: i64) {
         self.with(|s| {
-            s.state = "running".to_string();
+            s.state = RunState::Running;
             s.next_tick_at = Some(next);
         })
     }
 
     /// A state that is not a tick (stopped, off); the last tick stays shown.
-    pub fn state(&self, state: &str, error: Option<String>) {
+    pub fn state(&self, state: RunState, error: Option<String>) {
         self.with(|s| {
-            s.state = state.to_string();
+            s.state = state;
             s.next_tick_at = None;
+            if state == RunState::Running && s.running_since.is_none() {
+                s.running_since = Some(crate::store::now());
+            }
             if error.is_some() {
                 s.last_error = error;
             }

@@ -11,11 +11,19 @@
 //!   so a daemon with other settings never picks up an entry that does not
 //!   fit it.
 //!
+//! - Replicas share native code through the database: the replica that
+//!   accepts a policy stores its code per engine beside the component (see
+//!   `handle.rs`), and the others load it instead of compiling it.
+//!
 //! Loading native code runs it, so an entry is never trusted blindly: it
 //! carries a header with the sha256 of its code, checked before wasmtime sees
 //! a byte, in a directory only the daemon's user may write. An entry that is
 //! truncated, corrupt or made for another engine is compiled again and
-//! replaced, with a warning in the log.
+//! replaced, with a warning in the log. Anyone who may write the database
+//! may write its code, so code from there must carry an HMAC-SHA256 over
+//! the engine hash, the policy's sha256 and the code, under a key derived
+//! from the replicas' shared secret key ([`crate::secrets::CodeKey`]); code
+//! that does not is never deserialized: the policy is compiled instead.
 
 use std::hash::{Hash, Hasher};
 use std::io::Read;
@@ -30,6 +38,8 @@ use wasmtime::component::Component;
 
 use super::handle::write_atomic;
 use super::{BUNDLED_POLICY, Policy, PolicyError, PolicyRuntime};
+use crate::secrets::CodeKey;
+use crate::store::NativeCode;
 
 /// The bundled policy compiled by host/build.rs; empty when the daemon was
 /// built for another machine than the one that built it.
@@ -54,6 +64,9 @@ pub enum CodeSource {
     Precompiled,
     /// A valid entry of the cache directory.
     Cache,
+    /// Authenticated native code from the database, made by the replica
+    /// that accepted the policy.
+    Shared,
     /// Compiled now.
     Compiled,
 }
@@ -63,13 +76,33 @@ pub enum CodeSource {
 pub struct CompiledStats {
     pub precompiled: u64,
     pub cache_hits: u64,
+    /// Loaded from the database's authenticated native code.
+    pub shared: u64,
     pub compiled: u64,
     /// Entries found truncated, corrupt or unfit for this engine, and replaced.
     pub rejected: u64,
+    /// Native code from the database refused (its MAC, engine or policy did
+    /// not check out, or wasmtime refused it); the policy was compiled.
+    pub shared_rejected: u64,
 }
 
 /// Why a cache entry could not be used. Never returned to a caller: the
 /// policy is compiled instead, and this goes to the log.
+/// Why native code from the database was refused. Never returned to a
+/// caller: the policy is compiled instead, and this goes to the log. It says
+/// what failed, never a key or a tag.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedCodeError {
+    #[error("made by another engine")]
+    Engine,
+    #[error(
+        "its MAC does not check out: altered in the database, or made under another secret key"
+    )]
+    Mac,
+    #[error("wasmtime refused it: {0}")]
+    Deserialize(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EntryError {
     #[error("read {path}: {source}")]
@@ -97,11 +130,16 @@ pub enum EntryError {
 #[derive(Default)]
 pub struct CompiledCache {
     dir: OnceLock<PathBuf>,
+    /// Set on a daemon: signs and checks native code shared through the
+    /// database. Without it, none is used or made.
+    code_key: OnceLock<CodeKey>,
     engine_hash: OnceLock<[u8; 32]>,
     precompiled: AtomicU64,
     cache_hits: AtomicU64,
+    shared: AtomicU64,
     compiled: AtomicU64,
     rejected: AtomicU64,
+    shared_rejected: AtomicU64,
 }
 
 impl CompiledCache {
@@ -109,8 +147,10 @@ impl CompiledCache {
         CompiledStats {
             precompiled: self.precompiled.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            shared: self.shared.load(Ordering::Relaxed),
             compiled: self.compiled.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            shared_rejected: self.shared_rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -118,6 +158,7 @@ impl CompiledCache {
         match source {
             CodeSource::Precompiled => &self.precompiled,
             CodeSource::Cache => &self.cache_hits,
+            CodeSource::Shared => &self.shared,
             CodeSource::Compiled => &self.compiled,
         }
         .fetch_add(1, Ordering::Relaxed);
@@ -171,6 +212,42 @@ impl PolicyRuntime {
         self.compiled.stats()
     }
 
+    /// Uses and makes native code shared through the database from now on,
+    /// authenticated with `key`. Has no effect once set.
+    pub fn share_code_with(&self, key: CodeKey) {
+        let _ = self.compiled.code_key.set(key);
+    }
+
+    /// Whether native code is shared through the database.
+    pub fn shares_code(&self) -> bool {
+        self.compiled.code_key.get().is_some()
+    }
+
+    /// The engine's hash as the database keys native code by (hex).
+    pub fn engine_hash_hex(&self) -> String {
+        crate::secrets::hex(&self.compiled.engine_hash(&self.engine))
+    }
+
+    /// `policy`'s native code, authenticated for the database; `None` when
+    /// code is not shared (no key) or cannot be serialized.
+    pub fn shared_code(&self, policy: &Policy) -> Option<NativeCode> {
+        let key = self.compiled.code_key.get()?;
+        let code = match policy.component.serialize() {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot serialize the compiled policy to share it");
+                return None;
+            }
+        };
+        let engine_hash = self.compiled.engine_hash(&self.engine);
+        let mac = key.sign(&shared_parts(&engine_hash, &policy.info().sha256, &code));
+        Some(NativeCode {
+            engine_hash: crate::secrets::hex(&engine_hash),
+            code,
+            mac: mac.to_vec(),
+        })
+    }
+
     /// `run` (the self-test of `policy`), unless this policy passed it before
     /// with the same vectors (`vectors`, their digest), the same instruction
     /// budget and memory limit, on the same engine and daemon version. With
@@ -214,18 +291,51 @@ impl PolicyRuntime {
 
     /// The component for `bytes` (whose sha256 is `sha256`, hex): the
     /// embedded precompiled code for the bundled policy, else a valid cache
-    /// entry, else compiled now (and cached).
-    pub(super) fn component(&self, bytes: &[u8], sha256: &str) -> Result<Component, PolicyError> {
-        let (component, source) = self.component_from(bytes, sha256)?;
+    /// entry, else `shared` code from the database once it checks out, else
+    /// compiled now (and cached).
+    pub(super) fn component(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+        shared: Option<&NativeCode>,
+    ) -> Result<(Component, CodeSource), PolicyError> {
+        let (component, source) = self.component_from(bytes, sha256, shared)?;
         self.compiled.count(source);
         tracing::debug!(sha256, ?source, "policy code ready");
-        Ok(component)
+        Ok((component, source))
+    }
+
+    /// `shared`'s code as a component, once its engine and MAC check out.
+    fn load_shared(
+        &self,
+        shared: &NativeCode,
+        key: &CodeKey,
+        sha256: &str,
+    ) -> Result<Component, SharedCodeError> {
+        let engine_hash = self.compiled.engine_hash(&self.engine);
+        if shared.engine_hash != crate::secrets::hex(&engine_hash) {
+            return Err(SharedCodeError::Engine);
+        }
+        if !key.verify(
+            &shared_parts(&engine_hash, sha256, &shared.code),
+            &shared.mac,
+        ) {
+            return Err(SharedCodeError::Mac);
+        }
+        // SAFETY: these bytes are, byte for byte, what `Component::serialize`
+        // wrote for this engine and this policy on a replica holding the
+        // secret key: the MAC under the key derived from it covers the
+        // engine hash, the policy's sha256 and the code. `deserialize` still
+        // checks that the code fits this engine.
+        unsafe { Component::deserialize(&self.engine, &shared.code) }
+            .map_err(|e| SharedCodeError::Deserialize(format!("{e:#}")))
     }
 
     fn component_from(
         &self,
         bytes: &[u8],
         sha256: &str,
+        shared: Option<&NativeCode>,
     ) -> Result<(Component, CodeSource), PolicyError> {
         if !BUNDLED_PRECOMPILED.is_empty() && sha256 == bundled_sha256() {
             // SAFETY: these bytes are wasmtime's own output for this very
@@ -240,39 +350,74 @@ impl PolicyRuntime {
                 ),
             }
         }
-        let Some(dir) = self.compiled.dir.get().filter(|dir| usable_dir(dir)) else {
-            return Ok((compile(&self.engine, bytes)?, CodeSource::Compiled));
-        };
+        let dir = self.compiled.dir.get().filter(|dir| usable_dir(dir));
         let engine_hash = self.compiled.engine_hash(&self.engine);
-        let path = dir.join(entry_name(sha256, &engine_hash));
-        match read_entry(&self.engine, &path, &engine_hash, sha256) {
-            Ok(Some(component)) => return Ok((component, CodeSource::Cache)),
-            Ok(None) => {}
-            Err(problem) => {
-                self.compiled.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %path.display(), %problem, "compiled policy entry unusable; compiling the policy again and replacing it");
+        let path = dir.map(|dir| dir.join(entry_name(sha256, &engine_hash)));
+        if let Some(path) = &path {
+            match read_entry(&self.engine, path, &engine_hash, sha256) {
+                Ok(Some(component)) => return Ok((component, CodeSource::Cache)),
+                Ok(None) => {}
+                Err(problem) => {
+                    self.compiled.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(path = %path.display(), %problem, "compiled policy entry unusable; compiling the policy again and replacing it");
+                }
+            }
+        }
+        if let (Some(shared), Some(key)) = (shared, self.compiled.code_key.get()) {
+            match self.load_shared(shared, key, sha256) {
+                Ok(component) => {
+                    // Checked: kept locally as if compiled here, so the
+                    // next start of this replica reads it from disk.
+                    if let (Some(dir), Some(path)) = (dir, &path) {
+                        cache_entry(dir, path, &engine_hash, sha256, &shared.code);
+                    }
+                    return Ok((component, CodeSource::Shared));
+                }
+                Err(problem) => {
+                    self.compiled
+                        .shared_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        sha256,
+                        engine = %shared.engine_hash,
+                        %problem,
+                        "native policy code in the database refused, never loaded; compiling the policy here"
+                    );
+                }
             }
         }
         let component = compile(&self.engine, bytes)?;
+        let (Some(dir), Some(path)) = (dir, path) else {
+            return Ok((component, CodeSource::Compiled));
+        };
         match component.serialize() {
-            Ok(code) => {
-                let entry = encode_entry(&engine_hash, sha256, &code);
-                match write_atomic(&path, &entry) {
-                    Ok(()) => {
-                        tracing::info!(path = %path.display(), "policy compiled and cached");
-                        remove_other_engines(dir, sha256, &path);
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot cache the compiled policy")
-                    }
-                }
-            }
+            Ok(code) => cache_entry(dir, &path, &engine_hash, sha256, &code),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot serialize the compiled policy")
             }
         }
         Ok((component, CodeSource::Compiled))
     }
+}
+
+/// Writes `code` as the cache entry at `path` in `dir`.
+fn cache_entry(dir: &Path, path: &Path, engine_hash: &[u8; 32], sha256: &str, code: &[u8]) {
+    let entry = encode_entry(engine_hash, sha256, code);
+    match write_atomic(path, &entry) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "compiled policy cached");
+            remove_other_engines(dir, sha256, path);
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cache the compiled policy")
+        }
+    }
+}
+
+/// What the MAC of shared native code covers: a format tag, the engine, the
+/// policy and the code (the key binds it to the replicas' secret).
+fn shared_parts<'a>(engine_hash: &'a [u8; 32], sha256: &'a str, code: &'a [u8]) -> [&'a [u8]; 4] {
+    [b"native-code-v1", engine_hash, sha256.as_bytes(), code]
 }
 
 fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, PolicyError> {

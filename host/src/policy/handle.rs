@@ -6,7 +6,11 @@
 //! config for it and the one before it (for rollback), so every replica runs
 //! the same sha256. A change is written there first, in one transaction, and
 //! then followed here; other replicas follow it when told (see
-//! `crate::changes`). Compiled code stays local (the runtime's cache).
+//! `crate::changes`). The replica that accepts a policy stores its native
+//! code beside it in the same transaction, authenticated under a key derived
+//! from the secret key the replicas share: the others load that code (once
+//! it checks out) instead of compiling the policy, so a swap reaches them in
+//! milliseconds, not the seconds a compile takes.
 //!
 //! The config is an opaque string passed to every call in the facts. It
 //! belongs to the policy: a swap brings the config last given to that policy.
@@ -14,8 +18,10 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use super::{Policy, PolicyCacheStats, PolicyError, PolicyInfo, PolicyRuntime, memo, selftest};
-use crate::store::{ActivePolicy, NewPolicy, Store, StoreError};
+use super::{
+    CodeSource, Policy, PolicyCacheStats, PolicyError, PolicyInfo, PolicyRuntime, memo, selftest,
+};
+use crate::store::{ActivePolicy, NativeCode, NewPolicy, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
@@ -78,13 +84,14 @@ fn check_config(config: &str) -> Result<(), SwapError> {
 
 /// Loads `bytes` and runs the conformance vectors, off the async threads.
 /// At start a pass may be `remembered` (as for the policy the database
-/// names); a swap always runs them.
+/// names); a swap always runs them. Gives its native code to share too,
+/// when the runtime shares code.
 async fn validate(
     runtime: &Arc<PolicyRuntime>,
     bytes: Arc<[u8]>,
     source: String,
     remembered: bool,
-) -> Result<Policy, SwapError> {
+) -> Result<(Policy, Option<NativeCode>), SwapError> {
     let runtime = runtime.clone();
     tokio::task::spawn_blocking(move || {
         let policy = runtime.load(&bytes, &source)?;
@@ -97,7 +104,8 @@ async fn validate(
         if !failures.is_empty() {
             return Err(SwapError::SelfTest(failures));
         }
-        Ok(policy)
+        let native = runtime.shared_code(&policy);
+        Ok((policy, native))
     })
     .await
     .map_err(|e| SwapError::Task(e.to_string()))?
@@ -122,12 +130,14 @@ impl PolicyHandle {
             Some(active) if !wanted => (active, None, None),
             _ => {
                 let bytes: Arc<[u8]> = seed.bytes.into();
-                let policy = validate(&runtime, bytes.clone(), seed.source.clone(), true).await?;
+                let (policy, native) =
+                    validate(&runtime, bytes.clone(), seed.source.clone(), true).await?;
                 let new = NewPolicy {
                     sha256: sha,
                     wasm: bytes.to_vec(),
                     source: seed.source,
                     config: seed.config,
+                    native,
                 };
                 let active = if wanted {
                     store.switch_policy(&new).await?
@@ -206,8 +216,11 @@ impl PolicyHandle {
             check_config(config)?;
         }
         let bytes: Arc<[u8]> = bytes.into();
-        let policy = validate(&self.runtime, bytes.clone(), source.to_string(), false).await?;
+        let (policy, native) =
+            validate(&self.runtime, bytes.clone(), source.to_string(), false).await?;
         let _changing = self.changing.lock().await;
+        // The code goes in the transaction that switches: a replica told of
+        // the switch finds it.
         let active = self
             .store
             .switch_policy(&NewPolicy {
@@ -215,6 +228,7 @@ impl PolicyHandle {
                 wasm: bytes.to_vec(),
                 source: source.to_string(),
                 config,
+                native,
             })
             .await?;
         let info = policy.info().clone();
@@ -302,8 +316,10 @@ impl PolicyHandle {
     }
 }
 
-/// Loads the stored policy with this sha256 (compiled code comes from the
-/// local cache when it has it).
+/// Loads the stored policy with this sha256. Its native code comes from
+/// the local cache when it has it, else from the database once that checks
+/// out; compiled here only when neither does, and then stored for the other
+/// replicas (replacing code that did not check out).
 async fn load_stored(
     runtime: &Arc<PolicyRuntime>,
     store: &dyn Store,
@@ -314,11 +330,35 @@ async fn load_stored(
             "the active policy {sha256} has no stored component"
         )))
     })?;
-    let runtime = runtime.clone();
-    tokio::task::spawn_blocking(move || runtime.load(&stored.wasm, &stored.source))
+    let shared = if runtime.shares_code() {
+        store
+            .native_code(sha256, &runtime.engine_hash_hex())
+            .await?
+    } else {
+        None
+    };
+    let (policy, native) = {
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            let policy = runtime.load_with(&stored.wasm, &stored.source, shared.as_ref())?;
+            let native = (policy.code_source() == CodeSource::Compiled)
+                .then(|| runtime.shared_code(&policy))
+                .flatten();
+            Ok::<_, PolicyError>((policy, native))
+        })
         .await
-        .map_err(|e| SwapError::Task(e.to_string()))?
-        .map_err(SwapError::from)
+        .map_err(|e| SwapError::Task(e.to_string()))??
+    };
+    if let Some(native) = native {
+        // Only a missed chance for the next replica: never a failed load.
+        match store.put_native_code(sha256, &native).await {
+            Ok(()) => tracing::info!(sha256, "native policy code stored for the other replicas"),
+            Err(e) => {
+                tracing::warn!(sha256, error = %e, "cannot store the native policy code for the other replicas")
+            }
+        }
+    }
+    Ok(policy)
 }
 
 /// The policy a data dir from before the database held policies ran, and

@@ -44,7 +44,7 @@ use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 
-pub use cache::{CompiledStats, user_cache_dir};
+pub use cache::{CodeSource, CompiledStats, user_cache_dir};
 pub use handle::{MAX_CONFIG_BYTES, PolicyHandle, Seed, SwapError, legacy_active};
 pub use memo::{MemoStats, ParseMemo, PolicyCacheStats};
 
@@ -204,8 +204,20 @@ impl PolicyRuntime {
     /// Compiles a component and checks it against the contract. `source` says
     /// where it came from, for `PolicyInfo`.
     pub fn load(self: &Arc<Self>, bytes: &[u8], source: &str) -> Result<Policy, PolicyError> {
+        self.load_with(bytes, source, None)
+    }
+
+    /// [`PolicyRuntime::load`], taking the native code from `shared` (the
+    /// database's, unchecked) when no local code is at hand and it checks
+    /// out.
+    pub fn load_with(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        source: &str,
+        shared: Option<&crate::store::NativeCode>,
+    ) -> Result<Policy, PolicyError> {
         let sha256 = crate::secrets::hex(&Sha256::digest(bytes));
-        let component = self.component(bytes, &sha256)?;
+        let (component, code_source) = self.component(bytes, &sha256, shared)?;
         let wit_version = wit::check_shape(&self.engine, &component)?;
         let incompatible = |e: wasmtime::Error| PolicyError::Incompatible {
             interface: wit_version.interface(),
@@ -217,6 +229,8 @@ impl PolicyRuntime {
         let pre = wit::Pre::new(wit_version, pre).map_err(incompatible)?;
         let mut policy = Policy {
             runtime: self.clone(),
+            component,
+            code_source,
             pre,
             info: PolicyInfo {
                 name: String::new(),
@@ -257,6 +271,9 @@ pub struct PolicyInfo {
 /// instance; use [`Policy::session`] to make several calls on one instance.
 pub struct Policy {
     runtime: Arc<PolicyRuntime>,
+    /// Kept to share its native code with other replicas.
+    component: wasmtime::component::Component,
+    code_source: CodeSource,
     pre: wit::Pre<CallState>,
     info: PolicyInfo,
 }
@@ -264,6 +281,11 @@ pub struct Policy {
 impl Policy {
     pub fn info(&self) -> &PolicyInfo {
         &self.info
+    }
+
+    /// Where this process got the policy's native code.
+    pub fn code_source(&self) -> CodeSource {
+        self.code_source
     }
 
     /// The contract version the component implements.

@@ -1,17 +1,19 @@
 //! Registry access for the image watcher: manifest digests by HEAD only
 //! (a GET would count against Docker Hub's pull limit), the bearer-token
-//! flow with tokens reused while valid, credentials per registry host, and
-//! per-host backoff when a registry says 429 or 503.
+//! flow with tokens reused while valid, credentials per registry host (as
+//! docker resolves them: credential helpers, a credential store, `auths`,
+//! identity tokens), and per-host backoff when a registry says 429 or 503.
 //!
 //! Not oci-client: its digest lookup falls back to a GET whenever a HEAD
 //! answer has no digest header (a 401, 404 or 429 among them) and hides
 //! `Retry-After`; both matter for a watcher that must be gentle.
 
+pub mod helper;
 pub mod reference;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -19,8 +21,10 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Serialize;
 
+pub use helper::HelperError;
 pub use reference::ImageRef;
 
+use crate::metrics::{Metrics, RegistryResult};
 use crate::secrets::Secret;
 
 /// The manifest kinds a tag may point at; a multi-arch tag answers with its
@@ -65,6 +69,10 @@ pub enum RegistryError {
         image: String,
         cap: Duration,
     },
+    #[error(transparent)]
+    Helper(#[from] HelperError),
+    #[error("{host} asked for basic auth, and an identity token only works with a token service")]
+    IdentityTokenWithBasic { host: String },
     #[error("{0}")]
     Config(String),
 }
@@ -91,8 +99,12 @@ pub struct RegistryConfig {
     pub addr: Option<String>,
     pub user: Option<String>,
     pub password: Option<Secret>,
-    /// A docker-style config.json whose `auths` give credentials per host.
+    /// A docker-style config.json: `credHelpers`, `credsStore` and `auths`.
     pub docker_config: Option<PathBuf>,
+    /// Cap on one credential helper run; zero means [`helper::HELPER_TIMEOUT`].
+    pub helper_timeout: Duration,
+    /// How long a helper's answer is reused; zero means [`HELPER_TTL`].
+    pub helper_ttl: Duration,
     /// Hosts reached over plain HTTP besides loopback ones.
     pub insecure: Vec<String>,
     /// A PEM CA to trust besides the system's.
@@ -104,10 +116,57 @@ pub struct RegistryConfig {
     pub lookup_timeout: Duration,
 }
 
+/// How long a credential helper's answer is reused before the helper runs
+/// again (cloud registries' passwords last hours; a rotated one is picked
+/// up within this).
+pub const HELPER_TTL: Duration = Duration::from_secs(300);
+
+/// A credential for one registry host.
 #[derive(Clone)]
-struct Basic {
-    user: String,
-    password: Secret,
+pub enum Credential {
+    Basic {
+        user: String,
+        password: Secret,
+    },
+    /// An OAuth2 refresh token (docker's `identitytoken`) for the registry's
+    /// token service.
+    IdentityToken(Secret),
+}
+
+impl Credential {
+    /// Tells credentials apart without holding them (a SHA-256 prefix), to
+    /// key tokens fetched with one.
+    pub fn fingerprint(&self) -> String {
+        let whole = match self {
+            Credential::Basic { user, password } => {
+                crate::secrets::token_hash(&format!("basic\0{user}\0{}", password.expose()))
+            }
+            Credential::IdentityToken(t) => {
+                crate::secrets::token_hash(&format!("identity\0{}", t.expose()))
+            }
+        };
+        whole[..16].to_string()
+    }
+}
+
+impl From<helper::HelperCredential> for Credential {
+    fn from(c: helper::HelperCredential) -> Credential {
+        match c {
+            helper::HelperCredential::Basic { user, password } => {
+                Credential::Basic { user, password }
+            }
+            helper::HelperCredential::IdentityToken(t) => Credential::IdentityToken(t),
+        }
+    }
+}
+
+/// What a docker config.json says about credentials.
+#[derive(Default)]
+struct DockerConfig {
+    auths: HashMap<String, Credential>,
+    /// Host → helper name.
+    cred_helpers: HashMap<String, String>,
+    creds_store: Option<String>,
 }
 
 /// Per-host counters, shown by `GET /api/status`.
@@ -122,6 +181,11 @@ pub struct HostStats {
     backoff_until: Option<Instant>,
 }
 
+/// (helper, server) → its answer, until an instant.
+type HelperAnswers = HashMap<(String, String), (Option<Credential>, Instant)>;
+/// (host, scope, whose credential) → a bearer token, until an instant.
+type Tokens = HashMap<(String, String, String), (Secret, Instant)>;
+
 pub struct Registry {
     /// Built on first use: building it loads the system's CA certificates
     /// (tens of milliseconds with OpenSSL 3), which daemon start-up need not
@@ -130,10 +194,15 @@ pub struct Registry {
     /// The extra CA of `config.ca_file`, checked at start.
     extra_ca: Option<reqwest::Certificate>,
     config: RegistryConfig,
-    auths: HashMap<String, Basic>,
-    tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
+    docker: DockerConfig,
+    /// Helper answers: (helper, server) → credential (none: the helper
+    /// holds nothing for it) until an instant.
+    helper_answers: Mutex<HelperAnswers>,
+    /// Bearer tokens by (host, scope, whose credential).
+    tokens: Mutex<Tokens>,
     schemes: Mutex<HashMap<String, &'static str>>,
     stats: Mutex<BTreeMap<String, HostStats>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
@@ -152,19 +221,27 @@ impl Registry {
             }
             None => None,
         };
-        let auths = match &config.docker_config {
+        let docker = match &config.docker_config {
             Some(path) => read_docker_config(path)?,
-            None => HashMap::new(),
+            None => DockerConfig::default(),
         };
         Ok(Registry {
             http: OnceLock::new(),
             extra_ca,
             config,
-            auths,
+            docker,
+            helper_answers: Default::default(),
             tokens: Default::default(),
             schemes: Default::default(),
             stats: Default::default(),
+            metrics: Default::default(),
         })
+    }
+
+    /// Counts lookups and backoffs into the daemon's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Registry {
+        self.metrics = metrics;
+        self
     }
 
     /// The HTTP client, built on first use.
@@ -204,22 +281,79 @@ impl Registry {
             .or_default());
     }
 
-    /// `REGISTRY_ADDR`'s credentials for its own host; the docker config's
-    /// for others; none otherwise.
-    fn credential(&self, registry: &str) -> Option<Basic> {
+    /// The daemon's credential for `registry`, in this order:
+    /// `REGISTRY_ADDR`'s own for its host, then the docker config's
+    /// `credHelpers[host]`, `credsStore`, and `auths[host]`. A helper that
+    /// holds nothing for the host passes on to the next; a helper that
+    /// fails is an error (never silently anonymous).
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
         if let (Some(addr), Some(user), Some(password)) =
             (&self.config.addr, &self.config.user, &self.config.password)
             && same_host(addr, registry)
         {
-            return Some(Basic {
+            return Ok(Some(Credential::Basic {
                 user: user.clone(),
                 password: password.clone(),
-            });
+            }));
         }
-        self.auths
+        let helpers = self
+            .docker
+            .cred_helpers
             .iter()
             .find(|(host, _)| same_host(host, registry))
-            .map(|(_, b)| b.clone())
+            .map(|(_, h)| h.as_str())
+            .into_iter()
+            .chain(self.docker.creds_store.as_deref());
+        for helper in helpers {
+            if let Some(c) = self.ask_helper(helper, registry).await? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(self
+            .docker
+            .auths
+            .iter()
+            .find(|(host, _)| same_host(host, registry))
+            .map(|(_, c)| c.clone()))
+    }
+
+    /// A helper's answer for `registry`, reused for the helper TTL.
+    async fn ask_helper(
+        &self,
+        helper: &str,
+        registry: &str,
+    ) -> Result<Option<Credential>, RegistryError> {
+        // Docker Hub's credentials are stored under its v1 index URL.
+        let server = if same_host(registry, reference::DOCKER_HUB) {
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            registry.to_string()
+        };
+        let key = (helper.to_string(), server.clone());
+        if let Some((c, until)) = self.helper_answers.lock().expect("helper lock").get(&key)
+            && *until > Instant::now()
+        {
+            return Ok(c.clone());
+        }
+        let timeout = nonzero(self.config.helper_timeout, helper::HELPER_TIMEOUT);
+        let answer = helper::get(helper, registry, &server, timeout)
+            .await?
+            .map(Credential::from);
+        let ttl = nonzero(self.config.helper_ttl, HELPER_TTL);
+        self.helper_answers
+            .lock()
+            .expect("helper lock")
+            .insert(key, (answer.clone(), Instant::now() + ttl));
+        Ok(answer)
+    }
+
+    /// Forgets the helpers' answers for `registry` (it refused them: the
+    /// next lookup asks the helper again).
+    fn forget_helper_answers(&self, registry: &str) {
+        self.helper_answers
+            .lock()
+            .expect("helper lock")
+            .retain(|(_, server), _| !same_host(server, registry));
     }
 
     fn insecure(&self, host: &str) -> bool {
@@ -275,8 +409,13 @@ impl Registry {
         })
     }
 
-    /// The digest a tag (or digest reference) resolves to, by HEAD.
-    pub async fn manifest_digest(&self, image: &ImageRef) -> Result<String, RegistryError> {
+    /// The digest a tag (or digest reference) resolves to, by HEAD, with
+    /// `own` (a project's credential) or else the daemon's.
+    pub async fn manifest_digest(
+        &self,
+        image: &ImageRef,
+        own: Option<&Credential>,
+    ) -> Result<String, RegistryError> {
         let host = image.api_host().to_string();
         let cap = if self.config.lookup_timeout.is_zero() {
             LOOKUP_CAP
@@ -285,7 +424,7 @@ impl Registry {
         };
         // Each request has its own timeout, but a token flow with a scheme
         // fallback makes several: the whole lookup is capped too.
-        let result = match tokio::time::timeout(cap, self.lookup(image, &host)).await {
+        let result = match tokio::time::timeout(cap, self.lookup(image, &host, own)).await {
             Ok(result) => result,
             Err(_) => Err(RegistryError::LookupTimeout {
                 host: host.clone(),
@@ -293,6 +432,17 @@ impl Registry {
                 cap,
             }),
         };
+        self.metrics.registry_request(
+            &host,
+            match &result {
+                Ok(_) => RegistryResult::Ok,
+                Err(RegistryError::NotFound { .. }) => RegistryResult::NotFound,
+                Err(RegistryError::Auth { .. }) => RegistryResult::Auth,
+                Err(RegistryError::BackedOff { .. }) => RegistryResult::BackedOff,
+                Err(RegistryError::LookupTimeout { .. }) => RegistryResult::Timeout,
+                Err(_) => RegistryResult::Error,
+            },
+        );
         self.count(&host, |s| match &result {
             Ok(_) => s.last_error = None,
             Err(e) => {
@@ -303,7 +453,12 @@ impl Registry {
         result
     }
 
-    async fn lookup(&self, image: &ImageRef, host: &str) -> Result<String, RegistryError> {
+    async fn lookup(
+        &self,
+        image: &ImageRef,
+        host: &str,
+        own: Option<&Credential>,
+    ) -> Result<String, RegistryError> {
         if let Some(until) = self
             .stats
             .lock()
@@ -320,20 +475,49 @@ impl Registry {
         }
         let scope = format!("repository:{}:pull", image.repository);
         let path = format!("/v2/{}/manifests/{}", image.repository, image.reference);
-        let credential = self.credential(&image.registry);
+        // Tokens are kept per credential: a token one project's credential
+        // got is never used for another project's lookup.
+        let whose = match own {
+            Some(c) => format!("project:{}", c.fingerprint()),
+            None => "daemon".to_string(),
+        };
         let cached = self
-            .cached_token(host, &scope)
+            .cached_token(host, &scope, &whose)
             .map(|t| format!("Bearer {}", t.expose()));
         let mut response = self.head(host, &path, cached.as_deref()).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            let auth = self
-                .answer_challenge(host, &scope, response.headers(), credential.as_ref())
-                .await?;
+            // Resolved only now: a helper runs when a token is needed, not
+            // on every lookup.
+            let credential = match own {
+                Some(c) => Some(c.clone()),
+                None => self.credential(&image.registry).await?,
+            };
+            let answered = self
+                .answer_challenge(
+                    host,
+                    &scope,
+                    &whose,
+                    response.headers(),
+                    credential.as_ref(),
+                )
+                .await;
+            let auth = match answered {
+                Err(e @ RegistryError::Auth { .. }) => {
+                    if own.is_none() {
+                        self.forget_helper_answers(&image.registry);
+                    }
+                    return Err(e);
+                }
+                other => other?,
+            };
             response = self.head(host, &path, Some(&auth)).await?;
             if matches!(
                 response.status(),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
             ) {
+                if own.is_none() {
+                    self.forget_helper_answers(&image.registry);
+                }
                 return Err(RegistryError::Auth {
                     host: host.into(),
                     status: response.status().as_u16(),
@@ -358,6 +542,7 @@ impl Registry {
             s @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
                 let wait = retry_after(response.headers()).unwrap_or(DEFAULT_BACKOFF);
                 self.count(host, |st| st.backoff_until = Some(Instant::now() + wait));
+                self.metrics.registry_backoff(host);
                 Err(RegistryError::BackedOff {
                     host: host.into(),
                     status: s.as_u16(),
@@ -389,10 +574,10 @@ impl Registry {
         .await
     }
 
-    fn cached_token(&self, host: &str, scope: &str) -> Option<Secret> {
+    fn cached_token(&self, host: &str, scope: &str, whose: &str) -> Option<Secret> {
         let tokens = self.tokens.lock().expect("token lock");
         tokens
-            .get(&(host.to_string(), scope.to_string()))
+            .get(&(host.to_string(), scope.to_string(), whose.to_string()))
             .filter(|(_, expires)| *expires > Instant::now())
             .map(|(t, _)| t.clone())
     }
@@ -404,15 +589,16 @@ impl Registry {
         &self,
         host: &str,
         scope: &str,
+        whose: &str,
         headers: &HeaderMap,
-        credential: Option<&Basic>,
+        credential: Option<&Credential>,
     ) -> Result<String, RegistryError> {
         let challenge = headers
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let basic = |c: &Basic| {
-            let raw = format!("{}:{}", c.user, c.password.expose());
+        let basic = |user: &str, password: &Secret| {
+            let raw = format!("{user}:{}", password.expose());
             format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(raw)
@@ -422,10 +608,16 @@ impl Registry {
             .strip_prefix("Bearer ")
             .or_else(|| challenge.strip_prefix("bearer "))
         else {
-            return credential.map(basic).ok_or(RegistryError::Auth {
-                host: host.into(),
-                status: 401,
-            });
+            return match credential {
+                Some(Credential::Basic { user, password }) => Ok(basic(user, password)),
+                Some(Credential::IdentityToken(_)) => {
+                    Err(RegistryError::IdentityTokenWithBasic { host: host.into() })
+                }
+                None => Err(RegistryError::Auth {
+                    host: host.into(),
+                    status: 401,
+                }),
+            };
         };
         let params = parse_challenge(params);
         let realm = params.get("realm").ok_or_else(|| RegistryError::Request {
@@ -451,10 +643,23 @@ impl Registry {
             query.push(("service", service.clone()));
         }
         self.count(host, |s| s.token_requests += 1);
-        let mut req = self.http()?.get(realm).query(&query);
-        if let Some(c) = credential {
-            req = req.header(AUTHORIZATION, basic(c));
-        }
+        let req = match credential {
+            // The OAuth2 refresh-token grant, as docker sends it: a POST
+            // form, the token in the body (never in the URL).
+            Some(Credential::IdentityToken(refresh)) => {
+                let mut form = query.clone();
+                form.push(("grant_type", "refresh_token".into()));
+                form.push(("refresh_token", refresh.expose().to_string()));
+                form.push(("client_id", "autodeploy".into()));
+                self.http()?.post(realm).form(&form)
+            }
+            Some(Credential::Basic { user, password }) => self
+                .http()?
+                .get(realm)
+                .query(&query)
+                .header(AUTHORIZATION, basic(user, password)),
+            None => self.http()?.get(realm).query(&query),
+        };
         let resp = req.send().await.map_err(|e| RegistryError::Request {
             host: host.into(),
             message: format!("token request: {}", error_chain(&e)),
@@ -485,7 +690,7 @@ impl Registry {
         // Tokens live 60 s unless the registry says otherwise; renew a little early.
         let life = Duration::from_secs(answer.expires_in.unwrap_or(60).saturating_sub(5).max(1));
         self.tokens.lock().expect("token lock").insert(
-            (host.to_string(), scope.to_string()),
+            (host.to_string(), scope.to_string(), whose.to_string()),
             (Secret::new(token.clone()), Instant::now() + life),
         );
         Ok(format!("Bearer {token}"))
@@ -503,6 +708,10 @@ impl Registry {
             s => Err(format!("{addr}/v2/ answered HTTP {s}")),
         }
     }
+}
+
+fn nonzero(d: Duration, default: Duration) -> Duration {
+    if d.is_zero() { default } else { d }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -591,8 +800,9 @@ pub fn same_host(a: &str, b: &str) -> bool {
         }
 }
 
-/// The `auths` map of a docker config.json: host → base64 `user:password`.
-fn read_docker_config(path: &std::path::Path) -> Result<HashMap<String, Basic>, RegistryError> {
+/// The credentials a docker config.json gives: `auths` (base64
+/// `user:password`, or an `identitytoken`), `credHelpers` and `credsStore`.
+fn read_docker_config(path: &std::path::Path) -> Result<DockerConfig, RegistryError> {
     let bad =
         |why: String| RegistryError::Config(format!("docker config {}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
@@ -600,16 +810,48 @@ fn read_docker_config(path: &std::path::Path) -> Result<HashMap<String, Basic>, 
     struct File {
         #[serde(default)]
         auths: HashMap<String, Entry>,
+        #[serde(default, rename = "credHelpers")]
+        cred_helpers: HashMap<String, String>,
+        #[serde(default, rename = "credsStore")]
+        creds_store: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
         auth: Option<String>,
+        identitytoken: Option<String>,
     }
     let file: File = serde_json::from_str(&text)
         .map_err(|e| bad(format!("not a docker config: {}", e.classify_name())))?;
-    let mut out = HashMap::new();
+    let mut out = DockerConfig::default();
+    for (host, helper) in file.cred_helpers {
+        if !helper::valid_name(&helper) {
+            return Err(bad(format!(
+                "credHelpers for {host}: {helper:?} is not a helper name (letters, digits, '-', '_', '.')"
+            )));
+        }
+        out.cred_helpers
+            .insert(authority(&host).to_string(), helper);
+    }
+    if let Some(store) = file.creds_store.filter(|s| !s.is_empty()) {
+        if !helper::valid_name(&store) {
+            return Err(bad(format!(
+                "credsStore {store:?} is not a helper name (letters, digits, '-', '_', '.')"
+            )));
+        }
+        out.creds_store = Some(store);
+    }
     for (host, entry) in file.auths {
-        let Some(auth) = entry.auth else { continue };
+        let host_key = authority(&host).to_string();
+        // An identity token is what docker sends to the token service in
+        // place of the password, when there is one.
+        if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
+            out.auths
+                .insert(host_key, Credential::IdentityToken(Secret::new(token)));
+            continue;
+        }
+        let Some(auth) = entry.auth.filter(|a| !a.is_empty()) else {
+            continue;
+        };
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .map_err(|_| bad(format!("the auth for {host} is not base64")))?;
@@ -618,10 +860,9 @@ fn read_docker_config(path: &std::path::Path) -> Result<HashMap<String, Basic>, 
         let (user, password) = text
             .split_once(':')
             .ok_or_else(|| bad(format!("the auth for {host} is not user:password")))?;
-        let host = authority(&host).to_string();
-        out.insert(
-            host,
-            Basic {
+        out.auths.insert(
+            host_key,
+            Credential::Basic {
                 user: user.into(),
                 password: Secret::new(password),
             },
@@ -679,5 +920,30 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "120".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn docker_configs_give_helpers_a_store_and_identity_tokens() {
+        let dir = std::env::temp_dir().join(format!("autodeploy-dockercfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"credHelpers":{"https://ecr.example:5000":"ecr-login"},"credsStore":"pass",
+                "auths":{"a.example":{"auth":"dTpw"},"b.example":{"identitytoken":"rt"},"c.example":{}}}"#,
+        )
+        .unwrap();
+        let c = read_docker_config(&path).unwrap();
+        assert_eq!(c.cred_helpers["ecr.example:5000"], "ecr-login");
+        assert_eq!(c.creds_store.as_deref(), Some("pass"));
+        assert!(matches!(&c.auths["a.example"], Credential::Basic { user, .. } if user == "u"));
+        assert!(
+            matches!(&c.auths["b.example"], Credential::IdentityToken(t) if t.expose() == "rt")
+        );
+        assert!(!c.auths.contains_key("c.example"));
+        std::fs::write(&path, r#"{"credsStore":"../../bin/sh"}"#).unwrap();
+        let e = read_docker_config(&path).err().unwrap().to_string();
+        assert!(e.contains("is not a helper name"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

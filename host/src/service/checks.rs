@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Result, ServiceError, invalid};
-use crate::store::{GitSource, ProjectFields, ProjectType};
+use crate::store::{DeploySettings, GitSource, ProjectFields, ProjectType};
 
 /// A credential as a user gives it. The secret is never returned.
 #[derive(serde::Deserialize)]
@@ -87,10 +87,71 @@ pub fn project(f: &ProjectFields, credential: Option<&CredentialInput>) -> Resul
         (ProjectType::Image, _, _) => {
             return invalid("image projects need image_ref and container_port");
         }
+        // Built from the repository: the port the app listens on, if any.
+        (ProjectType::Deployment, None, port) => {
+            if let Some(port) = port
+                && !(1..=65535).contains(&port)
+            {
+                return invalid(format!("container_port {port} is not a TCP port (1-65535)"));
+            }
+        }
+        (_, Some(_), _) => {
+            return invalid(
+                "image_ref belongs to image projects only (a deployment project is built from its repository's Dockerfile)",
+            );
+        }
         (_, None, None) => {}
-        _ => return invalid("image_ref and container_port belong to image projects only"),
+        (_, None, Some(_)) => {
+            return invalid("container_port belongs to image and deployment projects only");
+        }
     }
+    deploy_settings(f)?;
     labels("labels", &f.labels)
+}
+
+/// The build and health-gate settings.
+fn deploy_settings(f: &ProjectFields) -> Result<()> {
+    let d = &f.deploy;
+    let p = &d.dockerfile_path;
+    if p.is_empty()
+        || p.len() > 512
+        || p.starts_with('/')
+        || p.split(['/', '\\']).any(|part| part == "..")
+        || p.chars().any(char::is_control)
+    {
+        return invalid(format!(
+            "dockerfile_path {p:?} must be a relative path inside the repository (no '..')"
+        ));
+    }
+    if f.project_type != ProjectType::Deployment && *p != DeploySettings::DEFAULT_DOCKERFILE {
+        return invalid("dockerfile_path belongs to deployment projects only");
+    }
+    if let Some(path) = &d.health_probe_path {
+        if !path.starts_with('/')
+            || path.len() > 512
+            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return invalid(
+                "health_probe_path must be an HTTP path starting with '/' (at most 512 bytes, no spaces)",
+            );
+        }
+        if f.expose_port.is_none() && f.container_port.is_none() {
+            return invalid(
+                "health_probe_path needs expose_port (the probe asks 127.0.0.1 on that port)",
+            );
+        }
+    }
+    let t = d.health_timeout_seconds;
+    let (min, max) = (
+        DeploySettings::MIN_HEALTH_TIMEOUT,
+        DeploySettings::MAX_HEALTH_TIMEOUT,
+    );
+    if !(min..=max).contains(&t) {
+        return invalid(format!(
+            "health_timeout_seconds {t} must be between {min} and {max}"
+        ));
+    }
+    Ok(())
 }
 
 fn git_url(url: &str, credential: Option<&CredentialInput>) -> Result<()> {

@@ -6,11 +6,18 @@
 //! these calls and their errors to status codes.
 
 pub mod checks;
+pub mod deployments;
 pub mod events;
 pub mod nodes;
+pub mod notifications;
 pub mod page;
+pub mod policy;
 pub mod projects;
+pub mod registry_creds;
+pub mod registry_hooks;
+pub mod sessions;
 pub mod settings;
+pub mod webhooks;
 
 use crate::store::StoreError;
 

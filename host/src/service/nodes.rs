@@ -61,3 +61,12 @@ pub async fn delete(app: &App, id: i64, force: bool) -> Result<NodeDeletion> {
     tracing::info!(node = %done.node.name, failed = ?done.failed_deployments, "node deleted");
     Ok(done)
 }
+
+/// The projects pinned to each node (id and name), by node id.
+pub async fn pinned(app: &App) -> Result<BTreeMap<i64, Vec<(i64, String)>>> {
+    let mut out: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+    for (node, id, name) in app.store.pinned_projects().await? {
+        out.entry(node).or_default().push((id, name));
+    }
+    Ok(out)
+}

@@ -14,8 +14,9 @@ use crate::pipeline::{self, Trigger};
 use crate::policy::Verdict;
 use crate::secrets::{Secret, new_token, token_hash};
 use crate::store::{
-    CredentialKind, Deployment, EventKind, GitSource, NewProject, ProjectChange, ProjectFields,
-    ProjectRecord, ProjectType, SealedCredential, StoreError,
+    CredentialKind, DeploySettings, Deployment, EventKind, GitSource, NewProject, ProjectChange,
+    ProjectFields, ProjectFilter, ProjectRecord, ProjectSummary, ProjectType, RollbackMode,
+    SealedCredential, StoreError,
 };
 
 #[derive(Deserialize)]
@@ -43,6 +44,10 @@ pub struct CreateProject {
     /// The user's own labels, for the policy to read.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    pub dockerfile_path: Option<String>,
+    pub health_probe_path: Option<String>,
+    pub health_timeout_seconds: Option<i64>,
+    pub rollback: Option<RollbackMode>,
 }
 
 /// Absent fields stay as they are; `null` clears a clearable one.
@@ -73,6 +78,11 @@ pub struct UpdateProject {
     /// Replaces the labels; `null` or `{}` clears them.
     #[serde(default, deserialize_with = "present")]
     pub labels: Option<Option<BTreeMap<String, String>>>,
+    pub dockerfile_path: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub health_probe_path: Option<Option<String>>,
+    pub health_timeout_seconds: Option<i64>,
+    pub rollback: Option<RollbackMode>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -91,6 +101,25 @@ pub struct Created {
 
 pub async fn list(app: &App, page: PageRequest) -> Result<Page<ProjectRecord>> {
     let rows = app.store.projects_page(page.after, page.fetch()).await?;
+    Ok(Page::of(List::Projects, page, rows, |p| p.id))
+}
+
+/// A page of project lines (with each one's newest deployment) that pass
+/// `filter`, by id.
+pub async fn browse(
+    app: &App,
+    filter: &ProjectFilter,
+    page: PageRequest,
+) -> Result<Page<ProjectSummary>> {
+    if let Some(q) = &filter.name_contains
+        && q.len() > 100
+    {
+        return super::invalid("the search text is at most 100 characters");
+    }
+    let rows = app
+        .store
+        .project_summaries(filter, page.after, page.fetch())
+        .await?;
     Ok(Page::of(List::Projects, page, rows, |p| p.id))
 }
 
@@ -124,6 +153,16 @@ pub async fn create(app: &App, req: CreateProject) -> Result<Created> {
         image_ref: req.image_ref,
         container_port: req.container_port,
         labels: req.labels,
+        deploy: DeploySettings {
+            dockerfile_path: req
+                .dockerfile_path
+                .unwrap_or_else(|| DeploySettings::DEFAULT_DOCKERFILE.into()),
+            health_probe_path: req.health_probe_path,
+            health_timeout_seconds: req
+                .health_timeout_seconds
+                .unwrap_or(DeploySettings::DEFAULT_HEALTH_TIMEOUT),
+            rollback: req.rollback.unwrap_or_default(),
+        },
     };
     checks::project(&fields, req.credentials.as_ref())?;
     checks::known_hosts(&fields, req.ssh_known_hosts.as_deref())?;
@@ -223,6 +262,18 @@ pub async fn update(app: &App, id: i64, req: UpdateProject) -> Result<ProjectRec
     }
     if let Some(v) = req.labels {
         f.labels = v.unwrap_or_default();
+    }
+    if let Some(v) = req.dockerfile_path {
+        f.deploy.dockerfile_path = v;
+    }
+    if let Some(v) = req.health_probe_path {
+        f.deploy.health_probe_path = v;
+    }
+    if let Some(v) = req.health_timeout_seconds {
+        f.deploy.health_timeout_seconds = v;
+    }
+    if let Some(v) = req.rollback {
+        f.deploy.rollback = v;
     }
     let credentials = req.credentials;
     checks::project(&f, credentials.as_ref().and_then(Option::as_ref))?;

@@ -3,10 +3,10 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::db::{SqlStore, string_map};
+use super::db::{SqlStore, string_map, string_map_json};
 use super::{
-    Claim, DeployStatus, Deployment, EventKind, ProjectType, Result, StoreError, deployments,
-    events, nodes, now, projects, refuse_to_migrate, selector_matches,
+    Claim, DeployReport, DeployStatus, Deployment, EventKind, ProjectType, Result, StoreError,
+    deployments, events, nodes, notifications, now, projects, refuse_to_migrate, selector_matches,
 };
 
 pub(super) async fn claim(db: &SqlStore, node_id: i64) -> Result<Option<Claim>> {
@@ -67,20 +67,28 @@ pub(super) async fn claim(db: &SqlStore, node_id: i64) -> Result<Option<Claim>> 
         &format!("deployment {id} claimed by node {node_id}"),
     )
     .await?;
+    let restore = deployments::last_succeeded(&mut tx, project_id, id)
+        .await?
+        .as_ref()
+        .map(Deployment::recorded_state);
     tx.commit().await?;
     Ok(Some(Claim {
         deployment: deployments::get(db, id).await?,
         project: projects::get(db, project_id).await?,
+        restore,
     }))
 }
 
 /// Hands deployment `id` (`assigned` to this node, or not) to the node if
 /// it is still queued, its project runs nothing and is not pinned
 /// elsewhere; false when another claim got there first. On PostgreSQL the
-/// project row is locked first, skipping a project another transaction
-/// holds (`SKIP LOCKED`): two replicas never hand out one deployment, or two
-/// of one project, and a claim never waits behind another (SQLite's write
-/// transaction runs one at a time).
+/// project row is locked first: two replicas never hand out one deployment,
+/// or two of one project (SQLite's write transaction runs one at a time).
+/// The claim waits for the lock rather than skipping the project: a poll
+/// tick or a trigger holds the row only for a statement or two, and a
+/// skip would send the node away empty-handed with a deployment queued.
+/// Every writer locks node, then project, then deployment rows, so the
+/// wait cannot deadlock.
 async fn take(
     db: &SqlStore,
     tx: &mut sqlx::AnyConnection,
@@ -91,7 +99,7 @@ async fn take(
 ) -> Result<bool> {
     let project = sqlx::query(AssertSqlSafe(format!(
         "SELECT project_type, pinned_node_id FROM projects WHERE id = $1{}",
-        db.lock(" FOR UPDATE SKIP LOCKED")
+        db.lock(" FOR UPDATE")
     )))
     .bind(project_id)
     .fetch_optional(&mut *tx)
@@ -133,41 +141,61 @@ pub(super) async fn report(
     db: &SqlStore,
     node_id: i64,
     deployment_id: i64,
-    status: DeployStatus,
-    log_tail: Option<&str>,
-    error: Option<&str>,
+    r: &DeployReport<'_>,
 ) -> Result<Deployment> {
     let t = now();
-    let finished = matches!(status, DeployStatus::Succeeded | DeployStatus::Failed).then_some(t);
+    let status = r.status;
+    let finished = status.is_terminal().then_some(t);
+    // The status change, its event and its notifications: one transaction.
+    let mut tx = db.begin_write().await?;
     let done = sqlx::query(
         "UPDATE deployments SET status = $1, log_tail = COALESCE($2, log_tail), error = COALESCE($3, error), \
-         updated_at = $4, finished_at = $5 WHERE id = $6 AND node_id = $7 AND status = 'running'",
+         ran_commit = COALESCE($4, ran_commit), ran_digests = COALESCE($5, ran_digests), \
+         updated_at = $6, finished_at = $7 WHERE id = $8 AND node_id = $9 AND status = 'running'",
     )
     .bind(status)
-    .bind(log_tail)
-    .bind(error)
+    .bind(r.log_tail)
+    .bind(r.error)
+    .bind(r.ran_commit)
+    .bind(r.ran_digests.map(string_map_json))
     .bind(t)
     .bind(finished)
     .bind(deployment_id)
     .bind(node_id)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
-    let d = deployments::get(db, deployment_id).await?;
     if done.rows_affected() == 0 {
+        drop(tx);
+        let d = deployments::get(db, deployment_id).await?;
         return Err(StoreError::Conflict(format!(
             "deployment {deployment_id} is not running on this node (it is {})",
             d.status
         )));
     }
-    nodes::heartbeat(&db.pool, node_id, t).await?;
+    let project_id: i64 = sqlx::query("SELECT project_id FROM deployments WHERE id = $1")
+        .bind(deployment_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("project_id")?;
+    nodes::heartbeat(&mut *tx, node_id, t).await?;
     events::insert(
-        &db.pool,
-        Some(d.project_id),
+        &mut *tx,
+        Some(project_id),
         EventKind::DeployReported,
         &format!("deployment {deployment_id}: {}", status),
     )
     .await?;
-    Ok(d)
+    let event = match status {
+        DeployStatus::Succeeded => Some(super::NotifyEvent::Succeeded),
+        DeployStatus::Failed => Some(super::NotifyEvent::Failed),
+        DeployStatus::RolledBack => Some(super::NotifyEvent::RolledBack),
+        _ => None,
+    };
+    if let Some(event) = event {
+        notifications::enqueue(&mut tx, Some(project_id), event, Some(deployment_id), "").await?;
+    }
+    tx.commit().await?;
+    deployments::get(db, deployment_id).await
 }
 
 pub(super) async fn fail_of_offline_nodes(
@@ -175,19 +203,42 @@ pub(super) async fn fail_of_offline_nodes(
     seen_before: i64,
 ) -> Result<Vec<Deployment>> {
     let mut tx = db.begin_write().await?;
-    let rows = sqlx::query(
-        AssertSqlSafe(format!("SELECT d.id, d.status, n.name \
-         FROM deployments d JOIN nodes n ON n.id = d.node_id \
-         WHERE d.status IN ('queued', 'running') AND (n.last_seen_at IS NULL OR n.last_seen_at < $1){}",
-         db.lock(" FOR UPDATE OF d"))),
-    )
+    const OFFLINE: &str = "FROM deployments d JOIN nodes n ON n.id = d.node_id \
+         WHERE d.status IN ('queued', 'running') AND (n.last_seen_at IS NULL OR n.last_seen_at < $1)";
+    let candidates = sqlx::query(AssertSqlSafe(format!(
+        "SELECT d.id, d.project_id {OFFLINE} ORDER BY d.project_id, d.id"
+    )))
     .bind(seen_before)
     .fetch_all(&mut *tx)
     .await?;
     let mut failed = Vec::new();
-    for r in &rows {
-        let (id, status, node): (i64, DeployStatus, String) =
-            (r.try_get("id")?, r.try_get("status")?, r.try_get("name")?);
+    for c in &candidates {
+        let (id, project_id): (i64, i64) = (c.try_get("id")?, c.try_get("project_id")?);
+        // The project row first, then the deployment's: the order a claim
+        // locks them in (see `take`). The other way round, a claim holding
+        // the project and waiting for the deployment would deadlock with
+        // this, and PostgreSQL would fail one of the two.
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT id FROM projects WHERE id = $1{}",
+            db.lock(" FOR UPDATE")
+        )))
+        .bind(project_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Read again under its lock: its node may have come back, or the
+        // deployment moved on, since the list was read.
+        let Some(r) = sqlx::query(AssertSqlSafe(format!(
+            "SELECT d.status, n.name {OFFLINE} AND d.id = $2{}",
+            db.lock(" FOR UPDATE OF d")
+        )))
+        .bind(seen_before)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            continue;
+        };
+        let (status, node): (DeployStatus, String) = (r.try_get("status")?, r.try_get("name")?);
         let error = if status == DeployStatus::Running {
             format!("node {node} went offline while running this deployment; it was not finished")
         } else {
@@ -199,6 +250,14 @@ pub(super) async fn fail_of_offline_nodes(
             refuse_to_migrate(&node)
         };
         deployments::fail(&mut tx, id, &error).await?;
+        notifications::enqueue(
+            &mut tx,
+            Some(project_id),
+            super::NotifyEvent::Failed,
+            Some(id),
+            "",
+        )
+        .await?;
         failed.push(id);
     }
     tx.commit().await?;

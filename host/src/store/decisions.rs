@@ -117,31 +117,85 @@ fn decision_from(row: &AnyRow) -> Result<Decision> {
     })
 }
 
-/// Inserts `records`, each linked to `deployment_id`, through `exec` (a
-/// transaction: the caller commits).
+/// Rows one INSERT writes at most. A tick writes tens of thousands of
+/// decisions; one statement per row cost more than the policy calls. Not
+/// more: every bound `$N` is looked up by name in SQLite, a linear search
+/// over the statement's parameters, so wide statements pay quadratically.
+const INSERT_ROWS: usize = 16;
+const INSERT_COLUMNS: usize = 10;
+
+/// `INSERT ... VALUES` with `rows` rows of placeholders.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO decision_log (at, call_name, project_id, deployment_id, input, output, \
+         policy_name, policy_version, policy_sha256, policy_wit_version) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..INSERT_COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * INSERT_COLUMNS + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The statements' row counts for `n` rows: full ones, then the rest in
+/// powers of two, so a connection prepares at most a handful of shapes.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= INSERT_ROWS {
+            INSERT_ROWS
+        } else {
+            1 << n.ilog2()
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// Inserts `records`, each linked to `deployment_id`, through `conn` (a
+/// transaction: the caller commits), several rows per statement.
 pub(super) async fn insert(
     conn: &mut sqlx::AnyConnection,
     records: &[DecisionRecord],
     deployment_id: Option<i64>,
 ) -> Result<()> {
-    for r in records {
-        sqlx::query(
-            "INSERT INTO decision_log (at, call_name, project_id, deployment_id, input, output, \
-             policy_name, policy_version, policy_sha256, policy_wit_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(r.at)
-        .bind(r.call)
-        .bind(r.project_id)
-        .bind(deployment_id)
-        .bind(&r.input)
-        .bind(&r.output)
-        .bind(&r.policy_name)
-        .bind(&r.policy_version)
-        .bind(&r.policy_sha256)
-        .bind(&r.policy_wit_version)
-        .execute(&mut *conn)
-        .await?;
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    // Index k holds the statement for 2^k rows.
+    let sql: &'static [String] = SQL.get_or_init(|| {
+        (0..=INSERT_ROWS.ilog2())
+            .map(|k| insert_sql(1 << k))
+            .collect()
+    });
+    let mut rest = records;
+    for size in chunk_sizes(records.len()) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let mut query = sqlx::query(sql[size.ilog2() as usize].as_str());
+        for r in chunk {
+            query = query
+                .bind(r.at)
+                .bind(r.call)
+                .bind(r.project_id)
+                .bind(deployment_id)
+                .bind(&r.input)
+                .bind(&r.output)
+                .bind(&r.policy_name)
+                .bind(&r.policy_version)
+                .bind(&r.policy_sha256)
+                .bind(&r.policy_wit_version);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -290,5 +344,34 @@ impl SqlStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_in_few_shapes() {
+        for n in [0, 1, 2, 3, 63, 64, 65, 127, 500, 1000] {
+            let sizes: Vec<usize> = chunk_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{n}: {sizes:?}");
+            assert!(
+                sizes
+                    .iter()
+                    .all(|s| s.is_power_of_two() && *s <= INSERT_ROWS),
+                "{n}: {sizes:?}"
+            );
+        }
+        // 500 = 31 full statements of 16 rows, then 4.
+        let mut expected = vec![16; 31];
+        expected.push(4);
+        assert_eq!(chunk_sizes(500).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn the_statement_numbers_every_placeholder() {
+        let sql = insert_sql(2);
+        assert!(sql.ends_with("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), ($11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"), "{sql}");
     }
 }

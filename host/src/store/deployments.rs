@@ -6,12 +6,13 @@ use sqlx::{AssertSqlSafe, FromRow, Row};
 
 use super::db::{SqlStore, digests_from, string_map_json};
 use super::{
-    DeploySource, DeployStatus, Deployment, EventKind, Result, StoreError, TriggerWrite, decisions,
-    events, now,
+    Cancelled, DeploySource, DeployStatus, Deployment, EventKind, NotifyEvent, Result, StoreError,
+    TriggerWrite, decisions, events, notifications, now,
 };
 
 pub(super) const COLUMNS: &str = "id, project_id, source, sources, status, target_commit, target_digests, reason, error, \
-     trigger_count, repeat_count, last_seen_at, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at";
+     trigger_count, repeat_count, last_seen_at, policy_name, policy_version, policy_sha256, node_id, log_tail, created_at, updated_at, finished_at, \
+     ran_commit, ran_digests, from_deployment, cancel_requested";
 
 /// How many of a project's latest failures a new one may fold into.
 const FOLD_WINDOW: i64 = 16;
@@ -60,6 +61,11 @@ struct DeploymentRow {
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
+    ran_commit: Option<String>,
+    ran_digests: Option<String>,
+    from_deployment: Option<i64>,
+    /// 0 or 1 on every backend.
+    cancel_requested: i64,
 }
 
 fn deployment_from(row: &AnyRow) -> Result<Deployment> {
@@ -85,6 +91,10 @@ fn deployment_from(row: &AnyRow) -> Result<Deployment> {
         created_at: r.created_at,
         updated_at: r.updated_at,
         finished_at: r.finished_at,
+        ran_commit: r.ran_commit,
+        ran_digests: r.ran_digests.as_deref().map(digests_from).transpose()?,
+        from_deployment: r.from_deployment,
+        cancel_requested: r.cancel_requested != 0,
         decision_ids: Vec::new(),
     })
 }
@@ -179,7 +189,7 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
     let tracked = sqlx::query(
         // Concurrent triggers for one project take turns from here on.
         AssertSqlSafe(format!(
-            "SELECT last_tracked_commit_sha, last_tracked_image_digests FROM projects WHERE id = $1{}",
+            "SELECT last_tracked_commit_sha, last_tracked_image_digests, auto_deploy_enabled FROM projects WHERE id = $1{}",
             db.lock(" FOR UPDATE")
         )),
     )
@@ -197,14 +207,21 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
     {
         return Err(StoreError::Stale(w.project_id));
     }
+    let auto_deploy = tracked.try_get::<i64, _>("auto_deploy_enabled")? != 0;
+    if w.decided_with_auto_deploy.is_some_and(|saw| saw != auto_deploy) {
+        return Err(StoreError::Stale(w.project_id));
+    }
     let digests = w.target_digests.as_ref().map(string_map_json);
     let source = w.source;
     // The deployment this trigger goes into, if one takes it: a queued
     // one for a deploy, the newest one when it failed the same way.
+    // A redeploy has an exact target of its own: it joins nothing, and
+    // nothing joins it (a later trigger queues behind it).
     let joined: Option<Deployment> = match &w.failure {
+        None if w.from_deployment.is_some() => None,
         None => sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM deployments WHERE project_id = $1 AND status = 'queued' \
-             ORDER BY id DESC LIMIT 1"
+             AND from_deployment IS NULL ORDER BY id DESC LIMIT 1"
         )))
         .bind(w.project_id)
         .fetch_optional(&mut *tx)
@@ -280,8 +297,8 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
             let id = sqlx::query(
                 "INSERT INTO deployments (project_id, source, sources, status, target_commit, target_digests, \
                  reason, error, policy_name, policy_version, policy_sha256, node_id, created_at, updated_at, \
-                 last_seen_at, finished_at, prior_commit, prior_digests) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                 last_seen_at, finished_at, prior_commit, prior_digests, from_deployment) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
                  RETURNING id",
             )
             .bind(w.project_id)
@@ -302,6 +319,7 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
             .bind(finished)
             .bind(&prior_commit)
             .bind(&prior_digests)
+            .bind(w.from_deployment)
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
@@ -322,6 +340,17 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
         .await?;
     }
     decisions::insert(&mut tx, &w.decisions, Some(id)).await?;
+    // A refusal folded into an earlier one was told already.
+    if event && w.failure.is_some() {
+        notifications::enqueue(
+            &mut tx,
+            Some(w.project_id),
+            NotifyEvent::Refused,
+            Some(id),
+            "",
+        )
+        .await?;
+    }
     if event {
         let message = match &w.failure {
             Some(f) => format!("{source} deployment {id} failed: {f}"),
@@ -337,4 +366,87 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
     }
     tx.commit().await?;
     get(db, id).await
+}
+
+/// The project's newest succeeded deployment other than `except`.
+pub(super) async fn last_succeeded(
+    conn: &mut sqlx::AnyConnection,
+    project_id: i64,
+    except: i64,
+) -> Result<Option<Deployment>> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM deployments WHERE project_id = $1 AND status = 'succeeded' AND id <> $2 \
+         ORDER BY id DESC LIMIT 1"
+    )))
+    .bind(project_id)
+    .bind(except)
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(deployment_from)
+    .transpose()
+}
+
+/// Cancels a queued deployment at once, or asks the node of a running one;
+/// both with an event, in one transaction. Each step is one conditional
+/// update, so a claim or report racing it is seen, not overwritten.
+pub(super) async fn cancel(
+    db: &SqlStore,
+    project_id: i64,
+    id: i64,
+) -> Result<(Deployment, Cancelled)> {
+    let mut tx = db.begin_write().await?;
+    let t = now();
+    let queued = sqlx::query(
+        "UPDATE deployments SET status = 'cancelled', updated_at = $1, finished_at = $2 \
+         WHERE id = $3 AND project_id = $4 AND status = 'queued'",
+    )
+    .bind(t)
+    .bind(t)
+    .bind(id)
+    .bind(project_id)
+    .execute(&mut *tx)
+    .await?;
+    let outcome = if queued.rows_affected() == 1 {
+        Cancelled::Now
+    } else {
+        let running = sqlx::query(
+            "UPDATE deployments SET cancel_requested = 1, updated_at = $1 \
+             WHERE id = $2 AND project_id = $3 AND status = 'running'",
+        )
+        .bind(t)
+        .bind(id)
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?;
+        if running.rows_affected() == 0 {
+            let row =
+                sqlx::query("SELECT status FROM deployments WHERE id = $1 AND project_id = $2")
+                    .bind(id)
+                    .bind(project_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match row {
+                None => StoreError::NotFound(format!("deployment {id} of project {project_id}")),
+                Some(r) => StoreError::Conflict(format!(
+                    "deployment {id} is already {}: only a queued or running deployment can be cancelled",
+                    r.try_get::<DeployStatus, _>("status")?
+                )),
+            });
+        }
+        Cancelled::Requested
+    };
+    let message = match outcome {
+        Cancelled::Now => format!("deployment {id} cancelled before it ran"),
+        Cancelled::Requested => format!("deployment {id}: cancel requested from its node"),
+    };
+    events::insert(
+        &mut *tx,
+        Some(project_id),
+        EventKind::DeployCancelled,
+        &message,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((get(db, id).await?, outcome))
 }

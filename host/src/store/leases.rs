@@ -138,6 +138,21 @@ pub(super) async fn release(db: &SqlStore, owner: &str, checked_at: Option<i64>)
     Ok(())
 }
 
+/// Extends the leases `owner` holds to `lease_until`: a tick renews its
+/// claims while it runs, so one that takes longer than its lease never
+/// lets another replica look its projects up again meanwhile, and a
+/// replica that dies stops renewing (its leases run out within a lease).
+pub(super) async fn renew(db: &SqlStore, owner: &str, lease_until: i64) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE projects SET lease_until = $2 WHERE lease_owner = $1 AND lease_until < $2",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Takes the leadership of `role` if no other replica holds it.
 pub(super) async fn lead(db: &SqlStore, role: &str) -> Result<Option<Leader>> {
     if db.is_sqlite() {

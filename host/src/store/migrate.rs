@@ -36,6 +36,12 @@ migrations!(
     "0008_replica_leases.sql",
     "0009_shared_policies.sql",
     "0010_list_paging.sql",
+    "0011_deploy_state.sql",
+    "0012_web_sessions.sql",
+    "0013_policy_native_code.sql",
+    "0014_git_webhooks.sql",
+    "0015_notifications.sql",
+    "0016_registry_credentials.sql",
 );
 
 /// The advisory lock replicas starting together take on PostgreSQL: one

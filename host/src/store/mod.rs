@@ -5,20 +5,26 @@
 //! and runtime queries, one module per aggregate; the schema lives in
 //! migrations/<backend>/.
 
+mod browse;
 mod claims;
 mod db;
 mod decisions;
 mod deployments;
 mod events;
 mod leases;
+mod logs;
 mod migrate;
 mod nodes;
+mod notifications;
 pub mod notify;
 mod policies;
 mod projects;
+mod registry_creds;
+mod sessions;
 mod settings;
 mod sql;
 mod text_enum;
+mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -31,10 +37,15 @@ pub use decisions::{
     DEPLOYMENT_DECISION_IDS, Decision, DecisionCall, DecisionQuery, DecisionRecord, Pruned,
 };
 pub use leases::{Leader, LeaseClaim};
-pub use policies::{ActivePolicy, NewPolicy, StoredPolicy};
+pub use logs::MAX_LOG;
+pub use notifications::{
+    ClaimedNotification, Delivery, NewTarget, NotificationTarget, NotifyEvent, OutboxEntry,
+    OutboxState, TargetKind, now_ms,
+};
+pub use policies::{ActivePolicy, NativeCode, NewPolicy, StoredPolicy};
 pub use settings::{
     DECISION_LOG_MIN_ROWS, IMAGE_WATCH_MIN_SECONDS, POLL_MIN_SECONDS, SettingError, Settings,
-    set_image_watch_min,
+    numeric_settings, set_image_watch_min,
 };
 pub use text_enum::UnknownValue;
 use text_enum::text_enum;
@@ -59,8 +70,9 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// A trigger decided on a tracked state that another trigger has since
-    /// moved: nothing was written; decide again on the fresh state.
-    #[error("project {0}: the tracked state moved while this trigger was decided")]
+    /// moved, or on an Auto Deploy toggle flipped since: nothing was
+    /// written; decide again on the fresh state.
+    #[error("project {0}: the tracked state or the Auto Deploy toggle moved while this trigger was decided")]
     Stale(i64),
     /// The work a new project needed inside its transaction (its hosted
     /// repository) failed: nothing was written.
@@ -170,6 +182,40 @@ pub struct ProjectFields {
     /// The user's own labels; the policy sees them, the daemon does not
     /// interpret them.
     pub labels: BTreeMap<String, String>,
+    /// How the agent builds and checks a deploy; not in the policy's view.
+    #[serde(flatten)]
+    pub deploy: DeploySettings,
+}
+
+/// A project's build and health-gate settings: the agent reads them with
+/// the claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploySettings {
+    /// `deployment` projects: the Dockerfile, relative to the repository.
+    pub dockerfile_path: String,
+    /// An HTTP path on the exposed port that must answer 2xx/3xx after `up`.
+    pub health_probe_path: Option<String>,
+    /// How long the health gate waits for the services.
+    pub health_timeout_seconds: i64,
+    pub rollback: RollbackMode,
+}
+
+impl DeploySettings {
+    pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
+    pub const DEFAULT_HEALTH_TIMEOUT: i64 = 60;
+    pub const MIN_HEALTH_TIMEOUT: i64 = 5;
+    pub const MAX_HEALTH_TIMEOUT: i64 = 3600;
+}
+
+impl Default for DeploySettings {
+    fn default() -> Self {
+        DeploySettings {
+            dockerfile_path: Self::DEFAULT_DOCKERFILE.into(),
+            health_probe_path: None,
+            health_timeout_seconds: Self::DEFAULT_HEALTH_TIMEOUT,
+            rollback: RollbackMode::Auto,
+        }
+    }
 }
 
 fn shown_git_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -233,6 +279,16 @@ text_enum! {
     }
 }
 
+/// A project's credential for one registry host, the password sealed with
+/// the daemon's key.
+#[derive(Debug, Clone)]
+pub struct SealedRegistryCredential {
+    /// `host[:port]`, lower-cased (`docker.io` for Docker Hub).
+    pub registry: String,
+    pub username: String,
+    pub sealed: String,
+}
+
 /// A credential as stored: the secret sealed with the daemon's key.
 #[derive(Debug, Clone)]
 pub struct SealedCredential {
@@ -242,7 +298,7 @@ pub struct SealedCredential {
 }
 
 text_enum! {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum DeploySource {
         Manual = "manual",
         AutoPoll = "auto-poll",
@@ -264,12 +320,38 @@ impl From<DeploySource> for crate::policy::TriggerSource {
 }
 
 text_enum! {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum DeployStatus {
         Queued = "queued",
         Running = "running",
         Succeeded = "succeeded",
         Failed = "failed",
+        /// It failed its deploy or health gate and the node restored the
+        /// previous successful deployment's state.
+        RolledBack = "rolled_back",
+        Cancelled = "cancelled",
+    }
+}
+
+impl DeployStatus {
+    /// Whether a deployment with this status is over: nothing changes it
+    /// any more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, DeployStatus::Queued | DeployStatus::Running)
+    }
+}
+
+text_enum! {
+    /// What the agent does when a deployment fails its deploy or health gate.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub enum RollbackMode {
+        /// Report the failure; change nothing.
+        Off = "off",
+        /// Report the failure and name the deployment to roll back to.
+        Notify = "notify",
+        /// Restore the previous successful deployment's state.
+        #[default]
+        Auto = "auto",
     }
 }
 
@@ -300,9 +382,36 @@ pub struct Deployment {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// What the node reported running after `up`: the commit checked out
+    /// and each image's digest (a built image: its local image id).
+    pub ran_commit: Option<String>,
+    pub ran_digests: Option<BTreeMap<String, String>>,
+    /// A manual redeploy: the deployment whose recorded state it deploys.
+    pub from_deployment: Option<i64>,
+    /// A person asked to cancel it while it ran; the node sees it on its
+    /// next log post.
+    pub cancel_requested: bool,
     /// The decisions that made this deployment (every trigger it absorbed
     /// or folded), oldest first; at most [`DEPLOYMENT_DECISION_IDS`].
     pub decision_ids: Vec<i64>,
+}
+
+impl Deployment {
+    /// What it ran, as a restore or a redeploy deploys it again: the
+    /// node's report, or its target where the node did not say.
+    pub fn recorded_state(&self) -> Restore {
+        Restore {
+            deployment: self.id,
+            commit: self
+                .ran_commit
+                .clone()
+                .or_else(|| self.target_commit.clone()),
+            digests: self
+                .ran_digests
+                .clone()
+                .or_else(|| self.target_digests.clone()),
+        }
+    }
 }
 
 /// One trigger, as the pipeline hands it to the store: written with the
@@ -326,9 +435,25 @@ pub struct TriggerWrite {
     /// The tracked commit this trigger was decided on: when set and the
     /// project's differs, nothing is written ([`StoreError::Stale`]).
     pub decided_on_commit: Option<String>,
+    /// The Auto Deploy toggle the decision saw: when set and the project's
+    /// differs, nothing is written ([`StoreError::Stale`]), so a project
+    /// switched off while a tick was deciding on it is not deployed.
+    pub decided_with_auto_deploy: Option<bool>,
     /// The policy decisions that made this trigger: written in the same
     /// transaction as the deployment and linked to it.
     pub decisions: Vec<DecisionRecord>,
+    /// A manual redeploy of this deployment's recorded state: always a new
+    /// row (it absorbs no trigger and no trigger absorbs it).
+    pub from_deployment: Option<i64>,
+}
+
+/// What `/metrics` reads from the store at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed {
+    /// Deployments queued, not yet claimed by a node.
+    pub queued: i64,
+    /// Nodes seen at or after `online_since`.
+    pub nodes_online: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -371,6 +496,108 @@ pub struct NodeDeletion {
 pub struct Claim {
     pub deployment: Deployment,
     pub project: ProjectRecord,
+    /// The state to go back to when this deploy fails or is cancelled.
+    pub restore: Option<Restore>,
+}
+
+/// The project's newest succeeded deployment (other than the claimed one):
+/// what it ran, or what it targeted when the node did not say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restore {
+    pub deployment: i64,
+    pub commit: Option<String>,
+    pub digests: Option<BTreeMap<String, String>>,
+}
+
+/// A node's report on a deployment it runs.
+#[derive(Debug, Clone)]
+pub struct DeployReport<'a> {
+    pub status: DeployStatus,
+    pub log_tail: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub ran_commit: Option<&'a str>,
+    pub ran_digests: Option<&'a BTreeMap<String, String>>,
+}
+
+/// What cancelling a deployment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was queued: it is cancelled and will never run.
+    Now,
+    /// It runs: its node is told on its next log post.
+    Requested,
+}
+
+/// What a log chunk from a node came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Stored (or already there); whether a cancel was requested.
+    Stored { cancel: bool },
+    /// The chunk starts past what was received: bytes are missing.
+    Gap { received: i64 },
+}
+
+/// A piece of a deployment's stored log, from byte `offset` to `next`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogPage {
+    pub offset: i64,
+    pub next: i64,
+    pub text: String,
+    /// The deployment is over: no more text will come.
+    pub done: bool,
+}
+
+/// A deployment was queued or its status changed: what the web UI's live
+/// view hears. Sent by the replica that made the change, after it
+/// committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeploymentChange {
+    pub project_id: i64,
+    pub deployment_id: i64,
+    pub status: DeployStatus,
+}
+
+impl From<&Deployment> for DeploymentChange {
+    fn from(d: &Deployment) -> Self {
+        DeploymentChange {
+            project_id: d.project_id,
+            deployment_id: d.id,
+            status: d.status,
+        }
+    }
+}
+
+/// A project as a line of a list (the web UI's, the CLI's table): with its
+/// newest deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectSummary {
+    pub id: i64,
+    pub name: String,
+    pub project_type: ProjectType,
+    pub git_source: GitSource,
+    pub auto_deploy_enabled: bool,
+    pub created_at: i64,
+    pub last_status: Option<DeployStatus>,
+    /// When the newest deployment last changed.
+    pub last_at: Option<i64>,
+}
+
+/// Which projects a list shows; `None` does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectFilter {
+    /// Part of the name, any case.
+    pub name_contains: Option<String>,
+    pub project_type: Option<ProjectType>,
+    pub auto_deploy_enabled: Option<bool>,
+}
+
+/// A web UI sign-in, kept by the sha256 of its cookie's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// The token every form of the session carries.
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -403,11 +630,21 @@ text_enum! {
         DeployClaimed = "deploy.claimed",
         DeployReported = "deploy.reported",
         DeployFailed = "deploy.failed",
+        DeployCancelled = "deploy.cancelled",
         Push = "push",
         PollFailed = "poll.failed",
         ReconcileFailed = "reconcile.failed",
         ImageWatchFailed = "image-watch.failed",
         SshKnownHostsChanged = "ssh-known-hosts.changed",
+        WebhookSecretRotated = "webhook.secret-rotated",
+        NotificationTargetAdded = "notification.target-added",
+        NotificationTargetDeleted = "notification.target-deleted",
+        /// A git host webhook was refused (bad signature, unknown project,
+        /// wrong event, oversized body): a security event.
+        WebhookRefused = "webhook.refused",
+        /// A registry notification was refused (wrong secret, malformed or
+        /// oversized body): a security event.
+        RegistryHookRefused = "registry-hook.refused",
     }
 }
 
@@ -469,6 +706,9 @@ pub trait Store: Send + Sync {
     /// Ends every lease `owner` holds; with `checked_at`, stamps those
     /// projects checked then.
     async fn release_projects(&self, owner: &str, checked_at: Option<i64>) -> Result<()>;
+    /// Extends every lease `owner` holds to `lease_until` (a tick still
+    /// running); the number of projects renewed.
+    async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64>;
     /// The leadership of `role`, when no other replica holds it.
     async fn lead(&self, role: &str) -> Result<Option<Leader>>;
     async fn update_project(&self, id: i64, fields: &ProjectFields) -> Result<ProjectRecord>;
@@ -527,6 +767,9 @@ pub trait Store: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> Result<Node>;
     async fn nodes(&self) -> Result<Vec<Node>>;
+    /// The numbers `/metrics` reads at scrape time: two counts on indexed
+    /// columns, whatever the number of projects.
+    async fn observed(&self, online_since: i64) -> Result<Observed>;
     /// Up to `limit` nodes with ids above `after`, by id.
     async fn nodes_page(&self, after: Option<i64>, limit: i64) -> Result<Vec<Node>>;
     async fn node(&self, id: i64) -> Result<Node>;
@@ -551,7 +794,40 @@ pub trait Store: Send + Sync {
         status: DeployStatus,
         log_tail: Option<&str>,
         error: Option<&str>,
+    ) -> Result<Deployment> {
+        let report = DeployReport {
+            status,
+            log_tail,
+            error,
+            ran_commit: None,
+            ran_digests: None,
+        };
+        self.report_deploy(node_id, deployment_id, &report).await
+    }
+    /// Records a node's report on a deployment it runs; a conflict when it
+    /// is not running there (another node's, or already over).
+    async fn report_deploy(
+        &self,
+        node_id: i64,
+        deployment_id: i64,
+        report: &DeployReport<'_>,
     ) -> Result<Deployment>;
+    /// Cancels deployment `id` of project `project_id`: a queued one at
+    /// once, a running one by asking its node. A conflict when it is over.
+    async fn cancel_deployment(&self, project_id: i64, id: i64) -> Result<(Deployment, Cancelled)>;
+    /// Adds a chunk of a running deployment's log that its node sent,
+    /// starting at byte `offset` of the whole log; the part already
+    /// received is skipped, so a retried chunk is stored once.
+    async fn append_log(
+        &self,
+        node_id: i64,
+        deployment_id: i64,
+        offset: i64,
+        chunk: &str,
+    ) -> Result<LogAppend>;
+    /// Deployment `id`'s stored log from byte `after`, at most `limit`
+    /// bytes.
+    async fn deployment_log(&self, id: i64, after: i64, limit: usize) -> Result<LogPage>;
     /// Fails the queued and running deployments of nodes not seen since
     /// `seen_before`; returns them.
     async fn fail_deployments_of_offline_nodes(&self, seen_before: i64) -> Result<Vec<Deployment>>;
@@ -583,6 +859,11 @@ pub trait Store: Send + Sync {
     /// The policy every replica runs, if one was stored yet.
     async fn active_policy(&self) -> Result<Option<ActivePolicy>>;
     async fn stored_policy(&self, sha256: &str) -> Result<Option<StoredPolicy>>;
+    /// The native code kept for `sha256` and the engine `engine_hash`, as
+    /// stored: unchecked.
+    async fn native_code(&self, sha256: &str, engine_hash: &str) -> Result<Option<NativeCode>>;
+    /// Keeps (or replaces) the native code of a stored policy for one engine.
+    async fn put_native_code(&self, sha256: &str, native: &NativeCode) -> Result<()>;
     /// Keeps `new` and makes it active when no policy is yet; returns the
     /// active one either way. Tells the other replicas.
     async fn seed_policy(&self, new: &NewPolicy) -> Result<ActivePolicy>;
@@ -595,4 +876,77 @@ pub trait Store: Send + Sync {
     /// Makes the previous policy active again; `None` when there is none.
     /// Tells the other replicas.
     async fn rollback_policy(&self) -> Result<Option<ActivePolicy>>;
+
+    /// Deployment changes made through this store from now on.
+    fn deployment_changes(&self) -> tokio::sync::broadcast::Receiver<DeploymentChange>;
+    /// Hands live views a change another replica told (`origin` is that
+    /// replica's store id; this store's own are already sent).
+    fn relay_deployment_change(&self, origin: u64, change: DeploymentChange);
+    /// Up to `limit` project lines with ids above `after` that pass
+    /// `filter`, by id.
+    async fn project_summaries(
+        &self,
+        filter: &ProjectFilter,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ProjectSummary>>;
+    /// (node id, project id, project name) of every project pinned to a node.
+    async fn pinned_projects(&self) -> Result<Vec<(i64, i64, String)>>;
+    /// Keeps a new web session (and drops the expired ones).
+    async fn create_web_session(&self, id_hash: &str, session: &WebSession) -> Result<()>;
+    /// The session with this token hash, expired or not.
+    async fn web_session(&self, id_hash: &str) -> Result<Option<WebSession>>;
+    async fn delete_web_session(&self, id_hash: &str) -> Result<()>;
+
+    /// Replaces a project's webhook secret (sealed) and logs it.
+    async fn set_webhook_secret(&self, project_id: i64, sealed: &str) -> Result<()>;
+    /// The project's sealed webhook secret, if it has one.
+    async fn webhook_secret(&self, project_id: i64) -> Result<Option<String>>;
+    /// Records a webhook delivery id until `expires_at`; false for a replay.
+    async fn note_webhook_delivery(
+        &self,
+        project_id: i64,
+        delivery_id: &str,
+        expires_at: i64,
+    ) -> Result<bool>;
+
+    /// Adds a notification target (config sealed) and logs it.
+    async fn add_notification_target(&self, target: &NewTarget) -> Result<NotificationTarget>;
+    async fn notification_targets(&self) -> Result<Vec<NotificationTarget>>;
+    async fn notification_target(&self, id: i64) -> Result<NotificationTarget>;
+    /// Deletes a target with its queued messages, and logs it.
+    async fn delete_notification_target(&self, id: i64) -> Result<()>;
+    /// Queues `event` of a project (no deployment) for every target that
+    /// wants it; the number of messages queued.
+    async fn enqueue_notification(
+        &self,
+        project_id: Option<i64>,
+        event: NotifyEvent,
+        detail: &str,
+    ) -> Result<u64>;
+    /// Claims up to `limit` messages due at `now_ms`; none is due again
+    /// before `until_ms` unless [`Store::finish_notification`] says so.
+    async fn claim_notifications(
+        &self,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedNotification>>;
+    async fn finish_notification(&self, id: i64, delivery: &Delivery) -> Result<()>;
+    /// A target's newest queued messages, newest first.
+    async fn notification_deliveries(&self, target_id: i64, limit: i64)
+    -> Result<Vec<OutboxEntry>>;
+    /// Drops messages sent or dead before `before` (Unix seconds).
+    async fn prune_notifications(&self, before: i64) -> Result<u64>;
+    /// Sets a project's credential for one registry host, replacing any.
+    async fn set_registry_credential(
+        &self,
+        project_id: i64,
+        credential: &SealedRegistryCredential,
+    ) -> Result<()>;
+    /// Whether the project had a credential for `registry` to delete.
+    async fn delete_registry_credential(&self, project_id: i64, registry: &str) -> Result<bool>;
+    async fn registry_credentials(&self, project_id: i64) -> Result<Vec<SealedRegistryCredential>>;
+    /// Every project's registry credentials, by project.
+    async fn all_registry_credentials(&self) -> Result<Vec<(i64, SealedRegistryCredential)>>;
 }

@@ -222,3 +222,18 @@ pub(super) async fn heartbeat<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
         .await?;
     Ok(())
 }
+
+/// The queue depth and the nodes online, in one round trip.
+pub async fn observed(db: &SqlStore, online_since: i64) -> Result<super::Observed> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM deployments WHERE status = 'queued') AS queued, \
+         (SELECT COUNT(*) FROM nodes WHERE last_seen_at >= $1) AS online",
+    )
+    .bind(online_since)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(super::Observed {
+        queued: row.try_get("queued")?,
+        nodes_online: row.try_get("online")?,
+    })
+}

@@ -1,7 +1,9 @@
 //! The policy every replica runs: components by sha256 with the config last
 //! given to each, and the one `active_policy` row naming the active policy
 //! and the one before it. Each change rewrites that row in one transaction
-//! and tells the other replicas (see `notify`).
+//! and tells the other replicas (see `notify`). Beside each component, its
+//! native code per engine, so only the replica that accepted it compiles it
+//! (authenticated by the policy runtime, not here).
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -28,6 +30,29 @@ pub struct NewPolicy {
     pub source: String,
     /// Its config; `None` keeps the one stored for it before, if any.
     pub config: Option<String>,
+    /// Its native code for this replica's engine, written in the same
+    /// transaction, so a replica told of the change finds the code too.
+    pub native: Option<NativeCode>,
+}
+
+/// A component's native code for one engine, as the database keeps it. The
+/// store neither makes nor checks `mac`: whoever may write the database may
+/// write this row, so the reader checks it before using a byte of `code`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NativeCode {
+    /// Hex sha256 of the engine's compatibility hash.
+    pub engine_hash: String,
+    pub code: Vec<u8>,
+    pub mac: Vec<u8>,
+}
+
+impl std::fmt::Debug for NativeCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeCode")
+            .field("engine_hash", &self.engine_hash)
+            .field("code_len", &self.code.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A kept component.
@@ -57,6 +82,39 @@ impl SqlStore {
             })
         })
         .transpose()
+    }
+
+    pub(super) async fn native_code_row(
+        &self,
+        sha256: &str,
+        engine_hash: &str,
+    ) -> Result<Option<NativeCode>> {
+        let row = sqlx::query(
+            "SELECT code, mac FROM policy_native_code WHERE sha256 = $1 AND engine_hash = $2",
+        )
+        .bind(sha256)
+        .bind(engine_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(NativeCode {
+                engine_hash: engine_hash.to_string(),
+                code: r.try_get("code")?,
+                mac: r.try_get("mac")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn put_native_code_row(
+        &self,
+        sha256: &str,
+        native: &NativeCode,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        put_native(&mut tx, sha256, native).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Keeps `new` and makes it active when no policy is yet; returns the
@@ -212,11 +270,32 @@ async fn keep(tx: &mut Tx, new: &NewPolicy) -> Result<String> {
     if let Some(config) = &new.config {
         set_stored_config(tx, &new.sha256, config).await?;
     }
+    if let Some(native) = &new.native {
+        put_native(tx, &new.sha256, native).await?;
+    }
     let row = sqlx::query("SELECT config FROM policies WHERE sha256 = $1")
         .bind(&new.sha256)
         .fetch_one(&mut **tx)
         .await?;
     Ok(row.try_get("config")?)
+}
+
+/// Writes (or replaces: a row that failed its check is rewritten) the
+/// native code of `sha256` for one engine.
+async fn put_native(tx: &mut Tx, sha256: &str, native: &NativeCode) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO policy_native_code (sha256, engine_hash, code, mac, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sha256, engine_hash) DO UPDATE SET \
+         code = excluded.code, mac = excluded.mac, created_at = excluded.created_at",
+    )
+    .bind(sha256)
+    .bind(&native.engine_hash)
+    .bind(native.code.as_slice())
+    .bind(native.mac.as_slice())
+    .bind(now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn set_stored_config(tx: &mut Tx, sha256: &str, config: &str) -> Result<()> {

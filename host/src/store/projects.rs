@@ -8,14 +8,14 @@ use sqlx::{AssertSqlSafe, FromRow, Row};
 
 use super::db::{SqlStore, digests_from, found, string_map, string_map_json, unique};
 use super::{
-    BrokenProject, CredentialInfo, CredentialKind, EventKind, GitSource, NewProject, ProjectChange,
-    ProjectFields, ProjectRecord, ProjectType, Result, SealedCredential, SetUp, StoreError, events,
-    now,
+    BrokenProject, CredentialInfo, CredentialKind, DeploySettings, EventKind, GitSource,
+    NewProject, ProjectChange, ProjectFields, ProjectRecord, ProjectType, Result, RollbackMode,
+    SealedCredential, SetUp, StoreError, events, now,
 };
 
 pub(super) const COLUMNS: &str = "p.id, p.name, p.project_type, p.git_source, p.git_url, p.git_branch, \
      p.compose_file_path, p.expose_service, p.expose_port, p.auto_deploy_enabled, p.image_ref, p.container_port, \
-     p.labels, p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
+     p.labels, p.dockerfile_path, p.health_probe_path, p.health_timeout_seconds, p.rollback, p.last_tracked_commit_sha, p.last_tracked_image_digests, p.pinned_node_id, p.node_selector, \
      p.ssh_known_hosts, p.created_at, p.updated_at, c.kind AS credential_kind, c.username AS credential_username";
 pub(super) const FROM: &str =
     "FROM projects p LEFT JOIN project_credentials c ON c.project_id = p.id";
@@ -37,6 +37,10 @@ struct ProjectRow {
     image_ref: Option<String>,
     container_port: Option<i64>,
     labels: String,
+    dockerfile_path: String,
+    health_probe_path: Option<String>,
+    health_timeout_seconds: i64,
+    rollback: RollbackMode,
     last_tracked_commit_sha: String,
     last_tracked_image_digests: String,
     pinned_node_id: Option<i64>,
@@ -65,6 +69,12 @@ impl ProjectRow {
                 image_ref: self.image_ref,
                 container_port: self.container_port,
                 labels: string_map("labels", &self.labels)?,
+                deploy: DeploySettings {
+                    dockerfile_path: self.dockerfile_path,
+                    health_probe_path: self.health_probe_path,
+                    health_timeout_seconds: self.health_timeout_seconds,
+                    rollback: self.rollback,
+                },
             },
             last_tracked_commit_sha: self.last_tracked_commit_sha,
             last_tracked_image_digests: digests_from(&self.last_tracked_image_digests)?,
@@ -111,7 +121,7 @@ pub(super) fn broken_project(row: &AnyRow, error: StoreError) -> BrokenProject {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// Binds a project's user-set fields as `$1`..`$12`, in column order.
+/// Binds a project's user-set fields as `$1`..`$16`, in column order.
 fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
     q.bind(&f.name)
         .bind(f.project_type)
@@ -125,6 +135,10 @@ fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q ProjectFields) -> AnyQuery<'q> {
         .bind(&f.image_ref)
         .bind(f.container_port)
         .bind(string_map_json(&f.labels))
+        .bind(&f.deploy.dockerfile_path)
+        .bind(&f.deploy.health_probe_path)
+        .bind(f.deploy.health_timeout_seconds)
+        .bind(f.deploy.rollback)
 }
 
 /// Writes the project's credential, replacing any.
@@ -162,9 +176,11 @@ pub(super) async fn create(
     let t = now();
     let query = sqlx::query(
         "INSERT INTO projects (name, project_type, git_source, git_url, git_branch, compose_file_path, \
-         expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, labels, push_token_hash, \
-         ssh_known_hosts, node_selector, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+         expose_service, expose_port, auto_deploy_enabled, image_ref, container_port, labels, dockerfile_path, \
+         health_probe_path, health_timeout_seconds, rollback, push_token_hash, ssh_known_hosts, node_selector, \
+         created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+         RETURNING id",
     );
     let row = bind_fields(query, f)
         .bind(&new.push_token_hash)
@@ -258,7 +274,8 @@ pub(super) async fn change(db: &SqlStore, id: i64, c: &ProjectChange) -> Result<
         let query = sqlx::query(
             "UPDATE projects SET name = $1, project_type = $2, git_source = $3, git_url = $4, git_branch = $5, \
              compose_file_path = $6, expose_service = $7, expose_port = $8, auto_deploy_enabled = $9, \
-             image_ref = $10, container_port = $11, labels = $12 WHERE id = $13",
+             image_ref = $10, container_port = $11, labels = $12, dockerfile_path = $13, health_probe_path = $14, \
+             health_timeout_seconds = $15, rollback = $16 WHERE id = $17",
         );
         bind_fields(query, f)
             .bind(id)

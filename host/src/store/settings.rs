@@ -90,6 +90,22 @@ const NUMBERS: [(&str, u64, u64); 6] = [
 ];
 const MASTER: &str = "auto_deploy_master_enabled";
 
+/// The numeric settings' names with their (minimum, maximum), in the
+/// order they are listed; the image watch minimum as `image_watch_min`.
+pub fn numeric_settings(image_watch_min: u64) -> Vec<(&'static str, u64, u64)> {
+    NUMBERS
+        .iter()
+        .map(|&(name, min, max)| {
+            let min = if name == IMAGE_WATCH {
+                image_watch_min
+            } else {
+                min
+            };
+            (name, min, max)
+        })
+        .collect()
+}
+
 impl Settings {
     /// Validates a JSON update from the API into stored string values.
     /// Nothing is applied unless every key is valid.

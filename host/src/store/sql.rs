@@ -65,6 +65,10 @@ impl Store for SqlStore {
         leases::release(self, owner, checked_at).await
     }
 
+    async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64> {
+        leases::renew(self, owner, lease_until).await
+    }
+
     async fn lead(&self, role: &str) -> Result<Option<Leader>> {
         leases::lead(self, role).await
     }
@@ -110,7 +114,9 @@ impl Store for SqlStore {
     }
 
     async fn record_trigger(&self, write: &TriggerWrite) -> Result<Deployment> {
-        deployments::record_trigger(self, write).await
+        let d = deployments::record_trigger(self, write).await?;
+        self.changed(&d);
+        Ok(d)
     }
 
     async fn set_image_digests(
@@ -151,6 +157,10 @@ impl Store for SqlStore {
         nodes::list(self).await
     }
 
+    async fn observed(&self, online_since: i64) -> Result<Observed> {
+        nodes::observed(self, online_since).await
+    }
+
     async fn nodes_page(&self, after: Option<i64>, limit: i64) -> Result<Vec<Node>> {
         nodes::page(self, after, limit).await
     }
@@ -164,7 +174,13 @@ impl Store for SqlStore {
     }
 
     async fn delete_node(&self, id: i64, force: bool) -> Result<NodeDeletion> {
-        nodes::delete(self, id, force).await
+        let done = nodes::delete(self, id, force).await?;
+        for id in &done.failed_deployments {
+            if let Ok(d) = deployments::get(self, *id).await {
+                self.changed(&d);
+            }
+        }
+        Ok(done)
     }
 
     async fn node_holds_project(&self, node_id: i64, project_id: i64) -> Result<bool> {
@@ -176,22 +192,48 @@ impl Store for SqlStore {
     }
 
     async fn claim(&self, node_id: i64) -> Result<Option<Claim>> {
-        claims::claim(self, node_id).await
+        let claim = claims::claim(self, node_id).await?;
+        if let Some(c) = &claim {
+            self.changed(&c.deployment);
+        }
+        Ok(claim)
     }
 
-    async fn report(
+    async fn report_deploy(
         &self,
         node_id: i64,
         deployment_id: i64,
-        status: DeployStatus,
-        log_tail: Option<&str>,
-        error: Option<&str>,
+        report: &DeployReport<'_>,
     ) -> Result<Deployment> {
-        claims::report(self, node_id, deployment_id, status, log_tail, error).await
+        let d = claims::report(self, node_id, deployment_id, report).await?;
+        self.changed(&d);
+        Ok(d)
+    }
+
+    async fn cancel_deployment(&self, project_id: i64, id: i64) -> Result<(Deployment, Cancelled)> {
+        let done = deployments::cancel(self, project_id, id).await?;
+        self.changed(&done.0);
+        Ok(done)
+    }
+
+    async fn append_log(
+        &self,
+        node_id: i64,
+        deployment_id: i64,
+        offset: i64,
+        chunk: &str,
+    ) -> Result<LogAppend> {
+        logs::append(self, node_id, deployment_id, offset, chunk).await
+    }
+
+    async fn deployment_log(&self, id: i64, after: i64, limit: usize) -> Result<LogPage> {
+        logs::read(self, id, after, limit).await
     }
 
     async fn fail_deployments_of_offline_nodes(&self, seen_before: i64) -> Result<Vec<Deployment>> {
-        claims::fail_of_offline_nodes(self, seen_before).await
+        let failed = claims::fail_of_offline_nodes(self, seen_before).await?;
+        failed.iter().for_each(|d| self.changed(d));
+        Ok(failed)
     }
 
     async fn log_event(
@@ -234,6 +276,12 @@ impl Store for SqlStore {
     async fn stored_policy(&self, sha256: &str) -> Result<Option<StoredPolicy>> {
         self.stored_policy_row(sha256).await
     }
+    async fn native_code(&self, sha256: &str, engine_hash: &str) -> Result<Option<NativeCode>> {
+        self.native_code_row(sha256, engine_hash).await
+    }
+    async fn put_native_code(&self, sha256: &str, native: &NativeCode) -> Result<()> {
+        self.put_native_code_row(sha256, native).await
+    }
     async fn seed_policy(&self, new: &NewPolicy) -> Result<ActivePolicy> {
         self.seed_policy_row(new).await
     }
@@ -245,5 +293,134 @@ impl Store for SqlStore {
     }
     async fn rollback_policy(&self) -> Result<Option<ActivePolicy>> {
         self.rollback_policy_row().await
+    }
+
+    fn deployment_changes(&self) -> tokio::sync::broadcast::Receiver<DeploymentChange> {
+        self.deployment_changes.subscribe()
+    }
+    fn relay_deployment_change(&self, origin: u64, change: DeploymentChange) {
+        if origin != self.origin {
+            let _ = self.deployment_changes.send(change);
+        }
+    }
+    async fn project_summaries(
+        &self,
+        filter: &ProjectFilter,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ProjectSummary>> {
+        browse::summaries(self, filter, after.unwrap_or(0), limit).await
+    }
+    async fn pinned_projects(&self) -> Result<Vec<(i64, i64, String)>> {
+        browse::pinned(self).await
+    }
+    async fn create_web_session(&self, id_hash: &str, session: &WebSession) -> Result<()> {
+        sessions::create(self, id_hash, session).await
+    }
+    async fn web_session(&self, id_hash: &str) -> Result<Option<WebSession>> {
+        sessions::get(self, id_hash).await
+    }
+    async fn delete_web_session(&self, id_hash: &str) -> Result<()> {
+        sessions::delete(self, id_hash).await
+    }
+
+    async fn set_webhook_secret(&self, project_id: i64, sealed: &str) -> Result<()> {
+        webhooks::set_secret(self, project_id, sealed).await
+    }
+
+    async fn webhook_secret(&self, project_id: i64) -> Result<Option<String>> {
+        webhooks::secret(self, project_id).await
+    }
+
+    async fn note_webhook_delivery(
+        &self,
+        project_id: i64,
+        delivery_id: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        webhooks::note_delivery(self, project_id, delivery_id, expires_at).await
+    }
+    async fn add_notification_target(&self, target: &NewTarget) -> Result<NotificationTarget> {
+        notifications::add_target(self, target).await
+    }
+
+    async fn notification_targets(&self) -> Result<Vec<NotificationTarget>> {
+        notifications::targets(self).await
+    }
+
+    async fn notification_target(&self, id: i64) -> Result<NotificationTarget> {
+        notifications::target(self, id).await
+    }
+
+    async fn delete_notification_target(&self, id: i64) -> Result<()> {
+        notifications::delete_target(self, id).await
+    }
+
+    async fn enqueue_notification(
+        &self,
+        project_id: Option<i64>,
+        event: NotifyEvent,
+        detail: &str,
+    ) -> Result<u64> {
+        notifications::enqueue_now(self, project_id, event, detail).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedNotification>> {
+        notifications::claim(self, now_ms, until_ms, limit).await
+    }
+
+    async fn finish_notification(&self, id: i64, delivery: &Delivery) -> Result<()> {
+        notifications::finish(self, id, delivery).await
+    }
+
+    async fn notification_deliveries(
+        &self,
+        target_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        notifications::deliveries(self, target_id, limit).await
+    }
+
+    async fn prune_notifications(&self, before: i64) -> Result<u64> {
+        notifications::prune(self, before).await
+    }
+
+    async fn set_registry_credential(
+        &self,
+        project_id: i64,
+        credential: &SealedRegistryCredential,
+    ) -> Result<()> {
+        registry_creds::set(self, project_id, credential).await
+    }
+
+    async fn delete_registry_credential(&self, project_id: i64, registry: &str) -> Result<bool> {
+        registry_creds::delete(self, project_id, registry).await
+    }
+
+    async fn registry_credentials(&self, project_id: i64) -> Result<Vec<SealedRegistryCredential>> {
+        registry_creds::of_project(self, project_id).await
+    }
+
+    async fn all_registry_credentials(&self) -> Result<Vec<(i64, SealedRegistryCredential)>> {
+        registry_creds::all(self).await
+    }
+}
+
+impl SqlStore {
+    /// Tells live views of a committed deployment change; nobody listening
+    /// is fine.
+    fn changed(&self, d: &Deployment) {
+        let change = DeploymentChange::from(d);
+        let _ = self.deployment_changes.send(change);
+        if let Some(tell) = &self.tell_replicas
+            && tell.try_send(change).is_err()
+        {
+            tracing::warn!("too many deployment changes queued for other replicas; one dropped");
+        }
     }
 }

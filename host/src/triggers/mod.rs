@@ -32,10 +32,26 @@ const MAX_REDECIDE: usize = 5;
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Checked {
-    Unchanged { reason: String },
-    Triggered { deployment: i64, reason: String },
-    Failed { deployment: i64, error: String },
-    Error { error: String },
+    Unchanged {
+        reason: String,
+    },
+    /// Lost a race with another trigger for the same project, so nothing
+    /// was decided; it reads as unchanged, its reason saying why.
+    #[serde(rename = "unchanged")]
+    Raced {
+        reason: String,
+    },
+    Triggered {
+        deployment: i64,
+        reason: String,
+    },
+    Failed {
+        deployment: i64,
+        error: String,
+    },
+    Error {
+        error: String,
+    },
 }
 
 impl Checked {
@@ -79,12 +95,20 @@ pub(crate) async fn watch_plan(
     project: &ProjectRecord,
     facts: Facts,
 ) -> Result<WatchPlan, String> {
-    let decided = app
-        .decide_call(Call::WatchPlan {
-            project: project.policy_view(),
-            facts,
-        })
-        .await;
+    let decided = app.decide_call(watch_plan_call(project, facts)).await;
+    plan_of(decided)
+}
+
+/// The `watch-plan` call for one project on `facts`.
+pub(crate) fn watch_plan_call(project: &ProjectRecord, facts: Facts) -> Call {
+    Call::WatchPlan {
+        project: project.policy_view(),
+        facts,
+    }
+}
+
+/// The plan a `watch-plan` decision gave; `Err` says why there is none.
+pub(crate) fn plan_of(decided: crate::decisions::Decided) -> Result<WatchPlan, String> {
     match decided.answer {
         Ok(Answer::WatchPlan(plan)) => Ok(plan),
         Ok(other) => Err(format!(
@@ -130,13 +154,34 @@ pub async fn commit_moved(
     source: DeploySource,
 ) -> Result<Moved, TriggerError> {
     let decided = app
-        .decide_call(Call::DecideCommit {
-            project: project.policy_view(),
-            facts,
-            source: source.into(),
-            remote_head: head,
-        })
+        .decide_call(commit_call(project, facts, head, source))
         .await;
+    commit_decided(app, project, decided, source).await
+}
+
+/// The `decide-commit` call for a branch head (see [`commit_moved`]).
+pub fn commit_call(
+    project: &ProjectRecord,
+    facts: Facts,
+    head: Option<String>,
+    source: DeploySource,
+) -> Call {
+    Call::DecideCommit {
+        project: project.policy_view(),
+        facts,
+        source: source.into(),
+        remote_head: head,
+    }
+}
+
+/// Acts on a `decide-commit` decision made for `project` (see
+/// [`commit_moved`]): a decision to deploy goes through the pipeline.
+pub async fn commit_decided(
+    app: &App,
+    project: &ProjectRecord,
+    decided: crate::decisions::Decided,
+    source: DeploySource,
+) -> Result<Moved, TriggerError> {
     let d = match decided.answer {
         Ok(Answer::DecideCommit(Ok(d))) => d,
         Ok(Answer::DecideCommit(Err(message))) => return Err(TriggerError::Policy(message)),
@@ -160,6 +205,7 @@ pub async fn commit_moved(
         track_digests: None,
         decided_on_commit: Some(project.last_tracked_commit_sha.clone()),
         decisions: vec![decided.decision],
+        from_deployment: None,
     };
     Ok(Moved::Queued(Box::new(
         pipeline::trigger(app, project, t).await?,

@@ -3,7 +3,9 @@
 //! relay that holds pulls mid-way, and cleanup of the compose projects.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use super::reap::Proc;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Runs `cmd`; panics with its stderr on failure; returns stdout.
@@ -58,9 +60,18 @@ pub fn build_and_push(work: &Path, image: &str, pages: &[(&str, &str)]) {
     let _ = Command::new("docker").args(["rmi", image]).output();
 }
 
+/// A compose file whose one service serves `/www/{page}` of `image`.
+pub fn compose_file(image: &str, page: &str, port: u16) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www/{page}\"]\n    ports: [\"127.0.0.1:{port}:8080\"]\n"
+    )
+}
+
 /// A running `autodeploy agent`, killed when dropped.
 pub struct Agent {
-    child: Child,
+    /// Ended with its process group (the compose runs it started) when
+    /// dropped.
+    child: Proc,
     pub work_dir: PathBuf,
     /// Its stderr, appended across restarts.
     pub log: PathBuf,
@@ -72,29 +83,30 @@ impl Agent {
     pub fn start(control_plane: &str, token: &str, work_dir: &Path, env: &[(&str, &str)]) -> Agent {
         std::fs::create_dir_all(work_dir).unwrap();
         let log = work_dir.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-            .args([
-                "agent",
-                "--control-plane",
-                control_plane,
-                "--heartbeat-seconds",
-                "1",
-            ])
-            .arg("--work-dir")
-            .arg(work_dir)
-            .env("AUTODEPLOY_NODE_TOKEN", token)
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .expect("start autodeploy agent");
+        let child = super::reap::spawn(
+            Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+                .args([
+                    "agent",
+                    "--control-plane",
+                    control_plane,
+                    "--heartbeat-seconds",
+                    "1",
+                ])
+                .arg("--work-dir")
+                .arg(work_dir)
+                .env("AUTODEPLOY_NODE_TOKEN", token)
+                .env("RUST_LOG", "debug")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                        .unwrap(),
+                ),
+        )
+        .expect("start autodeploy agent");
         Agent {
             child,
             work_dir: work_dir.to_path_buf(),
@@ -104,13 +116,6 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -137,8 +142,80 @@ impl Drop for Cleanup {
             let _ = Command::new("docker")
                 .args(["network", "rm", &format!("{project}_default")])
                 .output();
+            let volumes = Command::new("docker")
+                .args([
+                    "volume",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.docker.compose.project={project}"),
+                ])
+                .output();
+            if let Ok(out) = volumes {
+                for v in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("docker").args(["volume", "rm", v]).output();
+                }
+            }
         }
     }
+}
+
+/// Removes every local image of the named repositories: each tag, and
+/// those pulled by digest only. By reference, not id: an image another
+/// test also tagged (the same build, from the cache) stays for that test.
+pub struct RemoveRepos(pub Vec<String>);
+
+impl Drop for RemoveRepos {
+    fn drop(&mut self) {
+        for repo in &self.0 {
+            let Ok(out) = Command::new("docker")
+                .args([
+                    "images",
+                    "--digests",
+                    "--format",
+                    "{{.Repository}} {{.Tag}} {{.Digest}}",
+                    repo,
+                ])
+                .output()
+            else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let refs: Vec<String> = match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [r, tag, digest] => [
+                        (tag != "<none>").then(|| format!("{r}:{tag}")),
+                        (digest != "<none>").then(|| format!("{r}@{digest}")),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                    _ => continue,
+                };
+                for r in refs {
+                    let _ = Command::new("docker").args(["rmi", &r]).output();
+                }
+            }
+        }
+    }
+}
+
+/// What Docker still holds of compose project `project` (containers,
+/// networks, volumes) and of the image repositories `repos`.
+pub fn leftovers(project: &str, repos: &[String]) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let name = format!("name={project}");
+    let mut found = Vec::new();
+    let mut list = |what: &str, args: &[&str]| {
+        let out = sh(Command::new("docker").args(args));
+        found.extend(out.split_whitespace().map(|x| format!("{what} {x}")));
+    };
+    list("container", &["ps", "-aq", "--filter", &label]);
+    list("network", &["network", "ls", "-q", "--filter", &name]);
+    list("volume", &["volume", "ls", "-q", "--filter", &label]);
+    for repo in repos {
+        list("image", &["images", "-q", repo]);
+    }
+    found
 }
 
 /// Removes the named local images (those a deploy pulled).

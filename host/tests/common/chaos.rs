@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -495,6 +495,22 @@ impl Drop for CpuBurn {
 /// `via` is the registry address the compose files name, `direct` where the
 /// registry really listens (the node has a healthy path to it); `authfile`
 /// holds its credentials, so they never reach an argument or an output.
+/// Stand-in for docker on the chaos node: no compose v2 (so the agent runs
+/// the docker-compose stand-in), and one running, never-restarted service
+/// container per project for the agent's health gate.
+const DOCKER_STAND_IN: &str = r#"#!/bin/sh
+case "$1" in
+  ps)
+    for a in "$@"; do
+      case "$a" in label=com.docker.compose.project=*) echo "chaos-${a#*=}" ;; esac
+    done ;;
+  inspect)
+    printf '[{"Id":"%s","Config":{"Labels":{"com.docker.compose.service":"app"},"Image":"app"},"State":{"Status":"running","ExitCode":0},"RestartCount":0,"Image":"sha256:0000000000000000000000000000000000000000000000000000000000000000","NetworkSettings":{"Ports":{}}}]\n' "$2" ;;
+  image) echo '[{"RepoDigests":[]}]' ;;
+  *) exit 1 ;;
+esac
+"#;
+
 pub fn node_tools(dir: &Path, via: &str, direct: &str, authfile: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("node-bin");
@@ -502,18 +518,28 @@ pub fn node_tools(dir: &Path, via: &str, direct: &str, authfile: &Path) -> PathB
     let compose = format!(
         r#"#!/bin/sh
 # Stand-in for docker-compose on the chaos node (see tests/common/chaos.rs).
+files=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -p) name=$2; shift 2 ;;
-    -f) file=$2; shift 2 ;;
+    -f) files="$files $2"; shift 2 ;;
     *) break ;;
   esac
 done
+file=${{files# }}; file=${{file%% *}}
+pins=${{files#* $file}}; pins=${{pins# }}
 case "$1" in
   pull)
-    for image in $(sed -n 's/^ *image: *//p' "$file"); do
-      real=$(printf '%s' "$image" | sed 's#^{via}/#{direct}/#')
-      digest=$(skopeo inspect --tls-verify=false --authfile {authfile} --format '{{{{.Digest}}}}' "docker://$real") || {{ echo "cannot resolve $image"; exit 1; }}
+    for image in $(sed -n 's/^ *image: *//p' "$file" | tr -d '"'); do
+      repo=${{image%:*}}
+      pinned=""
+      [ -n "$pins" ] && pinned=$(sed -n 's/^ *image: *//p' $pins | tr -d '"' | grep -F "$repo@" | head -n 1)
+      if [ -n "$pinned" ]; then
+        digest=${{pinned#*@}}
+      else
+        real=$(printf '%s' "$image" | sed 's#^{via}/#{direct}/#')
+        digest=$(skopeo inspect --tls-verify=false --authfile {authfile} --format '{{{{.Digest}}}}' "docker://$real") || {{ echo "cannot resolve $image"; exit 1; }}
+      fi
       echo "pulled $image@$digest"
     done ;;
   up) echo "up $name" ;;
@@ -522,7 +548,7 @@ esac
         authfile = authfile.display()
     );
     for (name, body) in [
-        ("docker", "#!/bin/sh\nexit 1\n".to_string()),
+        ("docker", DOCKER_STAND_IN.to_string()),
         ("docker-compose", compose),
     ] {
         let path = bin.join(name);
@@ -546,8 +572,9 @@ pub fn authfile(path: &Path, addr: &str, user: &str, password: &str) {
 /// The real `autodeploy agent` as a deploy node, with `tools` first on its
 /// PATH; its stderr is appended to `log` across restarts. Killed (SIGKILL)
 /// when dropped.
+/// Ended with its process group when dropped.
 pub struct NodeAgent {
-    child: Child,
+    _child: super::reap::Proc,
 }
 
 impl NodeAgent {
@@ -568,36 +595,30 @@ impl NodeAgent {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-            .args([
-                "agent",
-                "--control-plane",
-                control_plane,
-                "--heartbeat-seconds",
-                "1",
-                "--parallel",
-                "4",
-                "--deploy-timeout-seconds",
-                "600",
-            ])
-            .arg("--work-dir")
-            .arg(work_dir)
-            // The token through the environment, as a careful operator
-            // would pass it (never in `ps`).
-            .env("AUTODEPLOY_NODE_TOKEN", token)
-            .env("PATH", path)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start autodeploy agent");
-        NodeAgent { child }
-    }
-}
-
-impl Drop for NodeAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = super::reap::spawn(
+            Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+                .args([
+                    "agent",
+                    "--control-plane",
+                    control_plane,
+                    "--heartbeat-seconds",
+                    "1",
+                    "--parallel",
+                    "4",
+                    "--deploy-timeout-seconds",
+                    "600",
+                ])
+                .arg("--work-dir")
+                .arg(work_dir)
+                // The token through the environment, as a careful operator
+                // would pass it (never in `ps`).
+                .env("AUTODEPLOY_NODE_TOKEN", token)
+                .env("PATH", path)
+                .env("RUST_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        )
+        .expect("start autodeploy agent");
+        NodeAgent { _child: child }
     }
 }

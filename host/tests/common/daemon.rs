@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -12,16 +12,28 @@ use serde_json::Value;
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub struct Daemon {
-    pub child: Child,
+    /// In a process group of its own: dropping it also ends the git and
+    /// lookup processes the daemon started.
+    pub child: super::reap::Proc,
     pub url: String,
     pub data_dir: PathBuf,
     pub stderr_log: PathBuf,
     http: reqwest::Client,
 }
 
-/// A fresh, empty directory under the system temp dir.
+/// The `autodeploy` executable the tests start: this build's, or the one
+/// `AUTODEPLOY_BIN` names (the benchmarks point it at a release build while
+/// the test itself stays a debug build).
+pub fn daemon_bin() -> PathBuf {
+    std::env::var_os("AUTODEPLOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_autodeploy")))
+}
+
+/// A fresh, empty directory under this binary's temporary root, which is
+/// removed when the binary exits (see `reap`).
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("autodeploy-{name}-{}", std::process::id()));
+    let dir = super::reap::root().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -42,7 +54,7 @@ impl Daemon {
         Self::start_with(data_dir, &[], &[])
     }
 
-    /// `args` go before `serve` (e.g. `--policy FILE`); `env` is added.
+    /// `args` go after `serve` (e.g. `--policy FILE`); `env` is added.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         Self::try_start_with(data_dir, args, env).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -62,22 +74,23 @@ impl Daemon {
                 .unwrap()
                 .as_nanos()
         ));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-            .args(args)
-            .arg("serve")
-            .env("AUTODEPLOY_LISTEN", "127.0.0.1:0")
-            .env("AUTODEPLOY_DATA_DIR", data_dir)
-            .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "debug")
-            .env_remove("DATABASE_URL")
-            .env_remove("AUTODEPLOY_POLICY")
-            .env_remove("AUTODEPLOY_SECRET_KEY")
-            .envs(database_env(data_dir))
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("start autodeploy serve");
+        let mut child = super::reap::spawn(
+            Command::new(daemon_bin())
+                .arg("serve")
+                .args(args)
+                .env("AUTODEPLOY_LISTEN", "127.0.0.1:0")
+                .env("AUTODEPLOY_DATA_DIR", data_dir)
+                .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
+                .env("RUST_LOG", "debug")
+                .env_remove("DATABASE_URL")
+                .env_remove("AUTODEPLOY_POLICY")
+                .env_remove("AUTODEPLOY_SECRET_KEY")
+                .envs(database_env(data_dir))
+                .envs(env.iter().copied())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&stderr_log).unwrap()),
+        )
+        .expect("start autodeploy serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = loop {
             match lines.next() {
@@ -136,6 +149,31 @@ impl Daemon {
         )
     }
 
+    /// Adds a deploy node named `name`; its token.
+    pub async fn add_node(&self, name: &str) -> String {
+        let node = self
+            .ok(
+                Method::POST,
+                "/api/nodes",
+                Some(serde_json::json!({ "name": name })),
+            )
+            .await;
+        node["token"].as_str().expect("a node token").to_string()
+    }
+
+    /// `POST /api/agent/claim` as the node holding `token`.
+    pub async fn agent_claim(&self, token: &str) -> (StatusCode, Value) {
+        self.call(Method::POST, "/api/agent/claim", Some(token), None)
+            .await
+    }
+
+    /// The node holding `token` reports `body` on deployment `id`.
+    pub async fn agent_report(&self, token: &str, id: i64, body: Value) -> (StatusCode, Value) {
+        let path = format!("/api/agent/deployments/{id}/report");
+        self.call(Method::POST, &path, Some(token), Some(body))
+            .await
+    }
+
     pub async fn raw(
         &self,
         method: Method,
@@ -177,6 +215,22 @@ impl Daemon {
         v
     }
 
+    /// An external compose project (its repository a bare one under `dir`)
+    /// whose services `s0`, `s1`, … run `images`, auto-deploy on; its id.
+    pub async fn watch_images(&self, dir: &Path, name: &str, images: &[String]) -> i64 {
+        let services: String = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| format!("  s{i}:\n    image: {image}\n"))
+            .collect();
+        let url = super::git::bare_compose_repo(dir, name, &format!("services:\n{services}"));
+        self.create_project(serde_json::json!({
+            "name": name, "project_type": "compose", "git_source": "external", "git_url": url,
+            "expose_service": "s0", "expose_port": 80, "auto_deploy_enabled": true,
+        }))
+        .await
+    }
+
     /// Creates a project; returns its id.
     pub async fn create_project(&self, body: Value) -> i64 {
         self.ok(Method::POST, "/api/projects", Some(body)).await["id"]
@@ -204,28 +258,21 @@ impl Daemon {
         assert!(status.success());
     }
 
-    /// SIGTERM, and wait for a clean exit.
+    /// SIGTERM, and wait for a clean exit; what it left running ends with
+    /// its process group.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
+        self.child.wait().unwrap()
     }
 
+    /// SIGKILL the daemon alone, as a crash would; what it left running
+    /// ends with its process group when this is dropped, here.
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::mem::forget(self);
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

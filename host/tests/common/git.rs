@@ -3,7 +3,9 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use super::reap::{self, Proc};
 use std::time::Duration;
 
 /// Runs git in `dir`; panics with its stderr on failure; returns stdout.
@@ -102,46 +104,48 @@ fn wait_for_addr(ip: &str, port: u16) {
     panic!("nothing listens on {ip}:{port}");
 }
 
-/// A process killed when dropped.
+/// A process killed with its process group when dropped.
 pub struct Server {
-    child: Child,
+    child: Option<Proc>,
     pub port: u16,
 }
 
 impl Server {
     /// Wraps a started process, waiting until it listens on `port`.
-    pub fn wrap(child: Child, port: u16) -> Server {
+    pub fn wrap(child: Proc, port: u16) -> Server {
         wait_for_port(port);
-        Server { child, port }
+        Server {
+            child: Some(child),
+            port,
+        }
     }
 
     /// As `wrap`, for a process listening on `ip` rather than 127.0.0.1.
-    pub fn wrap_at(child: Child, ip: &str, port: u16) -> Server {
+    pub fn wrap_at(child: Proc, ip: &str, port: u16) -> Server {
         wait_for_addr(ip, port);
-        Server { child, port }
+        Server {
+            child: Some(child),
+            port,
+        }
     }
 
-    /// A stand-in for a stopped server (a process that has already exited).
+    /// A stand-in for a stopped server.
     pub fn dead(port: u16) -> Server {
-        let mut child = Command::new("true").spawn().unwrap();
-        let _ = child.wait();
-        Server { child, port }
+        Server { child: None, port }
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Its process id (and process group), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 }
 
 /// `git daemon` exporting every repository under `base`.
 pub fn git_daemon(base: &Path) -> Server {
     let port = free_port();
-    let child = git_daemon_command(base, port, &[])
-        .stderr(Stdio::null())
-        .spawn()
+    // `git` runs `git-daemon` as a child, which forks one per connection:
+    // the guard ends the whole group.
+    let child = reap::spawn(git_daemon_command(base, port, &[]).stderr(Stdio::null()))
         .expect("run git daemon");
     Server::wrap(child, port)
 }
@@ -185,15 +189,14 @@ pub struct LoggedGitDaemon {
 impl LoggedGitDaemon {
     pub fn start(base: &Path) -> LoggedGitDaemon {
         use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
         let port = free_port();
-        // A group of its own: `git` runs `git-daemon` as a child, which
-        // killing `git` alone would leave running.
-        let mut child = git_daemon_command(base, port, &["--verbose", "--max-connections=256"])
-            .process_group(0)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run git daemon");
+        // A group of its own (`reap::spawn`): `git` runs `git-daemon` as a
+        // child, which killing `git` alone would leave running.
+        let mut child = reap::spawn(
+            git_daemon_command(base, port, &["--verbose", "--max-connections=256"])
+                .stderr(Stdio::piped()),
+        )
+        .expect("run git daemon");
         let stderr = child.stderr.take().unwrap();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = requests.clone();
@@ -236,19 +239,26 @@ impl LoggedGitDaemon {
     pub fn stop(self) {}
 }
 
-impl Drop for LoggedGitDaemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{}", self.server.child.id())])
-            .status();
-    }
-}
-
 pub fn epoch_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// A bare repository `{name}.git` under `dir` whose `main` holds one
+/// commit with `docker-compose.yml` = `compose`; returns its file:// URL.
+pub fn bare_compose_repo(dir: &Path, name: &str, compose: &str) -> String {
+    let bare = dir.join(format!("{name}.git"));
+    let work = dir.join(format!("{name}-work"));
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("docker-compose.yml"), compose).unwrap();
+    git(&work, &["add", "docker-compose.yml"]);
+    git(&work, &["commit", "-q", "-m", "compose"]);
+    let (work, bare) = (work.to_str().unwrap(), bare.to_str().unwrap());
+    git(dir, &["clone", "-q", "--bare", work, bare]);
+    format!("file://{bare}")
 }
 
 /// A bare repository at `path` whose `main` holds one commit with `file.txt`
@@ -338,16 +348,16 @@ pub fn sshd(dir: &Path) -> (Server, String) {
         ),
     )
     .unwrap();
-    let child = Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run sshd");
-    wait_for_port(port);
+    let child = reap::spawn(
+        Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("run sshd");
     (
-        Server { child, port },
+        Server::wrap(child, port),
         std::fs::read_to_string(&client_key).unwrap(),
     )
 }
@@ -390,7 +400,9 @@ pub fn whoami() -> String {
 /// basic auth for `user`:`password`.
 pub struct Nginx {
     nginx: Server,
-    fcgiwrap: Child,
+    /// Its workers outlive it when only the parent dies: the guard ends
+    /// the whole group.
+    fcgiwrap: Proc,
     pub port: u16,
     /// One line per request: `"GET /git/..." 200 user=NAME` (the basic-auth
     /// user, `-` when the request carried none).
@@ -398,6 +410,11 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx's and fcgiwrap's process ids (each its own process group).
+    pub fn pids(&self) -> [u32; 2] {
+        [self.nginx.pid().unwrap(), self.fcgiwrap.id()]
+    }
+
     /// The requests nginx has logged so far.
     pub fn requests(&self) -> String {
         std::fs::read_to_string(&self.access_log).unwrap_or_default()
@@ -492,19 +509,6 @@ pub fn test_ca(dir: &Path) -> TestCa {
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // Both leave workers behind when only the parent dies: stop each
-        // whole process group.
-        for pid in [self.nginx.child.id(), self.fcgiwrap.id()] {
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{pid}")])
-                .status();
-        }
-        let _ = self.fcgiwrap.wait();
-    }
-}
-
 pub fn nginx_git(dir: &Path, repos: &Path, user: &str, password: &str) -> Nginx {
     nginx_git_with(dir, repos, user, password, None)
 }
@@ -522,7 +526,6 @@ fn nginx_git_with(
     password: &str,
     tls: Option<&TestCa>,
 ) -> Nginx {
-    use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let hash = Command::new("openssl")
         .args(["passwd", "-apr1", password])
@@ -536,14 +539,14 @@ fn nginx_git_with(
     .unwrap();
     let socket = dir.join("fcgi.sock");
     let _ = std::fs::remove_file(&socket);
-    let fcgiwrap = Command::new("fcgiwrap")
-        .args(["-c", "2", "-s"])
-        .arg(format!("unix:{}", socket.display()))
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fcgiwrap is missing: the test command installs it");
+    let fcgiwrap = reap::spawn(
+        Command::new("fcgiwrap")
+            .args(["-c", "2", "-s"])
+            .arg(format!("unix:{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("fcgiwrap is missing: the test command installs it");
     for _ in 0..100 {
         if socket.exists() {
             break;
@@ -604,17 +607,16 @@ http {{
     );
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config).unwrap();
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is missing: the test command installs it");
-    wait_for_port(port);
+    let child = reap::spawn(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("nginx is missing: the test command installs it");
     Nginx {
-        nginx: Server { child, port },
+        nginx: Server::wrap(child, port),
         fcgiwrap,
         port,
         access_log: dir.join("access.log"),

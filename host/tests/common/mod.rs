@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod browser;
 pub mod chaos;
 pub mod daemon;
 pub mod db;
@@ -12,8 +13,11 @@ pub mod fake_registry;
 pub mod git;
 pub mod load;
 pub mod netns;
+pub mod reap;
+pub mod receiver;
 pub mod registry;
 pub mod replicas;
+pub mod smtp;
 pub mod token_issuer;
 pub mod trickle;
 
@@ -209,13 +213,15 @@ pub fn policy_variant(tag: &str) -> Vec<u8> {
     bytes
 }
 
-/// Runs the CLI against `d` with the admin token; its JSON answer, or its
-/// stderr when it fails.
+/// Runs the CLI against `d` with the admin token and JSON output (as a
+/// script sets `AUTODEPLOY_OUTPUT=json` or passes `-o json`); its JSON
+/// answer, or its stderr when it fails.
 pub fn cli(d: &daemon::Daemon, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
         .args(args)
         .env("AUTODEPLOY_URL", &d.url)
         .env("AUTODEPLOY_ADMIN_TOKEN", daemon::ADMIN)
+        .env("AUTODEPLOY_OUTPUT", "json")
         .output()
         .unwrap();
     if out.status.success() {

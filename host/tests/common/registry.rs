@@ -49,6 +49,15 @@ pub struct Options<'a> {
     pub token: Option<TokenAuth<'a>>,
     /// Log every request to `dir/access.log`.
     pub access_log: bool,
+    /// Send notifications to this endpoint.
+    pub notify: Option<Notify<'a>>,
+}
+
+/// A `notifications.endpoints` entry: the registry posts its event
+/// envelopes to `url` with `Authorization: Bearer <bearer>`.
+pub struct Notify<'a> {
+    pub url: &'a str,
+    pub bearer: &'a str,
 }
 
 pub struct TokenAuth<'a> {
@@ -154,6 +163,7 @@ impl TestRegistry {
             user,
             token,
             access_log,
+            notify,
         } = options;
         let ip = ip.unwrap_or("127.0.0.1");
         std::fs::create_dir_all(dir.join("storage")).unwrap();
@@ -196,6 +206,12 @@ impl TestRegistry {
                 t.issuer.cert.display()
             ));
             creds = Some(t.push_creds.to_string());
+        }
+        if let Some(n) = notify {
+            config.push_str(&format!(
+                "notifications:\n  endpoints:\n    - name: autodeploy\n      url: {}\n      headers:\n        Authorization: [\"Bearer {}\"]\n      timeout: 1s\n      threshold: 3\n      backoff: 1s\n",
+                n.url, n.bearer
+            ));
         }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).unwrap();
@@ -278,8 +294,7 @@ impl TestRegistry {
     /// Pushes an image whose single layer holds `content`; returns the
     /// manifest digest the tag now points at.
     pub fn push(&self, name: &str, tag: &str, content: &str) -> String {
-        let layout =
-            std::env::temp_dir().join(format!("oci-{}-{}", std::process::id(), rand_u64()));
+        let layout = super::reap::root().join(format!("oci-{}", rand_u64()));
         let manifest = image(&layout, content, "amd64");
         write_index(
             &layout,
@@ -291,8 +306,7 @@ impl TestRegistry {
 
     /// Pushes a two-platform image index; returns the index digest.
     pub fn push_multi_arch(&self, name: &str, tag: &str, content: &str) -> String {
-        let layout =
-            std::env::temp_dir().join(format!("oci-{}-{}", std::process::id(), rand_u64()));
+        let layout = super::reap::root().join(format!("oci-{}", rand_u64()));
         let amd = image(&layout, &format!("{content}-amd64"), "amd64");
         let arm = image(&layout, &format!("{content}-arm64"), "arm64");
         let index = json!({
@@ -414,13 +428,14 @@ fn spawn(config: &Path, ip: &str, port: u16, log: Option<&Path>) -> Server {
         ),
         None => Stdio::null(),
     };
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(config)
-        .stdout(sink())
-        .stderr(sink())
-        .spawn()
-        .expect("docker-registry is missing: the test command installs it");
+    let child = super::reap::spawn(
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(config)
+            .stdout(sink())
+            .stderr(sink()),
+    )
+    .expect("docker-registry is missing: the test command installs it");
     Server::wrap_at(child, ip, port)
 }
 

@@ -2,7 +2,8 @@
 //! test: it refuses bad basic credentials and unknown services, grants each
 //! account only the actions it asked for and may have, and signs RS256 JWTs
 //! with a key made for the test (the registry trusts its certificate).
-//! Records every request it gets.
+//! Also takes the OAuth2 refresh-token grant (a POST form) for refresh
+//! tokens given to an account. Records every request it gets.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,12 @@ pub struct TokenRequest {
     /// What the token grants, as `repository:NAME:ACTION,...`.
     pub granted: Vec<String>,
     pub status: u16,
+    /// `GET`, or `POST` for a form grant.
+    pub method: &'static str,
+    /// The form's `grant_type`, for a POST.
+    pub grant_type: Option<String>,
+    /// The form's `client_id`, for a POST.
+    pub client_id: Option<String>,
 }
 
 struct Issuer {
@@ -76,6 +83,8 @@ struct Issuer {
     accounts: Vec<Account>,
     anonymous: Vec<Grant>,
     requests: Mutex<Vec<TokenRequest>>,
+    /// Refresh token → the account user it stands for.
+    refresh_tokens: Mutex<Vec<(String, String)>>,
 }
 
 pub struct TokenIssuer {
@@ -137,9 +146,10 @@ impl TokenIssuer {
             accounts,
             anonymous,
             requests: Mutex::new(Vec::new()),
+            refresh_tokens: Mutex::new(Vec::new()),
         });
         let app = Router::new()
-            .route("/token", get(token))
+            .route("/token", get(token).post(token_form))
             .with_state(state.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -152,6 +162,15 @@ impl TokenIssuer {
             state,
             server,
         }
+    }
+
+    /// Lets `token` stand for account `user` in the refresh-token grant.
+    pub fn add_refresh_token(&self, token: &str, user: &str) {
+        self.state
+            .refresh_tokens
+            .lock()
+            .unwrap()
+            .push((token.into(), user.into()));
     }
 
     pub fn requests(&self) -> Vec<TokenRequest> {
@@ -200,8 +219,76 @@ async fn token(
         scopes: scopes.clone(),
         granted: Vec::new(),
         status: 200,
+        method: "GET",
+        grant_type: None,
+        client_id: None,
     };
     let answer = answer(&s, &mut record, authorization.as_deref(), &service, &scopes);
+    record.status = answer.status().as_u16();
+    s.requests.lock().unwrap().push(record);
+    answer
+}
+
+/// The OAuth2 form grant: only `grant_type=refresh_token` with a known
+/// refresh token is taken; the token stands for its account.
+async fn token_form(State(s): State<Arc<Issuer>>, headers: HeaderMap, body: String) -> Response {
+    let mut form = std::collections::HashMap::new();
+    let mut scopes = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
+        match &*k {
+            "scope" => scopes.extend(v.split(' ').map(str::to_string)),
+            _ => {
+                form.insert(k.into_owned(), v.into_owned());
+            }
+        }
+    }
+    let mut record = TokenRequest {
+        user: None,
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        service: form.get("service").cloned(),
+        scopes: scopes.clone(),
+        granted: Vec::new(),
+        status: 200,
+        method: "POST",
+        grant_type: form.get("grant_type").cloned(),
+        client_id: form.get("client_id").cloned(),
+    };
+    let user = s
+        .refresh_tokens
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(t, _)| Some(t) == form.get("refresh_token"))
+        .map(|(_, u)| u.clone());
+    let answer = match (record.grant_type.as_deref(), user) {
+        (Some("refresh_token"), Some(user)) => {
+            match s.accounts.iter().find(|a| a.user == user) {
+                // As the account would, through its basic credentials.
+                Some(a) => {
+                    let basic = format!(
+                        "Basic {}",
+                        STANDARD.encode(format!("{}:{}", a.user, a.password))
+                    );
+                    let service = record.service.clone();
+                    answer(&s, &mut record, Some(&basic), &service, &scopes)
+                }
+                None => refuse(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "no such account"),
+            }
+        }
+        (Some("refresh_token"), None) => refuse(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "unknown refresh token",
+        ),
+        _ => refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant not supported",
+        ),
+    };
     record.status = answer.status().as_u16();
     s.requests.lock().unwrap().push(record);
     answer
