@@ -307,6 +307,9 @@ impl Client {
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .timeout(std::time::Duration::from_secs(120))
+                // Below the daemon's keep-alive idle time (its header
+                // timeout): `--watch` never reuses a connection being closed.
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .context("set up the HTTP client")?,
             base: args.url.trim_end_matches('/').to_string(),

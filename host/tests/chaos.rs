@@ -354,6 +354,7 @@ async fn every_change_deploys_exactly_once_through_chaos() {
         daemon: Mutex::new(None),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap(),
         transcript: Mutex::new(String::new()),

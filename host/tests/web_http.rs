@@ -39,6 +39,7 @@ impl Browser {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(60))
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
             base: d.url.clone(),

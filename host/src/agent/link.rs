@@ -69,6 +69,10 @@ impl Link {
         Ok(Link {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // The control plane closes a connection idle for its header
+                // timeout (10 s by default): reusing one it is just closing
+                // fails the request, so idle ones are dropped well before.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()?,
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),

@@ -135,7 +135,8 @@ pub const HOOKED_POLL_FACTOR: i64 = 10;
 const MAX_HOOK_RETRIES: usize = 3;
 
 /// The reason a check that lost a race with another trigger reports.
-const RACED: &str = "the tracked commit moved meanwhile; the next tick looks again";
+const RACED: &str =
+    "the project changed meanwhile (its tracked commit or Auto Deploy); the next tick looks again";
 
 #[derive(Debug, Clone, Copy, Default)]
 struct HookTimes {

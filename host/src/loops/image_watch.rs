@@ -681,6 +681,13 @@ async fn decide(app: &Arc<App>, w: &Watched, lookups: BTreeMap<String, Lookup>) 
                 deployment: dep.id,
                 reason: d.reason,
             },
+            // The project changed (say, Auto Deploy switched off) while
+            // this tick decided: nothing was written, the next tick decides
+            // on the new state. Not a failure of the trigger.
+            Err(StoreError::Stale(_)) => Outcome::Unchanged {
+                reason: "the project changed while this tick decided; the next tick decides again"
+                    .into(),
+            },
             Err(e) => Outcome::Error {
                 error: e.to_string(),
             },

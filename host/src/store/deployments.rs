@@ -208,7 +208,9 @@ pub(super) async fn record_trigger(db: &SqlStore, w: &TriggerWrite) -> Result<De
         return Err(StoreError::Stale(w.project_id));
     }
     let auto_deploy = tracked.try_get::<i64, _>("auto_deploy_enabled")? != 0;
-    if w.decided_with_auto_deploy.is_some_and(|saw| saw != auto_deploy) {
+    if w.decided_with_auto_deploy
+        .is_some_and(|saw| saw != auto_deploy)
+    {
         return Err(StoreError::Stale(w.project_id));
     }
     let digests = w.target_digests.as_ref().map(string_map_json);

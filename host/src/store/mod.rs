@@ -72,7 +72,9 @@ pub enum StoreError {
     /// A trigger decided on a tracked state that another trigger has since
     /// moved, or on an Auto Deploy toggle flipped since: nothing was
     /// written; decide again on the fresh state.
-    #[error("project {0}: the tracked state or the Auto Deploy toggle moved while this trigger was decided")]
+    #[error(
+        "project {0}: the tracked state or the Auto Deploy toggle moved while this trigger was decided"
+    )]
     Stale(i64),
     /// The work a new project needed inside its transaction (its hosted
     /// repository) failed: nothing was written.

@@ -116,7 +116,13 @@ impl Daemon {
             data_dir: data_dir.to_path_buf(),
             stderr_log,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
+                // A bound on a hung daemon, not on its speed: a policy
+                // upload compiles the component, which takes long on a
+                // loaded machine in a debug build.
+                .timeout(Duration::from_secs(120))
+                // Below the daemon's keep-alive idle time: a request never
+                // reuses a connection the daemon is just closing.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
         })
