@@ -5,7 +5,7 @@
 #
 # It makes a Debian bookworm root filesystem with debootstrap (cached in
 # /var/cache/autodeploy-systemd-live/ as a tarball, and in Docker as the
-# image autodeploy-systemd-live:bookworm-KEY, so a rerun skips both),
+# image systemd-live-autodeploy:bookworm-KEY, so a rerun skips both),
 # boots it in a container whose PID 1 is systemd, installs the .deb that
 # scripts/test-deb.sh would build (dpkg -i) and follows the README's
 # production path:
@@ -46,7 +46,7 @@ mirror=http://deb.debian.org/debian
 packages=systemd,systemd-sysv,dbus,curl,ca-certificates,git,docker.io,docker-compose,procps,iproute2
 key=$(printf 'bookworm %s %s' "$packages" "$mirror" | sha256sum | cut -c1-12)
 rootfs_tar=$cache/bookworm-$key.tar
-image=autodeploy-systemd-live:bookworm-$key
+image=systemd-live-autodeploy:bookworm-$key
 container=autodeploy-systemd-live-$$
 # The compose project a deploy makes: autodeploy-NAME-ID (set once known).
 compose_project=""
