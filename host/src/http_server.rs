@@ -11,7 +11,10 @@
 //! - a connection whose client stops reading an answer, or stops sending a
 //!   request body, for the idle timeout is closed;
 //! - at most `max_connections` are served at once; one more is answered 503
-//!   and closed, so a flood fails fast instead of queueing in the kernel.
+//!   and closed, so a flood fails fast instead of queueing in the kernel;
+//! - a connection is closed lingering: what the client still sends after
+//!   its answer (the rest of a body too large to take) is read and dropped
+//!   for a moment, so the client sees the 413 rather than a reset.
 
 use std::future::Future;
 use std::io;
@@ -55,6 +58,9 @@ const FD_RESERVE: u64 = 256;
 const REJECT_SLOTS: usize = 64;
 /// How long connections may finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long, and how many bytes, a closing connection reads and drops.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
 
 /// Raises the soft limit on open files to the hard limit (the default soft
 /// limit of 1024 is far below what a server with a connection cap needs) and
@@ -154,26 +160,29 @@ pub async fn serve(
         // The client's address, for what counts per client (failed web
         // sign-ins), as axum's `ConnectInfo`.
         let inner = service.clone();
+        // Boxed: taking the stream back after the connection (to linger)
+        // needs an `Unpin` request future.
         let with_peer =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
-                hyper::service::Service::call(&inner, req)
+                Box::pin(hyper::service::Service::call(&inner, req))
             });
-        let conn = builder.serve_connection(io, with_peer);
+        let mut conn = builder.serve_connection(io, with_peer);
         let stop = shutdown.clone();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %error_chain(&e), "connection ended with an error");
-                    }
-                }
+            let result = tokio::select! {
+                result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => result,
                 _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+                    Pin::new(&mut conn).graceful_shutdown();
+                    std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await
+                }
+            };
+            match result {
+                Ok(()) => linger(conn.into_parts().io.into_inner().inner).await,
+                Err(e) => {
+                    tracing::debug!(error = %error_chain(&e), "connection ended with an error");
                 }
             }
             drop(permit);
@@ -222,23 +231,39 @@ fn reject(stream: TcpStream, reject_slots: &Arc<Semaphore>) {
         return;
     };
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut stream = stream;
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
              content-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n{BUSY_BODY}",
             BUSY_BODY.len()
         );
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            stream.write_all(answer.as_bytes()).await?;
-            stream.shutdown().await?;
-            let mut sink = [0u8; 1024];
-            while stream.read(&mut sink).await? > 0 {}
-            io::Result::Ok(())
-        })
-        .await;
+        if let Ok(Ok(())) = tokio::time::timeout(LINGER, stream.write_all(answer.as_bytes())).await
+        {
+            linger(stream).await;
+        }
         drop(permit);
     });
+}
+
+/// Shuts the sending side and reads what the client still sends, for a
+/// moment, before the stream is closed: closing with unread data sends a
+/// reset, which can destroy the answer before the client has read it.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.shutdown().await?;
+        let mut sink = vec![0u8; 16 << 10];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await;
 }
 
 /// A TCP stream whose writes fail once they have made no progress for the

@@ -705,27 +705,6 @@ async fn a_database_from_before_keeps_its_deployments_and_their_ids_through_the_
     assert_eq!((d.status.as_str(), done), ("cancelled", Cancelled::Now));
 }
 
-/// `autodeploy ARGS` against daemon `d` with the admin token.
-fn cli(d: &Daemon, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"));
-    c.args(args)
-        .env("AUTODEPLOY_URL", &d.url)
-        .env("AUTODEPLOY_ADMIN_TOKEN", common::daemon::ADMIN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    c
-}
-
-fn cli_ok(d: &Daemon, args: &[&str]) -> String {
-    let out = cli(d, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_redeploys_cancels_and_follows_a_log() {
     use std::sync::Mutex;
@@ -748,18 +727,22 @@ async fn the_cli_redeploys_cancels_and_follows_a_log() {
     )
     .await;
     let fs = first.to_string();
-    assert_eq!(cli_ok(&d, &["project", "log", &ws, &fs]), "hello\nworld\n");
+    assert_eq!(
+        d.cli_ok(&["project", "log", &ws, &fs], ""),
+        "hello\nworld\n"
+    );
 
     // `redeploy --from` queues N's state; `cancel` cancels it while queued.
-    let out = cli_ok(&d, &["project", "redeploy", &ws, "--from", &fs]);
+    let out = d.cli_ok(&["project", "redeploy", &ws, "--from", &fs], "");
     let redeploy: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(redeploy["from_deployment"], first, "{redeploy}");
     assert_eq!(redeploy["target_commit"], COMMIT_A, "{redeploy}");
     let rs = redeploy["id"].to_string();
     let cancelled: Value =
-        serde_json::from_str(&cli_ok(&d, &["project", "cancel", &ws, &rs])).unwrap();
+        serde_json::from_str(&d.cli_ok(&["project", "cancel", &ws, &rs], "")).unwrap();
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    let out = cli(&d, &["project", "redeploy", &ws, "--from", "99999"])
+    let out = d
+        .cli(&["project", "redeploy", &ws, "--from", "99999"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -775,12 +758,10 @@ async fn the_cli_redeploys_cancels_and_follows_a_log() {
     claim_ok(&d, &n1, &running["id"]).await;
     let running = running["id"].as_i64().unwrap();
     post_log(&d, &n1, running, 0, "building\n").await;
-    let follower = cli(
-        &d,
-        &["project", "log", &ws, &running.to_string(), "--follow"],
-    )
-    .spawn()
-    .unwrap();
+    let follower = d
+        .cli(&["project", "log", &ws, &running.to_string(), "--follow"])
+        .spawn()
+        .unwrap();
     post_log(&d, &n1, running, 9, "built\n").await;
     d.agent_report(&n1, running, json!({"status": "failed", "error": "boom"}))
         .await;

@@ -138,35 +138,12 @@ fn write_config(dir: &Path, config: Value) -> String {
 }
 
 /// Runs the CLI against the daemon with `stdin`; its stdout (it must succeed).
-fn cli(d: &Daemon, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .args(args)
-        .env("AUTODEPLOY_URL", &d.url)
-        .env("AUTODEPLOY_ADMIN_TOKEN", common::daemon::ADMIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the CLI");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn cli_ok(d: &Daemon, args: &[&str]) -> String {
-    cli(d, args, "")
+/// A daemon in `dir/name` reading the docker config `config`, with `env`
+/// besides.
+fn daemon_reading(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Daemon {
+    let mut all = vec![("AUTODEPLOY_DOCKER_CONFIG", config)];
+    all.extend_from_slice(env);
+    Daemon::start_with(&dir.join(name), &[], &all)
 }
 
 async fn tick(d: &Daemon) -> Value {
@@ -222,14 +199,7 @@ async fn an_image_only_reachable_through_a_credential_helper_is_watched_and_depl
         json!({"credHelpers": {reg.addr.clone(): "per-host"}, "credsStore": "store"}),
     );
     let path = helpers.path();
-    let d = Daemon::start_with(
-        &dir.join("daemon"),
-        &[],
-        &[
-            ("AUTODEPLOY_DOCKER_CONFIG", config.as_str()),
-            ("PATH", path.as_str()),
-        ],
-    );
+    let d = daemon_reading(&dir, "daemon", &config, &[("PATH", path.as_str())]);
     let node = d.add_node("n1").await;
     let id = d
         .watch_images(&dir, "shop", std::slice::from_ref(&image))
@@ -295,14 +265,7 @@ async fn the_creds_store_is_the_default_and_identity_tokens_take_the_refresh_gra
     helpers.answer(&reg.addr, "<token>", REFRESH);
     let config = write_config(&dir, json!({"credsStore": "store"}));
     let path = helpers.path();
-    let d = Daemon::start_with(
-        &dir.join("daemon"),
-        &[],
-        &[
-            ("AUTODEPLOY_DOCKER_CONFIG", config.as_str()),
-            ("PATH", path.as_str()),
-        ],
-    );
+    let d = daemon_reading(&dir, "daemon", &config, &[("PATH", path.as_str())]);
     let id = d
         .watch_images(&dir, "shop", std::slice::from_ref(&image))
         .await;
@@ -332,11 +295,7 @@ async fn the_creds_store_is_the_default_and_identity_tokens_take_the_refresh_gra
         json!({"auths": {reg.addr.clone(): {"identitytoken": REFRESH}}}).to_string(),
     )
     .unwrap();
-    let d = Daemon::start_with(
-        &dir.join("daemon-auths"),
-        &[],
-        &[("AUTODEPLOY_DOCKER_CONFIG", config.to_str().unwrap())],
-    );
+    let d = daemon_reading(&dir, "daemon-auths", config.to_str().unwrap(), &[]);
     let id = d
         .watch_images(&dir, "blog", std::slice::from_ref(&image))
         .await;
@@ -361,11 +320,7 @@ async fn the_creds_store_is_the_default_and_identity_tokens_take_the_refresh_gra
             .to_string(),
     )
     .unwrap();
-    let d = Daemon::start_with(
-        &dir.join("daemon-unknown"),
-        &[],
-        &[("AUTODEPLOY_DOCKER_CONFIG", config.to_str().unwrap())],
-    );
+    let d = daemon_reading(&dir, "daemon-unknown", config.to_str().unwrap(), &[]);
     let id = d
         .watch_images(&dir, "docs", std::slice::from_ref(&image))
         .await;
@@ -402,11 +357,11 @@ async fn a_failing_helper_is_an_error_for_its_image_and_the_daemon_keeps_going()
         json!({"credHelpers": {reg.addr.clone(): "flaky", missing_reg.addr.clone(): "absent"}}),
     );
     let path = helpers.path();
-    let d = Daemon::start_with(
-        &dir.join("daemon"),
-        &[],
+    let d = daemon_reading(
+        &dir,
+        "daemon",
+        &config,
         &[
-            ("AUTODEPLOY_DOCKER_CONFIG", config.as_str()),
             ("PATH", path.as_str()),
             ("AUTODEPLOY_REGISTRY_HELPER_TIMEOUT_SECONDS", "1"),
         ],
@@ -480,11 +435,7 @@ async fn per_project_credentials_are_write_only_and_answer_for_their_project_onl
         base64::engine::general_purpose::STANDARD.encode("puller:PLANTED-wrong-pw")
     };
     let config = write_config(&dir, json!({"auths": {reg.addr.clone(): {"auth": auth}}}));
-    let d = Daemon::start_with(
-        &dir.join("daemon"),
-        &[],
-        &[("AUTODEPLOY_DOCKER_CONFIG", config.as_str())],
-    );
+    let d = daemon_reading(&dir, "daemon", &config, &[]);
     let shop = d
         .watch_images(&dir, "shop", std::slice::from_ref(&image))
         .await;
@@ -537,8 +488,7 @@ async fn per_project_credentials_are_write_only_and_answer_for_their_project_onl
         )
         .await;
     // The CLI sets one too, the password read from stdin.
-    let cli = cli(
-        &d,
+    let cli = d.cli_ok(
         &[
             "project",
             "registry-login",
@@ -551,7 +501,7 @@ async fn per_project_credentials_are_write_only_and_answer_for_their_project_onl
     );
     assert!(!cli.contains("PLANTED-hub-pw"), "{cli}");
     assert!(cli.contains("\"docker.io\""), "{cli}");
-    let blog_creds = cli_ok(&d, &["project", "registry-credentials", &blog.to_string()]);
+    let blog_creds = d.cli_ok(&["project", "registry-credentials", &blog.to_string()], "");
     assert!(
         blog_creds.contains("bot") && !blog_creds.contains("PLANTED-hub-pw"),
         "{blog_creds}"

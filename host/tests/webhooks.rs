@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::{ADMIN, Daemon, temp_dir};
@@ -168,18 +167,8 @@ async fn setup_with(name: &str, env: &[(&str, &str)]) -> Setup {
 
 /// `autodeploy project webhook-secret ID`: the new secret.
 fn cli_secret(d: &Daemon, project: i64) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .args(["project", "webhook-secret", &project.to_string()])
-        .env("AUTODEPLOY_URL", &d.url)
-        .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = d.cli_ok(&["project", "webhook-secret", &project.to_string()], "");
+    let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["path"], format!("/hooks/git/{project}"));
     v["webhook_secret"].as_str().expect("a secret").to_string()
 }

@@ -282,3 +282,43 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 }
+
+/// The command line against a daemon, as its admin.
+impl Daemon {
+    /// `autodeploy ARGS` against this daemon with the admin token, stdout
+    /// and stderr piped: to run, spawn or give a stdin.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(daemon_bin());
+        c.args(args)
+            .env("AUTODEPLOY_URL", &self.url)
+            .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs `autodeploy ARGS` with `stdin` and asserts it succeeds; its
+    /// stdout.
+    pub fn cli_ok(&self, args: &[&str], stdin: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .cli(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run the CLI");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
