@@ -24,6 +24,23 @@ pub enum FilesError {
     Write(String, std::io::Error),
     #[error("cannot read {0}: {1}")]
     Read(String, std::io::Error),
+    /// Compose interpolates `${...}` in an image reference, so a digest is
+    /// taken only in the form a registry gives one.
+    #[error("the decided digest for {0} is not a sha256 or sha512 digest")]
+    BadDigest(String),
+}
+
+/// `sha256:` and 64, or `sha512:` and 128, lowercase hex digits: the
+/// digests registries answer with.
+pub fn is_digest(d: &str) -> bool {
+    let hex_of = |rest: &str, len: usize| {
+        rest.len() == len && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    match d.split_once(':') {
+        Some(("sha256", rest)) => hex_of(rest, 64),
+        Some(("sha512", rest)) => hex_of(rest, 128),
+        _ => false,
+    }
 }
 
 /// An image project: `image`, its `container_port` published on `host_port`.
@@ -93,6 +110,9 @@ pub fn pins_override(
         let Some(digest) = digests.get(image) else {
             continue;
         };
+        if !is_digest(digest) {
+            return Err(FilesError::BadDigest(image.to_string()));
+        }
         let by_digest = format!("{}@{digest}", repository(image));
         let mut over = Mapping::new();
         over.insert("image".into(), by_digest.clone().into());
@@ -138,6 +158,9 @@ pub fn read(dir: &std::path::Path, name: &str) -> Result<String, FilesError> {
 mod tests {
     use super::*;
 
+    const AA: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const BB: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
     fn digests(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -160,7 +183,7 @@ mod tests {
         let Pins { text, originals } = pins_override(
             "docker-compose.yml",
             compose,
-            &digests(&[("r:5000/web:1", "sha256:aa"), ("other:1", "sha256:bb")]),
+            &digests(&[("r:5000/web:1", AA), ("other:1", BB)]),
         )
         .unwrap()
         .unwrap();
@@ -170,17 +193,17 @@ mod tests {
         assert_eq!(services.len(), 2, "{text}");
         assert_eq!(
             v["services"]["web"]["image"],
-            Value::from("r:5000/web@sha256:aa")
+            Value::from(format!("r:5000/web@{AA}"))
         );
         assert_eq!(
             v["services"]["worker"]["image"],
-            Value::from("r:5000/web@sha256:aa")
+            Value::from(format!("r:5000/web@{AA}"))
         );
         // Only the image: the rest stays the compose file's.
         assert_eq!(v["services"]["web"].as_mapping().unwrap().len(), 1);
         assert_eq!(
             originals,
-            digests(&[("r:5000/web@sha256:aa", "r:5000/web:1")])
+            digests(&[(format!("r:5000/web@{AA}").as_str(), "r:5000/web:1")])
         );
     }
 
@@ -188,10 +211,31 @@ mod tests {
     fn no_override_when_no_service_image_was_decided() {
         let compose = "services:\n  web:\n    image: r/web:1\n";
         assert!(
-            pins_override("c.yml", compose, &digests(&[("r/web:2", "sha256:aa")]))
+            pins_override("c.yml", compose, &digests(&[("r/web:2", AA)]))
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_digest_not_in_a_registrys_form_is_refused_naming_the_image() {
+        let compose = "services:\n  web:\n    image: r/web:1\n";
+        for bad in [
+            "sha256:aa",
+            "sha256:${AUTODEPLOY_NODE_TOKEN}",
+            "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "md5:d41d8cd98f00b204e9800998ecf8427e",
+            "latest",
+            "",
+        ] {
+            let e = pins_override("c.yml", compose, &digests(&[("r/web:1", bad)])).unwrap_err();
+            assert!(
+                matches!(&e, FilesError::BadDigest(image) if image == "r/web:1"),
+                "{bad}: {e}"
+            );
+        }
+        let sha512 = format!("sha512:{}", "0".repeat(128));
+        assert!(pins_override("c.yml", compose, &digests(&[("r/web:1", &sha512)])).is_ok());
     }
 
     #[test]
