@@ -569,6 +569,30 @@ async fn per_project_credentials_are_write_only_and_answer_for_their_project_onl
         project_in(&t3, shop)["image_errors"].get(&image).is_some(),
         "{t3}"
     );
+    // Each set and the one delete that found something left an event for
+    // the project, naming the registry (the password is checked below).
+    let events = d
+        .ok(Method::GET, &format!("/api/events?project_id={shop}"), None)
+        .await;
+    let kinds: Vec<(&str, &str)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("registry-credential."))
+        })
+        .map(|e| (e["kind"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    let deleted = kinds
+        .iter()
+        .filter(|(k, m)| *k == "registry-credential.deleted" && m.contains(&reg.addr))
+        .count();
+    let set_ghcr = kinds
+        .iter()
+        .any(|(k, m)| *k == "registry-credential.set" && m.contains("ghcr.io"));
+    assert!(deleted == 1 && set_ghcr, "{kinds:?}");
 
     assert_never_shown(
         &d,

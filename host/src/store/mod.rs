@@ -641,6 +641,10 @@ text_enum! {
         WebhookSecretRotated = "webhook.secret-rotated",
         NotificationTargetAdded = "notification.target-added",
         NotificationTargetDeleted = "notification.target-deleted",
+        /// A project's registry credential was set or replaced (the
+        /// registry and username are named; never the password).
+        RegistryCredentialSet = "registry-credential.set",
+        RegistryCredentialDeleted = "registry-credential.deleted",
         /// A git host webhook was refused (bad signature, unknown project,
         /// wrong event, oversized body): a security event.
         WebhookRefused = "webhook.refused",

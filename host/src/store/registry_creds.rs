@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::db::SqlStore;
-use super::{Result, SealedRegistryCredential, StoreError, now};
+use super::{EventKind, Result, SealedRegistryCredential, StoreError, events, now};
 
 /// Sets the project's credential for `c.registry`, replacing one there was.
 pub(super) async fn set(
@@ -36,20 +36,42 @@ pub(super) async fn set(
     .bind(now())
     .execute(&mut *tx)
     .await?;
+    events::insert(
+        &mut *tx,
+        Some(project_id),
+        EventKind::RegistryCredentialSet,
+        &format!(
+            "registry credential for {} set (user {:?})",
+            c.registry, c.username
+        ),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// Whether there was a credential to delete.
 pub(super) async fn delete(db: &SqlStore, project_id: i64, registry: &str) -> Result<bool> {
+    let mut tx = db.begin_write().await?;
     let done = sqlx::query(
         "DELETE FROM project_registry_credentials WHERE project_id = $1 AND registry = $2",
     )
     .bind(project_id)
     .bind(registry)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() > 0)
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    events::insert(
+        &mut *tx,
+        Some(project_id),
+        EventKind::RegistryCredentialDeleted,
+        &format!("registry credential for {registry} deleted"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 fn row(r: &sqlx::any::AnyRow) -> Result<(i64, SealedRegistryCredential)> {
