@@ -53,7 +53,8 @@ async fn token_registry(dir: &Path) -> (TokenIssuer, TestRegistry) {
 /// `calls-NAME`, and acts on the `mode` file: `ok` (the default) prints
 /// `answers/SERVER` or says it holds nothing; `fail` prints a planted
 /// secret on stdout and stderr and exits 3; `badjson` prints a planted
-/// secret that is not JSON; `hang` sleeps (in a child) past any timeout.
+/// secret that is not JSON; `hang` sleeps (in a child) past any timeout;
+/// `slow` answers after a second.
 struct Helpers {
     dir: PathBuf,
 }
@@ -75,6 +76,7 @@ case "$mode" in
   fail) echo "{HELPER_NOISE}"; echo "{HELPER_NOISE}" >&2; exit 3 ;;
   badjson) echo "not json {HELPER_NOISE}"; exit 0 ;;
   hang) sleep 60; exit 0 ;;
+  slow) sleep 1 ;;
 esac
 f="{d}/answers/$(printf '%s' "$server" | tr -c 'a-zA-Z0-9.' '_')"
 if [ -f "$f" ]; then cat "$f"; exit 0; fi
@@ -250,6 +252,39 @@ async fn an_image_only_reachable_through_a_credential_helper_is_watched_and_depl
     // two ticks.
     assert_eq!(helpers.calls("per-host").len(), 1);
     assert_never_shown(&d, &[&first, &second, &claim], &[PASSWORD]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_one_registry_looked_up_at_once_run_its_helper_once() {
+    let dir = temp_dir("creds-one-run");
+    let (_issuer, reg) = token_registry(&dir).await;
+    let images: Vec<String> = (1..=4)
+        .map(|i| format!("{}/private/app:{i}", reg.addr))
+        .collect();
+    let mut want = serde_json::Map::new();
+    for (i, image) in images.iter().enumerate() {
+        let tag = (i + 1).to_string();
+        want.insert(
+            image.clone(),
+            json!(reg.push("private/app", &tag, &format!("app {tag}"))),
+        );
+    }
+    let helpers = Helpers::new(&dir, &["store"]);
+    helpers.answer(&reg.addr, "puller", PASSWORD);
+    // A second per run: lookups that overlap would each start their own.
+    helpers.mode("slow");
+    let config = write_config(&dir, json!({"credsStore": "store"}));
+    let path = helpers.path();
+    let d = daemon_reading(&dir, "daemon", &config, &[("PATH", path.as_str())]);
+    let id = d.watch_images(&dir, "shop", &images).await;
+    let t = tick(&d).await;
+    assert_eq!(t["lookup_failures"], 0, "{t}");
+    assert_eq!(digests(&d, id).await, Value::Object(want));
+    assert_eq!(
+        helpers.calls("store"),
+        vec![reg.addr.clone()],
+        "one helper run answers the four images' lookups"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@ pub enum HelperCredential {
 }
 
 /// Why a helper gave nothing usable. No variant holds the helper's output.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HelperError {
     #[error("credential helper docker-credential-{helper} for {host} is not on PATH")]
     Missing { helper: String, host: String },

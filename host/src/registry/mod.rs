@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Serialize;
@@ -183,6 +185,25 @@ pub struct HostStats {
 
 /// (helper, server) → its answer, until an instant.
 type HelperAnswers = HashMap<(String, String), (Option<Credential>, Instant)>;
+/// A helper run every lookup that needs its answer meanwhile awaits.
+type HelperRun = Shared<BoxFuture<'static, Result<Option<Credential>, HelperError>>>;
+/// Removes a helper run from the runs under way when dropped, unless a
+/// newer run has taken its place.
+struct ForgetRun<'a> {
+    runs: &'a Mutex<HashMap<(String, String), HelperRun>>,
+    key: (String, String),
+    run: HelperRun,
+}
+
+impl Drop for ForgetRun<'_> {
+    fn drop(&mut self) {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs.get(&self.key).is_some_and(|r| r.ptr_eq(&self.run)) {
+            runs.remove(&self.key);
+        }
+    }
+}
+
 /// (host, scope, whose credential) → a bearer token, until an instant.
 type Tokens = HashMap<(String, String, String), (Secret, Instant)>;
 
@@ -198,6 +219,9 @@ pub struct Registry {
     /// Helper answers: (helper, server) → credential (none: the helper
     /// holds nothing for it) until an instant.
     helper_answers: Mutex<HelperAnswers>,
+    /// Helper runs under way, by (helper, server): lookups of many images
+    /// on one registry at once run its helper once, not once each.
+    helper_runs: Mutex<HashMap<(String, String), HelperRun>>,
     /// Bearer tokens by (host, scope, whose credential).
     tokens: Mutex<Tokens>,
     schemes: Mutex<HashMap<String, &'static str>>,
@@ -231,6 +255,7 @@ impl Registry {
             config,
             docker,
             helper_answers: Default::default(),
+            helper_runs: Default::default(),
             tokens: Default::default(),
             schemes: Default::default(),
             stats: Default::default(),
@@ -336,9 +361,30 @@ impl Registry {
             return Ok(c.clone());
         }
         let timeout = nonzero(self.config.helper_timeout, helper::HELPER_TIMEOUT);
-        let answer = helper::get(helper, registry, &server, timeout)
-            .await?
-            .map(Credential::from);
+        let run = self
+            .helper_runs
+            .lock()
+            .expect("helper runs lock")
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let (h, r, s) = (helper.to_string(), registry.to_string(), server.clone());
+                async move {
+                    helper::get(&h, &r, &s, timeout)
+                        .await
+                        .map(|a| a.map(Credential::from))
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        // Forgotten once answered, or when this lookup is dropped midway
+        // (a later one then starts a run of its own).
+        let _forget = ForgetRun {
+            runs: &self.helper_runs,
+            key: key.clone(),
+            run: run.clone(),
+        };
+        let answer = run.await?;
         let ttl = nonzero(self.config.helper_ttl, HELPER_TTL);
         self.helper_answers
             .lock()
