@@ -141,6 +141,7 @@ impl Scenario {
     /// Pushes an app built by `dockerfile` whose page says `page`.
     fn push_app(&self, dockerfile: &str, page: &str) -> String {
         let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+        let dockerfile = common::agent::own_layers(dockerfile, &self.compose_project);
         self.push(&[
             ("Dockerfile", dockerfile.as_bytes()),
             ("busybox", &busybox),

@@ -58,7 +58,10 @@ fn build_and_push(dir: &Path, image: &str, page: &str) {
     std::fs::write(ctx.join("www/index.html"), page).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        common::agent::own_layers(
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            image,
+        ),
     )
     .unwrap();
     sh(Command::new("docker")

@@ -36,6 +36,16 @@ pub fn require_docker() {
     }
 }
 
+/// `dockerfile` with a label naming `owner` right after its `FROM` line, so
+/// none of its layers is another build's: tests build in parallel and each
+/// removes its images when done, and a build that took a cached layer of
+/// another test's image fails when that test removes it ("unknown parent
+/// image ID").
+pub fn own_layers(dockerfile: &str, owner: &str) -> String {
+    let (from, rest) = dockerfile.split_once('\n').unwrap_or((dockerfile, ""));
+    format!("{from}\nLABEL autodeploy.test.owner=\"{owner}\"\n{rest}")
+}
+
 /// Builds `FROM scratch` + busybox with one directory per `(dir, page)`
 /// under /www (each with that `index.html`), pushes it as `image`, and
 /// removes the local copy so a deploy has to pull it.
@@ -50,7 +60,10 @@ pub fn build_and_push(work: &Path, image: &str, pages: &[(&str, &str)]) {
     }
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n",
+        own_layers(
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n",
+            image,
+        ),
     )
     .unwrap();
     sh(Command::new("docker")
