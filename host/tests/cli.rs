@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -16,22 +15,13 @@ fn cache_home() -> PathBuf {
 }
 
 fn autodeploy(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .env("XDG_CACHE_HOME", cache_home())
-        .args(args)
-        .env_remove("AUTODEPLOY_POLICY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run autodeploy");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_autodeploy"))
+            .env("XDG_CACHE_HOME", cache_home())
+            .args(args)
+            .env_remove("AUTODEPLOY_POLICY"),
+        stdin,
+    )
 }
 
 fn json_out(out: &Output) -> Value {

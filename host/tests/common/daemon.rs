@@ -301,19 +301,7 @@ impl Daemon {
     /// Runs `autodeploy ARGS` with `stdin` and asserts it succeeds; its
     /// stdout.
     pub fn cli_ok(&self, args: &[&str], stdin: &str) -> String {
-        use std::io::Write;
-        let mut child = self
-            .cli(args)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("run the CLI");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = super::output_with_stdin(&mut self.cli(args), stdin);
         assert!(
             out.status.success(),
             "{args:?}: {}",

@@ -217,10 +217,8 @@ pub fn policy_variant(tag: &str) -> Vec<u8> {
 /// script sets `AUTODEPLOY_OUTPUT=json` or passes `-o json`); its JSON
 /// answer, or its stderr when it fails.
 pub fn cli(d: &daemon::Daemon, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autodeploy"))
-        .args(args)
-        .env("AUTODEPLOY_URL", &d.url)
-        .env("AUTODEPLOY_ADMIN_TOKEN", daemon::ADMIN)
+    let out = d
+        .cli(args)
         .env("AUTODEPLOY_OUTPUT", "json")
         .output()
         .unwrap();
@@ -229,4 +227,24 @@ pub fn cli(d: &daemon::Daemon, args: &[&str]) -> Result<serde_json::Value, Strin
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// Runs `cmd` (spawned with a piped stdin, stdout and stderr) with `stdin`
+/// written to it; its output.
+pub fn output_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
