@@ -46,11 +46,7 @@ async fn digests_seed_then_a_moved_tag_redeploys_exactly_once() {
     let app_image = format!("{}/app:1", reg.addr);
     let multi_image = format!("{}/multi:1", reg.addr);
 
-    let p = d.ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80}))).await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     let work = dir.join("work");
     let compose = format!(
         "services:\n  web:\n    image: {app_image}\n  worker:\n    image: {multi_image}\n  tool:\n    image: \"{}/tool:${{TAG}}\"\n",
@@ -424,13 +420,7 @@ async fn bearer_tokens_are_reused_and_a_429_backs_the_registry_off() {
     let (bearer, bearer_counts) = start(false).await;
     let (limited, limited_counts) = start(true).await;
     let d = Daemon::start(&dir);
-    let p = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
-        .await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     let (a, b, c) = (
         format!("127.0.0.1:{bearer}/pub/app:1"),
         format!("127.0.0.1:{bearer}/pub/other:1"),
@@ -560,13 +550,7 @@ async fn a_move_that_fails_before_the_node_counts_as_failed_and_is_retried() {
 /// A compose project on the fake registry, its compose file pushed and
 /// auto-deploy on; returns its id and push token.
 async fn compose_project(d: &Daemon, work: &Path, compose: &str) -> (i64, String) {
-    let p = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
-        .await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     push_compose(d, work, id, &token, compose);
     d.ok(
         Method::PATCH,

@@ -288,13 +288,7 @@ async fn readyz_turns_503_naming_a_stalled_loop() {
 
     // A registry that accepts and never answers: the image watcher's tick
     // hangs on its HEAD, so the loop stops ticking.
-    let p = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
-        .await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     let compose = format!(
         "services:\n  web:\n    image: 127.0.0.1:{}/app:1\n",
         silent.port
@@ -357,13 +351,7 @@ async fn registry_lookups_and_429_backoffs_are_counted_by_host() {
     let (ok_port, _) = start(false).await;
     let (busy_port, busy_counts) = start(true).await;
     let d = Daemon::start(&dir);
-    let p = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
-        .await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     let compose = format!(
         "services:\n  a:\n    image: 127.0.0.1:{ok_port}/pub/app:1\n  b:\n    image: 127.0.0.1:{ok_port}/pub/other:1\n  c:\n    image: 127.0.0.1:{busy_port}/busy/app:1\n"
     );

@@ -300,13 +300,7 @@ async fn an_unchanged_compose_file_is_parsed_once_until_the_policy_changes() {
     let dir = temp_dir("parse-memo");
     let (port, _) = start(false).await;
     let d = Daemon::start(&dir);
-    let p = d
-        .ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})))
-        .await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
     common::git::git(&work, &["init", "-q", "-b", "main"]);

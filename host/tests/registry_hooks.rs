@@ -22,11 +22,7 @@ fn daemon(dir: &std::path::Path) -> Daemon {
 /// A hosted compose project using `image`, auto-deploy on, its digests
 /// seeded by one tick (the only tick of the test).
 async fn seeded_project(d: &Daemon, dir: &std::path::Path, image: &str) -> i64 {
-    let p = d.ok(Method::POST, "/api/projects", Some(json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80}))).await;
-    let (id, token) = (
-        p["id"].as_i64().unwrap(),
-        p["push_token"].as_str().unwrap().to_string(),
-    );
+    let (id, token) = d.shop().await;
     common::git::push_compose(
         &dir.join("work"),
         &d.url,

@@ -245,6 +245,21 @@ impl Daemon {
     }
 
     /// A project's deployments, newest first.
+    /// A hosted compose project "shop" exposing `web` on port 80: its id
+    /// and push token.
+    pub async fn shop(&self) -> (i64, String) {
+        let p = self
+            .ok(
+                Method::POST,
+                "/api/projects",
+                Some(serde_json::json!({"name": "shop", "project_type": "compose", "expose_service": "web", "expose_port": 80})),
+            )
+            .await;
+        let id = p["id"].as_i64().expect("a project id");
+        let token = p["push_token"].as_str().expect("a push token");
+        (id, token.to_string())
+    }
+
     pub async fn deployments(&self, project: i64) -> Vec<Value> {
         let list = self
             .ok(
