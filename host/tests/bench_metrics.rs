@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use autodeploy::store::{GitSource, ProjectFields, ProjectType, SqlStore, Store};
+use autodeploy::store::{SqlStore, Store};
 use common::daemon::{ADMIN, Daemon, temp_dir};
 use common::git::bare_with_file;
 use reqwest::Method;
@@ -37,24 +37,13 @@ async fn metrics_scrape_at_scale() {
     }
     let store = Arc::new(SqlStore::connect(&url).await.expect("open the database"));
     for i in 0..projects {
-        let fields = ProjectFields {
-            name: format!("p{i:06}"),
-            project_type: ProjectType::Image,
-            git_source: GitSource::External,
-            git_url: Some(format!(
+        let fields = common::external_image_project(
+            format!("p{i:06}"),
+            format!(
                 "file://{}",
                 dir.join(format!("repos/r{:02}.git", i % repos)).display()
-            )),
-            git_branch: "main".into(),
-            compose_file_path: "docker-compose.yml".into(),
-            expose_service: None,
-            expose_port: None,
-            auto_deploy_enabled: true,
-            image_ref: Some("example.com/app:1".into()),
-            container_port: Some(80),
-            labels: Default::default(),
-            deploy: Default::default(),
-        };
+            ),
+        );
         store.create_project(&fields, None, None).await.unwrap();
     }
     drop(store);

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use autodeploy::store::{GitSource, ProjectFields, ProjectType, SqlStore, Store};
+use autodeploy::store::{SqlStore, Store};
 use common::daemon::{ADMIN, Daemon, temp_dir};
 use common::git::bare_with_file;
 use reqwest::Method;
@@ -102,25 +102,13 @@ async fn fill(url: &str, dir: &Path, projects: usize, repos: usize) {
         let (store, dir) = (store.clone(), dir.to_path_buf());
         tasks.spawn(async move {
             for i in (w..projects).step_by(workers) {
-                let fields = ProjectFields {
-                    name: format!("p{i:06}"),
-                    // A kind the agents run, so the aligning tick deploys.
-                    project_type: ProjectType::Image,
-                    git_source: GitSource::External,
-                    git_url: Some(format!(
+                let fields = common::external_image_project(
+                    format!("p{i:06}"),
+                    format!(
                         "file://{}",
                         dir.join(format!("r{:05}.git", i % repos)).display()
-                    )),
-                    git_branch: "main".into(),
-                    compose_file_path: "docker-compose.yml".into(),
-                    expose_service: None,
-                    expose_port: None,
-                    auto_deploy_enabled: true,
-                    image_ref: Some("example.com/app:1".into()),
-                    container_port: Some(80),
-                    labels: Default::default(),
-                    deploy: Default::default(),
-                };
+                    ),
+                );
                 store.create_project(&fields, None, None).await.unwrap();
             }
         });

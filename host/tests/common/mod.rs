@@ -248,3 +248,24 @@ pub fn output_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> std::p
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// An external image project on `git_url` (a kind the agents run, so an
+/// aligning tick deploys it): the benches' many projects.
+pub fn external_image_project(name: String, git_url: String) -> autodeploy::store::ProjectFields {
+    use autodeploy::store::{GitSource, ProjectFields, ProjectType};
+    ProjectFields {
+        name,
+        project_type: ProjectType::Image,
+        git_source: GitSource::External,
+        git_url: Some(git_url),
+        git_branch: "main".into(),
+        compose_file_path: "docker-compose.yml".into(),
+        expose_service: None,
+        expose_port: None,
+        auto_deploy_enabled: true,
+        image_ref: Some("example.com/app:1".into()),
+        container_port: Some(80),
+        labels: Default::default(),
+        deploy: Default::default(),
+    }
+}
